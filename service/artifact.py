@@ -1,0 +1,123 @@
+"""The model artifact: one TorchScript file that also carries everything needed to use it.
+
+Inside the TorchScript zip, as extra files: `hitveto.json` (ModelInfo: detector, layouts,
+normalisation, threshold, training data, validation figures, version) and `roi_index.npy` (the
+region gather index). The metadata is read with zipfile alone, so `hitveto inspect` needs no torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.preprocess import InputSpec
+
+FORMAT = "hitveto-model/1"
+INFO_NAME = "hitveto.json"
+INDEX_NAME = "roi_index.npy"
+DEFAULT_ARTIFACT = Path(__file__).parent / "models" / "default.pt"
+
+
+class ArtifactError(ValueError):
+    """An artifact that is not ours, is damaged, or does not fit the frames it is asked to judge."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelInfo:
+    version: str                      # e.g. "compact-3f2a9c1e" (architecture + weights digest)
+    architecture: str
+    detector: str
+    raw_shape: tuple[int, ...]
+    roi_shape: tuple[int, int]
+    adu_per_photon: float
+    threshold: float                  # decision threshold on the hit probability
+    created: str = ""
+    training: dict[str, Any] = field(default_factory=dict)    # runs, frames, labels, recipe
+    validation: dict[str, Any] = field(default_factory=dict)  # held-out confusion and rates
+    format: str = FORMAT
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelInfo:
+        raw = json.loads(text)
+        if raw.get("format") != FORMAT:
+            raise ArtifactError(f"format {raw.get('format')!r} is not {FORMAT!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        raw = {k: v for k, v in raw.items() if k in known}
+        raw["raw_shape"], raw["roi_shape"] = tuple(raw["raw_shape"]), tuple(raw["roi_shape"])
+        return cls(**raw)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Artifact:
+    info: ModelInfo
+    spec: InputSpec
+    sha256: str
+    path: Path
+
+
+def save(path: Path, scripted: Any, info: ModelInfo, roi_index: np.ndarray) -> Path:
+    """Write a scripted (frozen) model with its metadata as one file; returns the path."""
+    import torch
+
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(roi_index, dtype=np.int64))
+    if not info.created:
+        info = dataclasses.replace(info, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(scripted, str(path), _extra_files={INFO_NAME: info.to_json(),
+                                                      INDEX_NAME: buf.getvalue()})
+    return path
+
+
+def read(path: Path) -> Artifact:
+    """Metadata, input spec and checksum, without torch; ArtifactError if the file is not an artifact."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            names = {Path(n).name: n for n in zf.namelist() if "/extra/" in n}
+            if INFO_NAME not in names or INDEX_NAME not in names:
+                raise ArtifactError(f"{path}: no hitveto metadata inside (not a hitveto model)")
+            info = ModelInfo.from_json(zf.read(names[INFO_NAME]).decode())
+            index = np.load(io.BytesIO(zf.read(names[INDEX_NAME])), allow_pickle=False)
+    except (OSError, zipfile.BadZipFile, KeyError, ValueError, TypeError) as exc:
+        if isinstance(exc, ArtifactError):
+            raise
+        raise ArtifactError(f"{path}: unreadable model artifact ({type(exc).__name__}: {exc})") from None
+    spec = InputSpec(detector=info.detector, raw_shape=info.raw_shape, roi_shape=info.roi_shape,
+                     roi_index=index, adu_per_photon=info.adu_per_photon)
+    return Artifact(info=info, spec=spec, sha256=hashlib.sha256(data).hexdigest(), path=path)
+
+
+def load_module(artifact: Artifact, device: str) -> Any:
+    """The TorchScript module on `device`, in eval mode."""
+    import torch
+
+    try:
+        module = torch.jit.load(str(artifact.path), map_location=device)
+    except RuntimeError as exc:
+        raise ArtifactError(f"{artifact.path}: TorchScript load failed: {exc}") from None
+    return module.eval()
+
+
+def check_fits(artifact: Artifact, detector: str, shape: tuple[int, ...]) -> None:
+    """ArtifactError saying why, if frames of this detector and shape cannot be judged by it."""
+    spec = artifact.spec
+    if detector != spec.detector:
+        raise ArtifactError(f"model {artifact.info.version} was trained for detector "
+                            f"{spec.detector!r}, frames come from {detector!r}")
+    if not spec.accepts(shape):
+        raise ArtifactError(f"model {artifact.info.version} takes {spec.raw_shape} raw or "
+                            f"{spec.roi_shape} region frames, not {tuple(shape)}")

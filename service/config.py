@@ -1,0 +1,148 @@
+"""Daemon configuration: frozen dataclasses per section, layered defaults < TOML < HITVETO_* env < CLI.
+
+An unknown key is an error that names the key and the layer it came from. docs/CONFIG.md lists every
+key; a test keeps that list in step with these dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "HITVETO_"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IngestConfig:
+    endpoint: str = "tcp://127.0.0.1:5550"   # PULL socket the DAQ pushes frames to (bound)
+    workers: int = 2                        # decode/preprocess threads
+    rcvhwm: int = 1000                      # frames ZMQ queues per peer before senders block
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchConfig:
+    max_batch: int = 32
+    max_delay_ms: float = 2.0               # longest wait for a batch to fill after its first frame
+    max_queue: int = 512                    # frames waiting for inference; beyond: keep (overload)
+    latency_budget_ms: float = 100.0        # a frame older than this when batched is kept (overload)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelConfig:
+    artifact: str = ""                      # model file; empty = the shipped default model
+    device: str = "auto"                    # auto, cpu, cuda, cuda:N
+    threads: int = 0                        # torch intra-op threads on CPU; 0 = torch's default
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PublishConfig:
+    endpoint: str = "tcp://127.0.0.1:5551"  # PUB socket for verdicts (bound)
+    sndhwm: int = 100000                    # verdicts queued per subscriber before PUB drops for it
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsConfig:
+    enabled: bool = True
+    address: str = "127.0.0.1"
+    port: int = 9750                        # Prometheus /metrics; 0 = any free port
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServeConfig:
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+
+def load(path: Path | None = None, env: Mapping[str, str] | None = None,
+         overrides: Mapping[str, Any] | None = None) -> ServeConfig:
+    """Build the config from a TOML file, environment (HITVETO_SECTION__KEY) and dotted overrides."""
+    values: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        with open(path, "rb") as fh:
+            _merge(values, tomllib.load(fh), f"file {path}")
+    _merge(values, _from_env(env or {}), "env")
+    _merge(values, _nest(overrides or {}), "cli")
+    return _build(values)
+
+
+def keys() -> list[tuple[str, str, Any]]:
+    """(section.key, type, default) for every setting, in declaration order."""
+    out = []
+    for section in dataclasses.fields(ServeConfig):
+        for f in dataclasses.fields(section.default_factory()):
+            out.append((f"{section.name}.{f.name}", _type_of(section.type, f.name).__name__,
+                        getattr(section.default_factory(), f.name)))
+    return out
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    flat = {k[len(ENV_PREFIX):].lower().replace("__", "."): v
+            for k, v in env.items() if k.startswith(ENV_PREFIX) and "__" in k}
+    return _nest(flat)
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    nested: dict[str, dict[str, Any]] = {}
+    for dotted, value in flat.items():
+        section, _, key = dotted.partition(".")
+        if not key:
+            raise ConfigError(f"{dotted}: expected section.key")
+        nested.setdefault(section, {})[key] = value
+    return nested
+
+
+def _merge(into: dict[str, dict[str, Any]], layer: Mapping[str, Any], source: str) -> None:
+    sections = {f.name: f for f in dataclasses.fields(ServeConfig)}
+    for section, table in layer.items():
+        if section not in sections or not isinstance(table, Mapping):
+            raise ConfigError(f"{section}: unknown section ({source})")
+        names = {f.name for f in dataclasses.fields(sections[section].default_factory())}
+        for key, value in table.items():
+            if key not in names:
+                raise ConfigError(f"{section}.{key}: unknown key ({source})")
+            into.setdefault(section, {})[key] = _coerce(_type_of(sections[section].type, key),
+                                                        value, f"{section}.{key} ({source})")
+
+
+def _build(values: dict[str, dict[str, Any]]) -> ServeConfig:
+    parts = {f.name: f.default_factory(**values.get(f.name, {}))
+             for f in dataclasses.fields(ServeConfig)}
+    return ServeConfig(**parts)
+
+
+def _type_of(section_type: Any, key: str) -> type:
+    # `from __future__ import annotations` leaves field types as strings; resolve them here.
+    cls = globals()[section_type] if isinstance(section_type, str) else section_type
+    return typing.get_type_hints(cls)[key]
+
+
+def _coerce(kind: type, value: Any, where: str) -> Any:
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    if isinstance(value, str):
+        try:
+            if kind is bool:
+                return {"1": True, "true": True, "yes": True, "0": False, "false": False,
+                        "no": False}[value.lower()]
+            return kind(value)
+        except (KeyError, ValueError):
+            pass
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
+
+
+__all__ = ["ServeConfig", "IngestConfig", "BatchConfig", "ModelConfig", "PublishConfig",
+           "MetricsConfig", "ConfigError", "load", "keys"]

@@ -1,0 +1,168 @@
+"""The veto daemon's composition root: builds the parts, owns the threads, runs the lifecycle.
+
+    DAQ PUSH ──▶ PULL (bind) ─proxy─▶ inproc PUSH ──▶ N ingest workers ──▶ Batcher
+                                                                            │
+    subscribers ◀── PUB (bind) ◀── Publisher thread ◀── verdicts ◀── InferenceLoop (Engine)
+
+Start: load and check the artifact, warm the engine, bind, start threads, then READY=1.
+Stop (SIGTERM): frames still arriving are answered SHUTDOWN-keep, the batcher is drained through the
+model, every verdict is published, then sockets close. Signal handlers only set an event.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+from prometheus_client import CollectorRegistry
+
+from service import artifact as artifacts
+from service.artifact import Artifact
+from service.batcher import Batcher
+from service.config import ServeConfig
+from service.engine import Engine
+from service.inference import InferenceLoop
+from service.ingest import IngestWorker
+from service.metrics import Metrics
+from service.notify import notify, watchdog_interval_s
+from service.publisher import Publisher
+from service.protocol import WELCOME
+from service.sockets import bind
+
+log = logging.getLogger(__name__)
+BACKEND = "inproc://hitveto-frames"
+IDLE_BEFORE_CLOSE_S = 0.05   # intake is closed once no frame arrived for this long while draining
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Endpoints:
+    ingest: str
+    publish: str
+    metrics_port: int | None
+
+
+class Daemon:
+    """One veto daemon; a context manager that starts on enter and drains on exit."""
+
+    def __init__(self, config: ServeConfig, *, registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self.metrics = Metrics(registry or CollectorRegistry())
+        self.stop_requested = threading.Event()
+        self._draining = threading.Event()
+        self._context = zmq.Context()
+        self._artifact = artifacts.read(config.model.artifact or artifacts.DEFAULT_ARTIFACT)
+        self.endpoints: Endpoints | None = None
+
+    @property
+    def artifact(self) -> Artifact:
+        return self._artifact
+
+    def start(self) -> Endpoints:
+        cfg = self.config
+        engine = Engine(self._artifact, device=cfg.model.device, max_batch=cfg.batch.max_batch,
+                        threads=cfg.model.threads)
+        warm_s = engine.warm_up()
+        self.batcher = Batcher(max_batch=cfg.batch.max_batch, max_delay_ms=cfg.batch.max_delay_ms,
+                               max_queue=cfg.batch.max_queue)
+        pub, pub_endpoint = bind(self._context, zmq.XPUB, cfg.publish.endpoint,
+                                 hwm=cfg.publish.sndhwm, linger_ms=500,
+                                 options={zmq.XPUB_WELCOME_MSG: WELCOME})
+        self.publisher = Publisher(pub, self.metrics)
+        self._pub = pub
+        self.inference = InferenceLoop(engine=engine, batcher=self.batcher, metrics=self.metrics,
+                                       publish=self.publisher.put,
+                                       latency_budget_ms=cfg.batch.latency_budget_ms)
+        ingest_endpoint = self._start_intake()
+        self.publisher.start()
+        self.inference.thread.start()
+        port = self.metrics.serve(cfg.metrics.address, cfg.metrics.port) if cfg.metrics.enabled else None
+        self._announce_model(engine)
+        self.endpoints = Endpoints(ingest=ingest_endpoint, publish=pub_endpoint, metrics_port=port)
+        log.info("serving %s on %s (%s, warm-up %.2f s); verdicts on %s; metrics port %s",
+                 engine.version, ingest_endpoint, engine.device, warm_s, pub_endpoint, port)
+        notify("READY=1")
+        notify(f"STATUS=serving {engine.version} on {engine.device}")
+        return self.endpoints
+
+    def _start_intake(self) -> str:
+        cfg = self.config.ingest
+        front, endpoint = bind(self._context, zmq.PULL, cfg.endpoint, hwm=cfg.rcvhwm)
+        back, _ = bind(self._context, zmq.PUSH, BACKEND)
+        self._proxy_control = self._context.socket(zmq.PAIR)
+        self._proxy_control.bind("inproc://hitveto-proxy-control")
+        steer = self._context.socket(zmq.PAIR)
+        steer.connect("inproc://hitveto-proxy-control")
+        self._proxy = threading.Thread(target=_run_proxy, args=(front, back, steer),
+                                       name="hitveto-proxy", daemon=True)
+        self._proxy.start()
+        self.workers = [self._worker(i) for i in range(max(1, cfg.workers))]
+        for w in self.workers:
+            w.thread.start()
+        return endpoint
+
+    def _worker(self, i: int) -> IngestWorker:
+        sock = self._context.socket(zmq.PULL)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(BACKEND)
+        return IngestWorker(sock=sock, batcher=self.batcher, metrics=self.metrics,
+                            publish=self.publisher.put, artifact=lambda: self._artifact,
+                            draining=self._draining, name=f"hitveto-ingest-{i}")
+
+    def _announce_model(self, engine: Engine) -> None:
+        info = self._artifact.info
+        self.metrics.set_model(info.version, info.architecture, info.detector, engine.device,
+                               self._artifact.sha256, info.threshold)
+        self.metrics.gpu_memory.set(engine.gpu_memory_bytes())
+        self.metrics.ready.set(1)
+
+    def serve_forever(self) -> None:
+        """Run until SIGTERM/SIGINT, pinging the systemd watchdog; then drain and stop."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop_requested.set())
+        interval = watchdog_interval_s() or 1.0
+        while not self.stop_requested.wait(interval):
+            notify("WATCHDOG=1")
+        self.shutdown()
+
+    def shutdown(self, deadline_s: float = 10.0) -> None:
+        """Drain in phases: answer late arrivals, close intake, judge the backlog, publish all."""
+        notify("STOPPING=1")
+        end = time.monotonic() + deadline_s
+        self._draining.set()
+        while time.monotonic() < end and any(
+                time.monotonic() - w.last_frame_s < IDLE_BEFORE_CLOSE_S for w in self.workers):
+            time.sleep(IDLE_BEFORE_CLOSE_S / 5)
+        self._proxy_control.send(b"TERMINATE")
+        self._proxy.join(max(0.1, end - time.monotonic()))
+        for w in self.workers:
+            w.stop.set()
+            w.thread.join(max(0.1, end - time.monotonic()))
+        self.inference.stop.set()
+        self.inference.thread.join(max(0.1, end - time.monotonic()))
+        self.publisher.close(max(0.1, end - time.monotonic()))
+        self._pub.close(linger=500)
+        self._proxy_control.close(linger=0)
+        self._context.term()
+        log.info("stopped after %d verdicts", self.publisher.published)
+
+    def __enter__(self) -> Daemon:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+
+def _run_proxy(front: zmq.Socket, back: zmq.Socket, steer: zmq.Socket) -> None:
+    try:
+        zmq.proxy_steerable(front, back, None, steer)
+    except zmq.ContextTerminated:
+        pass
+    finally:
+        for sock in (front, back, steer):
+            sock.close(linger=0)

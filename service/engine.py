@@ -1,0 +1,69 @@
+"""TorchScript inference on one device: pinned host buffers and one transfer per batch on CUDA."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from service.artifact import Artifact, load_module
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when a GPU is usable, else 'cpu'."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+class Engine:
+    """Runs an artifact's model on batches of regions; thread: one inference thread owns it."""
+
+    def __init__(self, artifact: Artifact, *, device: str = "auto", max_batch: int = 32,
+                 threads: int = 0) -> None:
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.artifact = artifact
+        self.device = resolve_device(device)
+        self.max_batch = max_batch
+        self._module = load_module(artifact, self.device)
+        self._pinned: dict[np.dtype, torch.Tensor] = {}  # host staging buffers, one per input dtype
+
+    @property
+    def version(self) -> str:
+        return self.artifact.info.version
+
+    @property
+    def threshold(self) -> float:
+        return self.artifact.info.threshold
+
+    def infer(self, regions: Sequence[np.ndarray]) -> np.ndarray:
+        """P(hit) per region (float32); regions all of the model's region shape and one dtype."""
+        with torch.inference_mode():
+            batch = self._stage(regions)
+            return self._module(batch).float().cpu().numpy()
+
+    def warm_up(self) -> float:
+        """Run the largest and the smallest batch once, so the first real frames do not pay for it."""
+        t0 = time.perf_counter()
+        zeros = np.zeros(self.artifact.spec.roi_shape, dtype=np.int16)
+        for n in (self.max_batch, 1):
+            self.infer([zeros] * n)
+        return time.perf_counter() - t0
+
+    def gpu_memory_bytes(self) -> int:
+        return torch.cuda.memory_allocated() if self.device.startswith("cuda") else 0
+
+    def _stage(self, regions: Sequence[np.ndarray]) -> torch.Tensor:
+        if self.device == "cpu":
+            return torch.from_numpy(np.stack(regions))
+        dtype = regions[0].dtype
+        if dtype not in self._pinned or self._pinned[dtype].shape[0] < len(regions):
+            size = max(self.max_batch, len(regions))
+            host = torch.empty((size, *regions[0].shape), dtype=torch.from_numpy(regions[0][:0]).dtype)
+            self._pinned[dtype] = host.pin_memory()
+        host = self._pinned[dtype][: len(regions)]
+        np.stack(regions, out=host.numpy())
+        return host.to(self.device, non_blocking=True)

@@ -1,0 +1,87 @@
+"""Ingest workers: receive frames, decode and check them, cut the model's region, hand to the batcher.
+
+Each worker thread owns one PULL socket connected to the daemon's internal frame fan-out. ZMQ
+receives without holding the GIL and numpy's gather releases it, so threads scale decoding until
+inference (which also releases the GIL) takes the cores. A frame that cannot be judged is answered
+at once with a keep verdict; nothing here raises out of the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import zmq
+
+from service.artifact import Artifact
+from service.batcher import Batcher, Pending
+from service.metrics import Metrics
+from service.preprocess import InputMismatch, region
+from service.protocol import ProtocolError, Reason, Verdict, decode_frame
+
+log = logging.getLogger(__name__)
+POLL_MS = 50
+
+
+class IngestWorker:
+    def __init__(self, *, sock: zmq.Socket, batcher: Batcher, metrics: Metrics,
+                 publish: Callable[[Verdict], None], artifact: Callable[[], Artifact],
+                 draining: threading.Event, name: str) -> None:
+        self._sock = sock
+        self._batcher = batcher
+        self._metrics = metrics
+        self._publish = publish
+        self._artifact = artifact           # the current model's artifact (changes on reload)
+        self._draining = draining
+        self.last_frame_s = time.monotonic()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                if self._sock.poll(POLL_MS, zmq.POLLIN):
+                    self.handle(self._sock.recv_multipart(copy=False))
+            while self._sock.poll(0, zmq.POLLIN):  # intake is closed: answer what is still queued
+                self.handle(self._sock.recv_multipart(copy=False))
+        finally:
+            self._sock.close(linger=0)
+
+    def handle(self, parts: list) -> None:
+        """One message in, exactly one outcome: queued, or answered with a keep, or counted as bad."""
+        received_ns = time.time_ns()
+        self.last_frame_s = time.monotonic()
+        self._metrics.frames.inc()
+        artifact = self._artifact()
+        try:
+            header, image = decode_frame(parts)
+            if header.key.detector != artifact.spec.detector:
+                raise ProtocolError("unknown_detector", f"detector {header.key.detector!r}, model "
+                                    f"serves {artifact.spec.detector!r}", header.key)
+            roi = region(image, artifact.spec)
+        except ProtocolError as exc:
+            self._reject(exc.reason, exc.key, str(exc), received_ns, artifact)
+            return
+        except InputMismatch as exc:
+            self._reject("bad_shape", header.key, str(exc), received_ns, artifact)
+            return
+        pending = Pending(key=header.key, region=roi, sent_ns=header.sent_ns,
+                          received_ns=received_ns, arrived_s=self._batcher.clock())
+        if self._draining.is_set():
+            self._keep(pending, Reason.SHUTDOWN, artifact)
+        elif not self._batcher.offer(pending):
+            self._keep(pending, Reason.OVERLOAD, artifact)
+
+    def _reject(self, reason: str, key, detail: str, received_ns: int, artifact: Artifact) -> None:
+        self._metrics.bad_frames.labels(reason).inc()
+        log.debug("bad frame: %s", detail)
+        if key is not None:  # answerable: the writer keeps it rather than waiting for the deadline
+            self._publish(Verdict.fail_open(key, Reason.MALFORMED, model_version=artifact.info.version,
+                                            threshold=artifact.info.threshold, received_ns=received_ns))
+
+    def _keep(self, p: Pending, reason: Reason, artifact: Artifact) -> None:
+        self._publish(Verdict.fail_open(p.key, reason, model_version=artifact.info.version,
+                                        threshold=artifact.info.threshold, sent_ns=p.sent_ns,
+                                        received_ns=p.received_ns))

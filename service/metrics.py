@@ -1,0 +1,54 @@
+"""All Prometheus metrics of the daemon, on a registry passed in (tests pass a fresh one).
+
+Names are a contract: deploy/ dashboards and alert rules use them (docs/METRICS.md).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import ProcessCollector
+
+LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.frames = Counter("hitveto_frames_received_total", "Frames received on the ingest socket",
+                              registry=registry)
+        self.verdicts = Counter("hitveto_verdicts_total", "Verdicts published, by outcome and reason",
+                                ["outcome", "reason"], registry=registry)
+        self.bad_frames = Counter("hitveto_bad_frames_total", "Frames rejected as malformed, by reason",
+                                  ["reason"], registry=registry)
+        self.batch_size = Histogram("hitveto_batch_size", "Frames per inference batch",
+                                    buckets=BATCH_BUCKETS, registry=registry)
+        self.queue_depth = Gauge("hitveto_queue_depth", "Frames waiting for inference",
+                                 registry=registry)
+        self.inference = Histogram("hitveto_inference_seconds", "Model time per batch",
+                                   buckets=LATENCY_BUCKETS_S, registry=registry)
+        self.latency = Histogram("hitveto_frame_latency_seconds",
+                                 "Frame receipt to verdict publish, per frame",
+                                 buckets=LATENCY_BUCKETS_S, registry=registry)
+        self.model_info = Gauge("hitveto_model_info", "The model being served (value 1)",
+                                ["version", "architecture", "detector", "device", "sha256"],
+                                registry=registry)
+        self.threshold = Gauge("hitveto_model_threshold", "Decision threshold in use", registry=registry)
+        self.ready = Gauge("hitveto_ready", "1 once the model is loaded and warm", registry=registry)
+        self.gpu_memory = Gauge("hitveto_gpu_memory_bytes", "CUDA memory allocated by the engine",
+                                registry=registry)
+        ProcessCollector(registry=registry)
+
+    def count_verdict(self, keep: bool, reason: str) -> None:
+        self.verdicts.labels("keep" if keep else "drop", reason).inc()
+
+    def set_model(self, version: str, architecture: str, detector: str, device: str, sha256: str,
+                  threshold: float) -> None:
+        self.model_info.clear()
+        self.model_info.labels(version, architecture, detector, device, sha256[:12]).set(1)
+        self.threshold.set(threshold)
+
+    def serve(self, address: str, port: int) -> int:
+        """Expose /metrics over HTTP; returns the bound port (port 0 picks a free one)."""
+        server, _thread = start_http_server(port, addr=address, registry=self.registry)
+        return server.server_address[1]

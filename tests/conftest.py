@@ -1,0 +1,61 @@
+"""Shared fixtures: a small artifact built in-process and a daemon on loopback ports."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+RAW = (4, 20, 30)   # a small stand-in raw stack: the wire and the daemon do not care about size
+ROI = (24, 24)
+
+
+def tiny_roi_index() -> np.ndarray:
+    """Region = a 24x24 window spanning two of the four panels, with a 2-pixel gap of -1."""
+    index = np.full(ROI, -1, dtype=np.int64)
+    flat = np.arange(np.prod(RAW)).reshape(RAW)
+    index[:11, :] = flat[0, 5:16, 3:27]
+    index[13:, :] = flat[1, 5:16, 3:27]
+    return index
+
+
+def make_artifact(path: Path, *, threshold: float = 0.5, version: str = "test-1",
+                  bias: float = 0.0, detector: str = "cspad") -> Path:
+    """A scripted CompactCNN artifact; `bias` shifts its logits (large bias: everything a hit)."""
+    import torch
+
+    from service import artifact, model
+    torch.manual_seed(0)
+    net = model.build("compact", ROI[0], adu_per_photon=10.0).eval()
+    with torch.no_grad():
+        net.net.classify.bias.fill_(bias)
+    scripted = torch.jit.freeze(torch.jit.script(net))
+    info = artifact.ModelInfo(version=version, architecture="compact", detector=detector,
+                              raw_shape=RAW, roi_shape=ROI, adu_per_photon=10.0, threshold=threshold)
+    return artifact.save(path, scripted, info, tiny_roi_index())
+
+
+@pytest.fixture
+def tiny_artifact(tmp_path: Path) -> Path:
+    return make_artifact(tmp_path / "tiny.pt")
+
+
+def loopback_config(artifact_path: Path, **overrides):
+    from service import config
+    values = {"model.artifact": str(artifact_path), "model.device": "cpu",
+              "ingest.endpoint": "tcp://127.0.0.1:*", "publish.endpoint": "tcp://127.0.0.1:*",
+              "metrics.port": 0, "model.threads": 1}
+    values.update(overrides)
+    return config.load(overrides=values)
+
+
+@contextlib.contextmanager
+def running_daemon(artifact_path: Path, **overrides) -> Iterator:
+    from prometheus_client import CollectorRegistry
+
+    from service.daemon import Daemon
+    with Daemon(loopback_config(artifact_path, **overrides), registry=CollectorRegistry()) as d:
+        yield d

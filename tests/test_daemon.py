@@ -1,0 +1,86 @@
+"""The daemon over real loopback sockets: one verdict per frame, fail-open reasons, drain."""
+
+from __future__ import annotations
+
+import numpy as np
+import zmq
+
+from clients.veto import VetoClient
+from service.protocol import EventKey, Reason
+from tests.conftest import RAW, ROI, make_artifact, running_daemon
+
+
+def frames(n: int, shape=RAW, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        yield EventKey(run=1, pulse_id=i, timestamp=1000 + i), rng.poisson(5, shape).astype(np.int16)
+
+
+def stream(daemon, items, **client_kw):
+    with VetoClient(daemon.endpoints.ingest, daemon.endpoints.publish, **client_kw) as veto:
+        veto.wait_subscribed()
+        decisions = []
+        for key, image in items:
+            veto.send(key, image)
+            decisions += veto.poll()
+        decisions += veto.flush(timeout_s=10)
+        return veto.counts, decisions
+
+
+def test_each_frame_gets_exactly_one_model_verdict(tiny_artifact):
+    with running_daemon(tiny_artifact) as daemon:
+        counts, decisions = stream(daemon, frames(300))
+    keys = [d.key.pulse_id for d in decisions]
+    assert sorted(keys) == list(range(300))
+    assert {d.reason for d in decisions} == {Reason.MODEL}
+    assert counts.sent == counts.decided == 300 and counts.kept_fallback == 0
+
+
+def test_region_and_raw_frames_get_the_same_score(tiny_artifact):
+    from service import artifact, preprocess
+    spec = artifact.read(tiny_artifact).spec
+    key, raw = next(frames(1))
+    roi = preprocess.region(raw, spec).copy()
+    with running_daemon(tiny_artifact) as daemon:
+        _, decisions = stream(daemon, [(key, raw), (EventKey(run=1, pulse_id=1), roi)])
+    scores = {d.key.pulse_id: d.verdict.score for d in decisions}
+    assert scores[0] == scores[1]
+    assert roi.shape == ROI
+
+
+def test_hit_threshold_decides_keep(tmp_path):
+    always = make_artifact(tmp_path / "hit.pt", bias=50.0)
+    with running_daemon(always) as daemon:
+        counts, decisions = stream(daemon, frames(20))
+    assert all(d.keep and d.verdict.hit for d in decisions) and counts.hits == 20
+
+
+def test_malformed_frames_are_counted_and_answered(tiny_artifact):
+    with running_daemon(tiny_artifact) as daemon:
+        bad = [(EventKey(run=1, pulse_id=0), np.zeros((3, 3), np.int16)),            # wrong shape
+               (EventKey(run=1, pulse_id=1, detector="epix"), np.zeros(RAW, np.int16))]  # detector
+        counts, decisions = stream(daemon, bad + list(frames(5))[2:])
+        ctx = zmq.Context.instance()
+        push = ctx.socket(zmq.PUSH)
+        push.connect(daemon.endpoints.ingest)
+        push.send_multipart([b"\x93garbage", b"x"])   # no readable key: counted, not answerable
+        push.close(linger=1000)
+        _, more = stream(daemon, list(frames(1)))
+        bad_count = daemon.metrics.bad_frames
+    reasons = {d.key.pulse_id: d.reason for d in decisions}
+    assert reasons[0] == reasons[1] == Reason.MALFORMED and all(d.keep for d in decisions[:2])
+    assert counts.decided == counts.sent == 5 and len(more) == 1
+    assert bad_count.labels("bad_shape")._value.get() == 1
+    assert bad_count.labels("unknown_detector")._value.get() == 1
+    assert bad_count.labels("bad_header")._value.get() == 1
+
+
+def test_overload_yields_keep_verdicts_and_no_loss(tiny_artifact):
+    with running_daemon(tiny_artifact, **{"batch.max_queue": 4, "batch.max_batch": 2,
+                                          "ingest.workers": 2}) as daemon:
+        counts, decisions = stream(daemon, frames(2000, shape=RAW))
+    reasons = {d.reason for d in decisions}
+    assert counts.sent == counts.decided == 2000
+    assert Reason.OVERLOAD in reasons and Reason.MODEL in reasons
+    assert sorted(d.key.pulse_id for d in decisions) == list(range(2000))
+    assert all(d.keep for d in decisions if d.reason is Reason.OVERLOAD)
