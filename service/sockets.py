@@ -16,3 +16,12 @@ def bind(context: zmq.Context, kind: int, endpoint: str, *, hwm: int | None = No
         sock.setsockopt(option, value)
     sock.bind(endpoint)
     return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
+def free_tcp_endpoint(host: str = "127.0.0.1") -> str:
+    """A loopback endpoint whose port was free a moment ago (for launching daemons in other processes)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return f"tcp://{host}:{s.getsockname()[1]}"

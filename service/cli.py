@@ -1,0 +1,137 @@
+"""`hitveto` command line: parses arguments, then calls one function."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return args.func(args) or 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import os
+
+    from service import config
+    from service.daemon import Daemon
+    overrides = dict(kv.split("=", 1) for kv in args.set)
+    for flag, key in (("artifact", "model.artifact"), ("device", "model.device"),
+                      ("ingest", "ingest.endpoint"), ("publish", "publish.endpoint"),
+                      ("metrics_port", "metrics.port")):
+        if getattr(args, flag) is not None:
+            overrides[key] = str(getattr(args, flag))
+    cfg = config.load(args.config, os.environ, overrides)
+    daemon = Daemon(cfg)
+    daemon.start()
+    daemon.serve_forever()
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from service.sim.run import simulate_runs
+    for path in simulate_runs(args.out, runs=args.runs, n_frames=args.frames, preset=args.preset,
+                              layout=args.layout, fmt=args.format, seed=args.seed):
+        print(path)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from service.train import TrainConfig, train
+    cfg = TrainConfig(train_runs=tuple(args.train), val_runs=tuple(args.val), out=args.out,
+                      architecture=args.arch, epochs=args.epochs, seed=args.seed,
+                      limit_per_run=args.limit, adu_per_photon=args.adu_per_photon)
+    _, report = train(cfg)
+    print(report)
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from service.replay import replay
+    summary = replay(args.runs, frames_endpoint=args.frames, verdicts_endpoint=args.verdicts,
+                     out_dir=args.out, rate_hz=args.rate, deadline_ms=args.deadline_ms,
+                     limit=args.limit)
+    print("\n".join(summary.lines()))
+    return 0 if summary.accounted else 1
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from service.demo import run_demo
+    summary = run_demo(args.workdir, n_frames=args.frames, rate_hz=args.rate)
+    print("\n".join(["", "hitveto demo: simulated CSPAD run -> veto daemon -> hit writer", *summary.lines()]))
+    return 0 if summary.accounted else 1
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from service import artifact
+    a = artifact.read(args.artifact)
+    print(a.info.to_json())
+    print(f"sha256: {a.sha256}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hitveto", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(required=True, metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="run the veto daemon")
+    s.add_argument("--config", type=Path, help="TOML file (docs/CONFIG.md)")
+    s.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    s.add_argument("--artifact", type=Path)
+    s.add_argument("--device")
+    s.add_argument("--ingest", help="frames endpoint to bind, e.g. tcp://127.0.0.1:5550")
+    s.add_argument("--publish", help="verdicts endpoint to bind")
+    s.add_argument("--metrics-port", type=int)
+    s.set_defaults(func=_serve)
+
+    s = sub.add_parser("simulate", help="write simulated SFX runs (xtc2 or CXI)")
+    s.add_argument("out", type=Path)
+    s.add_argument("--runs", type=int, nargs="+", default=[1])
+    s.add_argument("--frames", type=int, default=200)
+    s.add_argument("--preset", default="lysozyme")
+    s.add_argument("--layout", choices=["raw", "roi"], default="raw")
+    s.add_argument("--format", choices=["xtc2", "cxi"], default="xtc2")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_simulate)
+
+    s = sub.add_parser("train", help="label runs with peakfinder8, train, validate, write an artifact")
+    s.add_argument("--train", type=Path, nargs="+", required=True)
+    s.add_argument("--val", type=Path, nargs="+", required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--arch", choices=["seed", "compact"], default="seed")
+    s.add_argument("--epochs", type=int, default=3)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--limit", type=int, help="at most this many frames per run")
+    s.add_argument("--adu-per-photon", type=float, default=0.0)
+    s.set_defaults(func=_train)
+
+    s = sub.add_parser("replay", help="stream runs to a daemon and write the frames it keeps")
+    s.add_argument("runs", type=Path, nargs="+")
+    s.add_argument("--frames", default="tcp://127.0.0.1:5550")
+    s.add_argument("--verdicts", default="tcp://127.0.0.1:5551")
+    s.add_argument("--out", type=Path, help="write kept frames as CXI here")
+    s.add_argument("--rate", type=float, default=0.0, help="frames/s; 0 = as fast as possible")
+    s.add_argument("--deadline-ms", type=float, default=1000.0)
+    s.add_argument("--limit", type=int)
+    s.set_defaults(func=_replay)
+
+    s = sub.add_parser("demo", help="simulated run -> daemon with the shipped model -> hit writer")
+    s.add_argument("--workdir", type=Path, default=Path("demo-out"))
+    s.add_argument("--frames", type=int, default=240)
+    s.add_argument("--rate", type=float, default=120.0, help="frames/s (LCLS-I: 120)")
+    s.set_defaults(func=_demo)
+
+    s = sub.add_parser("inspect", help="print a model artifact's metadata")
+    s.add_argument("artifact", type=Path)
+    s.set_defaults(func=_inspect)
+    return p
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Labels from peak counts: the study's quartile protocol, and truth from the simulator."""
+
+from __future__ import annotations
+
+import numpy as np
+
+HIT, MISS, UNUSED = 1, 0, -1
+MIN_PEAKS_FOR_HIT = 10  # peakfinder8 as a hit finder: Cheetah/OM's usual "min peaks" floor
+
+
+def quartile_labels(peak_counts: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The study's protocol: top quarter by peak count = hit, bottom quarter = miss, rest unused.
+
+    Ties are broken at random (seeded), so a run where most frames have 0 peaks still yields exactly
+    a quarter of misses drawn from those frames.
+    """
+    n = len(peak_counts)
+    jitter = np.random.default_rng(seed).random(n)
+    order = np.lexsort((jitter, np.asarray(peak_counts)))
+    labels = np.full(n, UNUSED, dtype=np.int8)
+    quarter = n // 4
+    labels[order[:quarter]] = MISS
+    labels[order[n - quarter:]] = HIT
+    return labels
+
+
+def truth_labels(n_crystals: np.ndarray) -> np.ndarray:
+    """Simulator truth: a frame with a crystal in the beam is a hit."""
+    return (np.asarray(n_crystals) > 0).astype(np.int8)
+
+
+def confusion(actual: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """Counts and rates for binary labels (1 = hit); sensitivity = recall of hits."""
+    actual, predicted = np.asarray(actual, bool), np.asarray(predicted, bool)
+    tp, fn = int((actual & predicted).sum()), int((actual & ~predicted).sum())
+    fp, tn = int((~actual & predicted).sum()), int((~actual & ~predicted).sum())
+    return {"tp": tp, "fn": fn, "fp": fp, "tn": tn,
+            "sensitivity": tp / (tp + fn) if tp + fn else float("nan"),
+            "specificity": tn / (tn + fp) if tn + fp else float("nan")}
+
+
+def study_table(c: dict[str, float], title: str) -> str:
+    """The confusion matrix in the study's layout: fractions of all frames, actual x prediction."""
+    n = max(1, c["tp"] + c["fn"] + c["fp"] + c["tn"])
+    return "\n".join([
+        f"{title}",
+        "                Prediction",
+        "Actual          Hit       Miss",
+        f"   Hit      {c['tp'] / n:8.5f}   {c['fn'] / n:8.5f}",
+        f"   Miss     {c['fp'] / n:8.5f}   {c['tn'] / n:8.5f}",
+        f"Sensitivity: {c['sensitivity']:.5f}  Specificity: {c['specificity']:.5f}  (n = {n})",
+    ])

@@ -1,0 +1,74 @@
+"""Start a daemon process and wait for its READY=1 the way systemd does (NOTIFY_SOCKET).
+
+Used by the demo, the benchmarks and the fault tests; deploy/ has the systemd unit for production.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.sockets import free_tcp_endpoint
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DaemonProcess:
+    process: subprocess.Popen
+    ingest: str
+    publish: str
+    metrics_port: int
+    messages: tuple[str, ...]       # sd_notify messages received up to READY
+
+    def stop(self, timeout_s: float = 20.0) -> int:
+        """SIGTERM (the daemon drains), then wait; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout_s)
+
+
+def start_daemon(*settings: str, artifact: Path | None = None, timeout_s: float = 60.0,
+                 log_path: Path | None = None) -> DaemonProcess:
+    """Launch `hitveto serve` on free loopback ports; returns once it says READY=1.
+
+    settings are extra `section.key=value` overrides. Raises RuntimeError if it dies or times out.
+    """
+    ingest, publish = free_tcp_endpoint(), free_tcp_endpoint()
+    port = int(free_tcp_endpoint().rsplit(":", 1)[1])
+    cmd = [sys.executable, "-m", "service.cli", "serve", "--ingest", ingest, "--publish", publish,
+           "--metrics-port", str(port), *[a for s in settings for a in ("--set", s)]]
+    if artifact is not None:
+        cmd += ["--artifact", str(artifact)]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "notify")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(path)
+            log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+            proc = subprocess.Popen(cmd, env={**os.environ, "NOTIFY_SOCKET": path},
+                                    stdout=log, stderr=subprocess.STDOUT)
+            messages = _wait_ready(sock, proc, timeout_s)
+    return DaemonProcess(process=proc, ingest=ingest, publish=publish, metrics_port=port,
+                         messages=messages)
+
+
+def _wait_ready(sock: socket.socket, proc: subprocess.Popen, timeout_s: float) -> tuple[str, ...]:
+    end = time.monotonic() + timeout_s
+    messages: list[str] = []
+    sock.settimeout(0.2)
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"daemon exited with code {proc.returncode} before READY")
+        try:
+            messages += sock.recv(4096).decode().splitlines()
+        except TimeoutError:
+            continue
+        if "READY=1" in messages:
+            return tuple(messages)
+    proc.kill()
+    raise RuntimeError(f"daemon not READY within {timeout_s} s")

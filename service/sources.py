@@ -1,0 +1,53 @@
+"""Runs on disk as a stream of events, whatever the format: psana xtc2 or CXI/HDF5.
+
+One interface for the trainer, the replay client and the evaluation: `events(path)` yields
+`RunEvent`s (key fields, the detector frame, and simulator truth when the file has it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from service.xtc2 import RunEvent
+
+CXI_SUFFIXES = (".cxi", ".h5", ".hdf5")
+
+
+def events(path: Path, *, detector: str = "cspad", limit: int | None = None) -> Iterator[RunEvent]:
+    """Events of one run file, in order; at most `limit`."""
+    path = Path(path)
+    if path.suffix == ".xtc2":
+        from service.xtc2 import read_run
+        stream = read_run(path, detector=detector)
+    elif path.suffix in CXI_SUFFIXES:
+        stream = _cxi_events(path)
+    else:
+        raise ValueError(f"{path}: unknown run format (expected .xtc2 or {', '.join(CXI_SUFFIXES)})")
+    for i, event in enumerate(stream):
+        if limit is not None and i >= limit:
+            return
+        yield event
+
+
+def run_info(path: Path) -> dict[str, Any]:
+    """The run's sidecar description (`<file>.json`, written by the simulator), or {}."""
+    sidecar = Path(path).with_suffix(Path(path).suffix + ".json")
+    return json.loads(sidecar.read_text()) if sidecar.exists() else {}
+
+
+def _cxi_events(path: Path) -> Iterator[RunEvent]:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        data = f["entry_1/data_1/data"]
+        event = f.get("entry_1/event")
+        truth = f.get("entry_1/sample_1/truth")
+        columns = {n: event[n][()] for n in ("pulse_id", "timestamp")} if event else {}
+        truth_cols = {n: d[()] for n, d in truth.items()} if truth else {}
+        for i in range(data.shape[0]):
+            yield RunEvent(timestamp=int(columns["timestamp"][i]) if columns else i,
+                           pulse_id=int(columns["pulse_id"][i]) if columns else i,
+                           image=data[i], truth={n: int(c[i]) for n, c in truth_cols.items()})

@@ -1,0 +1,172 @@
+"""Offline trainer: read runs, label them with peakfinder8, train, validate on other runs, save.
+
+The study's recipe (`--recipe seed`): quartile labels from peak counts, SGD lr 0.002 momentum 0.9,
+batch 100, 3 epochs, binary cross-entropy; validation on held-out runs with the same protocol.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from service import artifact, labels, model, preprocess, sources
+from service.peaks import PeakFinderParams, count_peaks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainConfig:
+    train_runs: tuple[Path, ...]
+    val_runs: tuple[Path, ...]
+    out: Path
+    architecture: str = "seed"
+    epochs: int = 3
+    batch_size: int = 100
+    lr: float = 0.002
+    momentum: float = 0.9
+    threshold: float = 0.5
+    seed: int = 0
+    limit_per_run: int | None = None
+    roi_size: int = 350
+    adu_per_photon: float = 0.0        # 0 = from the runs' sidecar (simulator), else required
+    peaks: PeakFinderParams = field(default_factory=PeakFinderParams)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LabelledFrames:
+    regions: np.ndarray        # (N, H, W) model inputs, ADU
+    peaks: np.ndarray          # peakfinder8 count per frame
+    n_crystals: np.ndarray     # simulator truth, -1 where unknown
+    kinds: np.ndarray          # simulator frame kind, -1 where unknown
+    runs: tuple[str, ...]
+
+
+def input_spec(roi_size: int, adu_per_photon: float) -> preprocess.InputSpec:
+    from service import geometry
+    return preprocess.InputSpec(detector="cspad", raw_shape=geometry.RAW_SHAPE,
+                                roi_shape=(roi_size, roi_size), roi_index=geometry.roi_index(roi_size),
+                                adu_per_photon=adu_per_photon)
+
+
+def load_runs(paths: tuple[Path, ...], spec: preprocess.InputSpec, params: PeakFinderParams,
+              limit: int | None = None) -> LabelledFrames:
+    """Regions, peak counts and truth of every event of the runs (progress bar per run)."""
+    mask = spec.roi_index >= 0
+    regions, peaks, crystals, kinds = [], [], [], []
+    for path in paths:
+        for ev in tqdm(sources.events(path, limit=limit), desc=f"label {Path(path).name}",
+                       unit="frame", leave=False):
+            roi = np.array(preprocess.region(ev.image, spec))
+            regions.append(roi)
+            peaks.append(count_peaks(roi, mask, params))
+            crystals.append(ev.truth.get("n_crystals", -1))
+            kinds.append(ev.truth.get("kind", -1))
+    return LabelledFrames(regions=np.stack(regions), peaks=np.array(peaks),
+                          n_crystals=np.array(crystals), kinds=np.array(kinds),
+                          runs=tuple(str(p) for p in paths))
+
+
+def fit(net: model.HitClassifier, x: np.ndarray, y: np.ndarray, cfg: TrainConfig) -> list[float]:
+    """The study's recipe; returns the mean loss per epoch."""
+    torch.manual_seed(cfg.seed)
+    optimiser = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    rng = np.random.default_rng(cfg.seed)
+    losses = []
+    net.train()
+    for epoch in range(cfg.epochs):
+        order, total = rng.permutation(len(x)), 0.0
+        bar = tqdm(range(0, len(x), cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   unit="batch", leave=False)
+        for start in bar:
+            idx = order[start:start + cfg.batch_size]
+            optimiser.zero_grad()
+            loss = loss_fn(net.logits(torch.from_numpy(x[idx])), torch.from_numpy(y[idx]).float())
+            loss.backward()
+            optimiser.step()
+            total += loss.item() * len(idx)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        losses.append(total / len(x))
+        log.info("epoch %d: loss %.4f", epoch + 1, losses[-1])
+    return losses
+
+
+def predict(net: torch.nn.Module, x: np.ndarray, batch: int = 128) -> np.ndarray:
+    """P(hit) for each region."""
+    net.eval()
+    with torch.inference_mode():
+        return np.concatenate([net(torch.from_numpy(x[i:i + batch])).numpy()
+                               for i in range(0, len(x), batch)])
+
+
+def evaluate(scores: np.ndarray, data: LabelledFrames, threshold: float, seed: int) -> dict:
+    """Study protocol (quartiles of peak counts) and, where truth exists, all frames vs truth."""
+    q = labels.quartile_labels(data.peaks, seed)
+    used = q != labels.UNUSED
+    result = {"quartile": labels.confusion(q[used] == labels.HIT, scores[used] >= threshold)}
+    if (data.n_crystals >= 0).all():
+        truth = labels.truth_labels(data.n_crystals)
+        result["all_frames_truth"] = labels.confusion(truth, scores >= threshold)
+        result["peakfinder8_truth"] = labels.confusion(truth, data.peaks >= labels.MIN_PEAKS_FOR_HIT)
+    return result
+
+
+def train(cfg: TrainConfig) -> tuple[Path, str]:
+    """Train and validate; writes the artifact; returns its path and the printed report."""
+    t0 = time.monotonic()
+    adu = cfg.adu_per_photon or _adu_from_runs(cfg.train_runs)
+    spec = input_spec(cfg.roi_size, adu)
+    train_data = load_runs(cfg.train_runs, spec, cfg.peaks, cfg.limit_per_run)
+    val_data = load_runs(cfg.val_runs, spec, cfg.peaks, cfg.limit_per_run)
+    t_data = time.monotonic() - t0
+    q = labels.quartile_labels(train_data.peaks, cfg.seed)
+    x, y = train_data.regions[q != labels.UNUSED], q[q != labels.UNUSED]
+    torch.manual_seed(cfg.seed)
+    net = model.build(cfg.architecture, cfg.roi_size, adu)
+    losses = fit(net, x, y, cfg)
+    t_fit = time.monotonic() - t0 - t_data
+    val = evaluate(predict(net, val_data.regions), val_data, cfg.threshold, cfg.seed)
+    trn = evaluate(predict(net, x), dataclasses.replace(
+        train_data, regions=x, peaks=train_data.peaks[q != labels.UNUSED],
+        n_crystals=train_data.n_crystals[q != labels.UNUSED],
+        kinds=train_data.kinds[q != labels.UNUSED]), cfg.threshold, cfg.seed)
+    net.eval()
+    scripted = torch.jit.freeze(torch.jit.script(net))
+    digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in net.parameters()))
+    info = artifact.ModelInfo(
+        version=f"{cfg.architecture}-{digest.hexdigest()[:8]}", architecture=cfg.architecture,
+        detector=spec.detector, raw_shape=spec.raw_shape, roi_shape=spec.roi_shape,
+        adu_per_photon=adu, threshold=cfg.threshold,
+        training={"runs": [str(p) for p in cfg.train_runs], "frames": int(len(train_data.peaks)),
+                  "labelled_frames": int(len(y)), "labels": "peakfinder8 quartiles (study)",
+                  "recipe": {"optimiser": "SGD", "lr": cfg.lr, "momentum": cfg.momentum,
+                             "batch_size": cfg.batch_size, "epochs": cfg.epochs, "seed": cfg.seed},
+                  "loss_per_epoch": losses, "peakfinder8": dataclasses.asdict(cfg.peaks),
+                  "seconds": {"data_and_labels": round(t_data, 1), "fit": round(t_fit, 1)}},
+        validation={"runs": [str(p) for p in cfg.val_runs], **val})
+    path = artifact.save(cfg.out, scripted, info, spec.roi_index)
+    report = "\n\n".join([
+        labels.study_table(trn["quartile"], "Training data (quartile protocol)"),
+        labels.study_table(val["quartile"], "Validation runs (quartile protocol)"),
+        *([labels.study_table(val["all_frames_truth"], "Validation runs, all frames vs truth")]
+          if "all_frames_truth" in val else []),
+        f"frames: {len(train_data.peaks)} train ({len(y)} labelled), {len(val_data.peaks)} validation;"
+        f" data+labels {t_data:.1f} s, fit {t_fit:.1f} s; artifact {path} ({info.version})"])
+    return path, report
+
+
+def _adu_from_runs(paths: tuple[Path, ...]) -> float:
+    gains = {sources.run_info(p).get("adu_per_photon") for p in paths}
+    if len(gains) != 1 or None in gains:
+        raise ValueError(f"cannot tell ADU per photon from the runs' sidecars ({gains}); "
+                         "pass --adu-per-photon")
+    return float(gains.pop())
