@@ -85,8 +85,7 @@ class Daemon:
         self.endpoints = Endpoints(ingest=ingest_endpoint, publish=pub_endpoint, metrics_port=port)
         log.info("serving %s on %s (%s, warm-up %.2f s); verdicts on %s; metrics port %s",
                  engine.version, ingest_endpoint, engine.device, warm_s, pub_endpoint, port)
-        notify("READY=1")
-        notify(f"STATUS=serving {engine.version} on {engine.device}")
+        notify(f"READY=1\nSTATUS=serving {engine.version} on {engine.device}")
         return self.endpoints
 
     def _start_intake(self) -> str:
@@ -121,12 +120,18 @@ class Daemon:
         self.metrics.ready.set(1)
 
     def serve_forever(self) -> None:
-        """Run until SIGTERM/SIGINT, pinging the systemd watchdog; then drain and stop."""
+        """Run until SIGTERM/SIGINT (main thread only), pinging the watchdog; then drain and stop."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop_requested.set())
+        self.serve_forever_without_signals()
+
+    def serve_forever_without_signals(self) -> None:
+        """Run until stop_requested is set, pinging the systemd watchdog; then drain and stop."""
         interval = watchdog_interval_s() or 1.0
         while not self.stop_requested.wait(interval):
             notify("WATCHDOG=1")
+            notify(f"STATUS=serving {self._artifact.info.version}, "
+                   f"{self.publisher.published} verdicts, queue {self.batcher.depth()}")
         self.shutdown()
 
     def shutdown(self, deadline_s: float = 10.0) -> None:
