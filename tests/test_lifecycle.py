@@ -13,15 +13,18 @@ from tests.conftest import RAW
 def test_process_reports_ready_and_drains_on_sigterm(tiny_artifact, tmp_path):
     daemon = start_daemon("model.device=cpu", "batch.max_delay_ms=50", "batch.max_batch=64",
                           artifact=tiny_artifact, log_path=tmp_path / "daemon.log")
-    assert "READY=1" in daemon.messages and any(m.startswith("STATUS=") for m in daemon.messages)
     n = 200
-    with VetoClient(daemon.ingest, daemon.publish, deadline_ms=20_000) as veto:
-        veto.wait_subscribed()
-        image = np.ones(RAW, np.int16)
-        for i in range(n):
-            veto.send(EventKey(run=1, pulse_id=i), image)
-        assert daemon.stop() == 0            # SIGTERM while frames are in flight
-        decisions = veto.flush(timeout_s=10)
+    try:
+        assert "READY=1" in daemon.messages and any(m.startswith("STATUS=") for m in daemon.messages)
+        with VetoClient(daemon.ingest, daemon.publish, deadline_ms=20_000) as veto:
+            veto.wait_subscribed()
+            image = np.ones(RAW, np.int16)
+            for i in range(n):
+                veto.send(EventKey(run=1, pulse_id=i), image)
+            assert daemon.stop() == 0            # SIGTERM while frames are in flight
+            decisions = veto.flush(timeout_s=10)
+    finally:
+        daemon.process.kill()
     assert veto.counts.decided == veto.counts.sent == n
     reasons = {d.reason for d in decisions}
     assert reasons <= {Reason.MODEL, Reason.SHUTDOWN}      # judged, or answered at shutdown

@@ -1,0 +1,45 @@
+"""Prometheus metrics over HTTP: the accounting identity holds on what a scraper sees."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import numpy as np
+import zmq
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.protocol import EventKey
+from tests.conftest import RAW, running_daemon
+from tests.test_daemon import frames, stream
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def total(samples: dict, name: str, **labels) -> float:
+    return sum(v for (n, lab), v in samples.items()
+               if n == name and all((k, val) in lab for k, val in labels.items()))
+
+
+def test_scraped_counters_account_for_every_frame(tiny_artifact):
+    with running_daemon(tiny_artifact) as daemon:
+        bad = [(EventKey(run=2, pulse_id=0), np.zeros((5, 5), np.int16))]
+        stream(daemon, list(frames(50)) + bad)
+        push = zmq.Context.instance().socket(zmq.PUSH)
+        push.connect(daemon.endpoints.ingest)
+        push.send_multipart([b"junk"])          # unanswerable: counted as bad only
+        push.close(linger=1000)
+        stream(daemon, list(frames(1, seed=9)))  # ensures the junk was read before we scrape
+        m = scrape(daemon.endpoints.metrics_port)
+    received = total(m, "hitveto_frames_received_total")
+    verdicts = total(m, "hitveto_verdicts_total")
+    bad_all = total(m, "hitveto_bad_frames_total")
+    answered_bad = total(m, "hitveto_verdicts_total", reason="malformed")
+    assert received == 53 and bad_all == 2 and answered_bad == 1
+    assert received == verdicts + bad_all - answered_bad
+    assert total(m, "hitveto_model_info", version="test-1") == 1
+    assert total(m, "hitveto_batch_size_count") >= 1 and total(m, "hitveto_ready") == 1
+    assert total(m, "hitveto_frame_latency_seconds_count") == verdicts
