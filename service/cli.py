@@ -23,7 +23,7 @@ def _serve(args: argparse.Namespace) -> int:
     overrides = dict(kv.split("=", 1) for kv in args.set)
     for flag, key in (("artifact", "model.artifact"), ("device", "model.device"),
                       ("ingest", "ingest.endpoint"), ("publish", "publish.endpoint"),
-                      ("metrics_port", "metrics.port")):
+                      ("metrics_port", "metrics.port"), ("control", "control.endpoint")):
         if getattr(args, flag) is not None:
             overrides[key] = str(getattr(args, flag))
     cfg = config.load(args.config, os.environ, overrides)
@@ -31,6 +31,16 @@ def _serve(args: argparse.Namespace) -> int:
     daemon.start()
     daemon.serve_forever()
     return 0
+
+
+def _ctl(args: argparse.Namespace) -> int:
+    import json
+
+    from service.control import request
+    params = {"artifact": args.artifact} if args.artifact else {}
+    reply = request(args.endpoint, args.command, **params)
+    print(json.dumps(reply, indent=1, default=str))
+    return 0 if reply.get("ok") else 1
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -88,7 +98,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--ingest", help="frames endpoint to bind, e.g. tcp://127.0.0.1:5550")
     s.add_argument("--publish", help="verdicts endpoint to bind")
     s.add_argument("--metrics-port", type=int)
+    s.add_argument("--control", help="control endpoint to bind ('' = off)")
     s.set_defaults(func=_serve)
+
+    s = sub.add_parser("ctl", help="send a control command (status, stats, reload) to a daemon")
+    s.add_argument("command", choices=["status", "stats", "reload"])
+    s.add_argument("--endpoint", default="tcp://127.0.0.1:5552")
+    s.add_argument("--artifact", help="for reload: the model file to swap in")
+    s.set_defaults(func=_ctl)
 
     s = sub.add_parser("simulate", help="write simulated SFX runs (xtc2 or CXI)")
     s.add_argument("out", type=Path)

@@ -57,12 +57,18 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ControlConfig:
+    endpoint: str = "tcp://127.0.0.1:5552"  # REP socket for status/stats/reload (bound); "" = off
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ServeConfig:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
 
 
 def load(path: Path | None = None, env: Mapping[str, str] | None = None,
@@ -145,4 +151,4 @@ def _coerce(kind: type, value: Any, where: str) -> Any:
 
 
 __all__ = ["ServeConfig", "IngestConfig", "BatchConfig", "ModelConfig", "PublishConfig",
-           "MetricsConfig", "ConfigError", "load", "keys"]
+           "MetricsConfig", "ControlConfig", "ConfigError", "load", "keys"]

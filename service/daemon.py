@@ -11,6 +11,7 @@ model, every verdict is published, then sockets close. Signal handlers only set 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import threading
@@ -25,6 +26,7 @@ from service import artifact as artifacts
 from service.artifact import Artifact
 from service.batcher import Batcher
 from service.config import ServeConfig
+from service.control import ControlServer
 from service.engine import Engine
 from service.inference import InferenceLoop
 from service.ingest import IngestWorker
@@ -43,6 +45,7 @@ IDLE_BEFORE_CLOSE_S = 0.05   # intake is closed once no frame arrived for this l
 class Endpoints:
     ingest: str
     publish: str
+    control: str | None
     metrics_port: int | None
 
 
@@ -53,6 +56,9 @@ class Daemon:
         self.config = config
         self.metrics = Metrics(registry or CollectorRegistry())
         self.stop_requested = threading.Event()
+        self.reload_requested = threading.Event()
+        self._reload_lock = threading.Lock()
+        self._started_s = time.monotonic()
         self._draining = threading.Event()
         self._context = zmq.Context()
         self._artifact = artifacts.read(config.model.artifact or artifacts.DEFAULT_ARTIFACT)
@@ -81,10 +87,13 @@ class Daemon:
         self.publisher.start()
         self.inference.thread.start()
         port = self.metrics.serve(cfg.metrics.address, cfg.metrics.port) if cfg.metrics.enabled else None
+        control_endpoint = self._start_control()
         self._announce_model(engine)
-        self.endpoints = Endpoints(ingest=ingest_endpoint, publish=pub_endpoint, metrics_port=port)
-        log.info("serving %s on %s (%s, warm-up %.2f s); verdicts on %s; metrics port %s",
-                 engine.version, ingest_endpoint, engine.device, warm_s, pub_endpoint, port)
+        self.endpoints = Endpoints(ingest=ingest_endpoint, publish=pub_endpoint,
+                                   control=control_endpoint, metrics_port=port)
+        log.info("serving %s (sha256 %s) on %s (%s, warm-up %.2f s); verdicts on %s; control %s; "
+                 "metrics port %s", engine.version, self._artifact.sha256[:12], ingest_endpoint,
+                 engine.device, warm_s, pub_endpoint, control_endpoint, port)
         notify(f"READY=1\nSTATUS=serving {engine.version} on {engine.device}")
         return self.endpoints
 
@@ -104,6 +113,15 @@ class Daemon:
             w.thread.start()
         return endpoint
 
+    def _start_control(self) -> str | None:
+        if not self.config.control.endpoint:
+            self.control = None
+            return None
+        sock, endpoint = bind(self._context, zmq.REP, self.config.control.endpoint)
+        self.control = ControlServer(sock, self)
+        self.control.thread.start()
+        return endpoint
+
     def _worker(self, i: int) -> IngestWorker:
         sock = self._context.socket(zmq.PULL)
         sock.setsockopt(zmq.LINGER, 0)
@@ -119,20 +137,75 @@ class Daemon:
         self.metrics.gpu_memory.set(engine.gpu_memory_bytes())
         self.metrics.ready.set(1)
 
+    def status(self) -> dict[str, Any]:
+        """What is being served, where, and how full the queue is."""
+        info = self._artifact.info
+        return {"version": info.version, "sha256": self._artifact.sha256, "detector": info.detector,
+                "threshold": info.threshold, "device": self.inference.engine.device,
+                "artifact": str(self._artifact.path), "queue_depth": self.batcher.depth(),
+                "uptime_s": round(time.monotonic() - self._started_s, 1),
+                "draining": self._draining.is_set(),
+                "endpoints": dataclasses.asdict(self.endpoints) if self.endpoints else {}}
+
+    def stats(self) -> dict[str, Any]:
+        """Frame accounting: received, verdicts by outcome/reason, rejections by reason."""
+        return self.metrics.accounting()
+
+    def reload(self, path: str | None = None) -> dict[str, Any]:
+        """Swap in a model file (default: the configured one) without dropping a frame.
+
+        The new model is loaded, checked and warmed beside the old one, which keeps serving; the
+        swap happens between two batches. ArtifactError (old model still serving) if it does not fit.
+        """
+        with self._reload_lock:
+            new = artifacts.read(path or self.config.model.artifact or artifacts.DEFAULT_ARTIFACT)
+            old = self._artifact
+            if (new.spec.detector, new.spec.raw_shape, new.spec.roi_shape) != \
+                    (old.spec.detector, old.spec.raw_shape, old.spec.roi_shape):
+                raise artifacts.ArtifactError(
+                    f"{new.path}: model {new.info.version} takes {new.spec.detector} "
+                    f"{new.spec.raw_shape}/{new.spec.roi_shape}, the stream is {old.spec.detector} "
+                    f"{old.spec.raw_shape}/{old.spec.roi_shape}; still serving {old.info.version}")
+            cfg = self.config
+            engine = Engine(new, device=cfg.model.device, max_batch=cfg.batch.max_batch,
+                            threads=cfg.model.threads)
+            engine.warm_up()
+            self.inference.swap(engine)
+            self._artifact = new
+            self._announce_model(engine)
+            log.info("reloaded: %s (sha256 %s) replaces %s", new.info.version, new.sha256[:12],
+                     old.info.version)
+            return {"version": new.info.version, "sha256": new.sha256, "previous": old.info.version}
+
     def serve_forever(self) -> None:
-        """Run until SIGTERM/SIGINT (main thread only), pinging the watchdog; then drain and stop."""
+        """Run until SIGTERM/SIGINT (main thread only), pinging the watchdog; then drain and stop.
+
+        SIGHUP reloads the configured artifact.
+        """
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop_requested.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
         self.serve_forever_without_signals()
 
     def serve_forever_without_signals(self) -> None:
         """Run until stop_requested is set, pinging the systemd watchdog; then drain and stop."""
-        interval = watchdog_interval_s() or 1.0
+        interval = min(watchdog_interval_s() or 1.0, 1.0)
         while not self.stop_requested.wait(interval):
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self._reload_logged()
             notify("WATCHDOG=1")
             notify(f"STATUS=serving {self._artifact.info.version}, "
                    f"{self.publisher.published} verdicts, queue {self.batcher.depth()}")
         self.shutdown()
+
+    def _reload_logged(self) -> None:
+        notify("RELOADING=1")
+        try:
+            self.reload()
+        except (artifacts.ArtifactError, RuntimeError) as exc:
+            log.error("reload refused, still serving %s: %s", self._artifact.info.version, exc)
+        notify("READY=1")
 
     def shutdown(self, deadline_s: float = 10.0) -> None:
         """Drain in phases: answer late arrivals, close intake, judge the backlog, publish all."""
@@ -150,6 +223,8 @@ class Daemon:
         self.inference.stop.set()
         self.inference.thread.join(max(0.1, end - time.monotonic()))
         self.publisher.close(max(0.1, end - time.monotonic()))
+        if self.control is not None:
+            self.control.stop()
         self._pub.close(linger=500)
         self._proxy_control.close(linger=0)
         self._context.term()

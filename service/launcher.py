@@ -23,6 +23,7 @@ class DaemonProcess:
     process: subprocess.Popen
     ingest: str
     publish: str
+    control: str
     metrics_port: int
     messages: tuple[str, ...]       # sd_notify messages received up to READY
 
@@ -39,10 +40,10 @@ def start_daemon(*settings: str, artifact: Path | None = None, timeout_s: float 
 
     settings are extra `section.key=value` overrides. Raises RuntimeError if it dies or times out.
     """
-    ingest, publish = free_tcp_endpoint(), free_tcp_endpoint()
+    ingest, publish, control = free_tcp_endpoint(), free_tcp_endpoint(), free_tcp_endpoint()
     port = int(free_tcp_endpoint().rsplit(":", 1)[1])
     cmd = [sys.executable, "-m", "service.cli", "serve", "--ingest", ingest, "--publish", publish,
-           "--metrics-port", str(port), *[a for s in settings for a in ("--set", s)]]
+           "--control", control, "--metrics-port", str(port), *[a for s in settings for a in ("--set", s)]]
     if artifact is not None:
         cmd += ["--artifact", str(artifact)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -53,7 +54,8 @@ def start_daemon(*settings: str, artifact: Path | None = None, timeout_s: float 
             proc = subprocess.Popen(cmd, env={**os.environ, "NOTIFY_SOCKET": path},
                                     stdout=log, stderr=subprocess.STDOUT)
             messages = _wait_ready(sock, proc, timeout_s)
-    return DaemonProcess(process=proc, ingest=ingest, publish=publish, metrics_port=port,
+    return DaemonProcess(process=proc, ingest=ingest, publish=publish, control=control,
+                         metrics_port=port,
                          messages=messages)
 
 

@@ -48,6 +48,14 @@ class Metrics:
         self.model_info.labels(version, architecture, detector, device, sha256[:12]).set(1)
         self.threshold.set(threshold)
 
+    def accounting(self) -> dict:
+        """Counts read back from the registry: received, verdicts by outcome/reason, bad frames."""
+        def by_labels(metric) -> dict[str, float]:
+            return {"/".join(s.labels.values()): s.value for fam in metric.collect()
+                    for s in fam.samples if s.name.endswith("_total")}
+        return {"frames_received": self.registry.get_sample_value("hitveto_frames_received_total"),
+                "verdicts": by_labels(self.verdicts), "bad_frames": by_labels(self.bad_frames)}
+
     def serve(self, address: str, port: int) -> int:
         """Expose /metrics over HTTP; returns the bound port (port 0 picks a free one)."""
         server, _thread = start_http_server(port, addr=address, registry=self.registry)

@@ -47,7 +47,8 @@ def loopback_config(artifact_path: Path, **overrides):
     from service import config
     values = {"model.artifact": str(artifact_path), "model.device": "cpu",
               "ingest.endpoint": "tcp://127.0.0.1:*", "publish.endpoint": "tcp://127.0.0.1:*",
-              "metrics.port": 0, "model.threads": 1}
+              "metrics.port": 0, "model.threads": 1,
+              "control.endpoint": "tcp://127.0.0.1:*"}
     values.update(overrides)
     return config.load(overrides=values)
 

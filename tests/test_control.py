@@ -1,0 +1,61 @@
+"""Control channel and hot model swap: status, stats, unknown commands, reload under load."""
+
+from __future__ import annotations
+
+import msgpack
+import zmq
+
+from clients.veto import VetoClient
+from service.control import request
+from service.protocol import Reason
+from tests.conftest import make_artifact, running_daemon
+from tests.test_daemon import frames
+
+
+def test_status_stats_and_unknown_command(tiny_artifact):
+    with running_daemon(tiny_artifact) as daemon:
+        ep = daemon.endpoints.control
+        status = request(ep, "status")
+        stats = request(ep, "stats")
+        unknown = request(ep, "selfdestruct")
+        sock = zmq.Context.instance().socket(zmq.REQ)
+        sock.connect(ep)
+        sock.send(b"\xc1 not msgpack")
+        garbage = msgpack.unpackb(sock.recv())
+        sock.close()
+    assert status["ok"] and status["result"]["version"] == "test-1"
+    assert stats["ok"] and stats["result"]["frames_received"] == 0
+    assert not unknown["ok"] and "selfdestruct" in unknown["error"]
+    assert not garbage["ok"] and "bad request" in garbage["error"]
+
+
+def test_model_swap_under_load_loses_nothing_and_switches_version(tiny_artifact, tmp_path):
+    v2 = make_artifact(tmp_path / "v2.pt", version="test-2", bias=3.0)
+    n, swap_at = 1500, 500
+    with running_daemon(tiny_artifact) as daemon:
+        with VetoClient(daemon.endpoints.ingest, daemon.endpoints.publish, deadline_ms=10_000) as veto:
+            veto.wait_subscribed()
+            decisions = []
+            for i, (key, image) in enumerate(frames(n)):
+                if i == swap_at:
+                    reply = request(daemon.endpoints.control, "reload", artifact=str(v2))
+                veto.send(key, image)
+                decisions += veto.poll()
+            decisions += veto.flush(timeout_s=20)
+    assert reply["ok"] and reply["result"]["previous"] == "test-1"
+    assert veto.counts.decided == veto.counts.sent == n and veto.counts.kept_fallback == 0
+    assert {d.reason for d in decisions} == {Reason.MODEL}
+    versions = [d.verdict.model_version for d in sorted(decisions, key=lambda d: d.key.pulse_id)]
+    assert versions[0] == "test-1" and versions[-1] == "test-2"
+    switch = versions.index("test-2")
+    assert set(versions[switch:]) == {"test-2"}   # once swapped, never back
+
+
+def test_corrupt_model_is_refused_and_old_model_keeps_serving(tiny_artifact, tmp_path):
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(tiny_artifact.read_bytes()[:1000])
+    with running_daemon(tiny_artifact) as daemon:
+        reply = request(daemon.endpoints.control, "reload", artifact=str(broken))
+        status = request(daemon.endpoints.control, "status")
+    assert not reply["ok"] and "unreadable model artifact" in reply["error"]
+    assert status["result"]["version"] == "test-1"
