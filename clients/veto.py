@@ -24,6 +24,27 @@ from service.protocol import WELCOME, EventKey, ProtocolError, Reason, Verdict, 
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CurveKeys:
+    """A client keypair and the daemon's public key (z85 bytes), for CURVE-protected daemons."""
+
+    server_public: bytes
+    public: bytes
+    secret: bytes
+
+    @classmethod
+    def from_files(cls, server_public_file: str, client_secret_file: str) -> CurveKeys:
+        import zmq.auth
+        server_public, _ = zmq.auth.load_certificate(server_public_file)
+        public, secret = zmq.auth.load_certificate(client_secret_file)
+        return cls(server_public=server_public, public=public, secret=secret)
+
+    def apply(self, sock: zmq.Socket) -> None:
+        sock.curve_serverkey = self.server_public
+        sock.curve_publickey = self.public
+        sock.curve_secretkey = self.secret
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Decision:
     key: EventKey
     image: np.ndarray
@@ -63,16 +84,19 @@ class VetoClient:
     """Client of one veto daemon; a context manager. Not thread-safe: one DAQ thread uses it."""
 
     def __init__(self, frames_endpoint: str, verdicts_endpoint: str, *, deadline_ms: float = 1000.0,
-                 max_pending: int = 10_000, sndhwm: int = 1000,
+                 max_pending: int = 10_000, sndhwm: int = 1000, curve: CurveKeys | None = None,
                  context: zmq.Context | None = None) -> None:
         self._own_context = context is None
         self._context = context or zmq.Context()
         self._push = self._context.socket(zmq.PUSH)
         self._push.setsockopt(zmq.SNDHWM, sndhwm)
         self._push.setsockopt(zmq.LINGER, 0)
-        self._push.connect(frames_endpoint)
         self._sub = self._context.socket(zmq.SUB)
         self._sub.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            curve.apply(self._push)
+            curve.apply(self._sub)
+        self._push.connect(frames_endpoint)
         self._sub.setsockopt(zmq.SUBSCRIBE, b"")
         self._sub.connect(verdicts_endpoint)
         self.endpoints = (frames_endpoint, verdicts_endpoint)

@@ -43,6 +43,13 @@ def _ctl(args: argparse.Namespace) -> int:
     return 0 if reply.get("ok") else 1
 
 
+def _keys(args: argparse.Namespace) -> int:
+    from service.security import create_keys
+    for name, path in create_keys(args.folder).items():
+        print(f"{name:14s} {path}")
+    return 0
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from service.sim.run import simulate_runs
     for path in simulate_runs(args.out, runs=args.runs, n_frames=args.frames, preset=args.preset,
@@ -106,6 +113,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--endpoint", default="tcp://127.0.0.1:5552")
     s.add_argument("--artifact", help="for reload: the model file to swap in")
     s.set_defaults(func=_ctl)
+
+    s = sub.add_parser("keys", help="create CURVE keypairs for the daemon and one client")
+    s.add_argument("folder", type=Path)
+    s.set_defaults(func=_keys)
 
     s = sub.add_parser("simulate", help="write simulated SFX runs (xtc2 or CXI)")
     s.add_argument("out", type=Path)

@@ -62,6 +62,13 @@ class ControlConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SecurityConfig:
+    curve: bool = False                     # CURVE on frame, verdict and control sockets
+    server_secret_file: str = ""            # the daemon's *.key_secret (hitveto keys DIR)
+    clients_dir: str = ""                   # folder of allowed client public *.key files
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ServeConfig:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
@@ -69,6 +76,7 @@ class ServeConfig:
     publish: PublishConfig = field(default_factory=PublishConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
 
 
 def load(path: Path | None = None, env: Mapping[str, str] | None = None,
@@ -151,4 +159,4 @@ def _coerce(kind: type, value: Any, where: str) -> Any:
 
 
 __all__ = ["ServeConfig", "IngestConfig", "BatchConfig", "ModelConfig", "PublishConfig",
-           "MetricsConfig", "ControlConfig", "ConfigError", "load", "keys"]
+           "MetricsConfig", "ControlConfig", "SecurityConfig", "ConfigError", "load", "keys"]

@@ -33,6 +33,7 @@ from service.ingest import IngestWorker
 from service.metrics import Metrics
 from service.notify import notify, watchdog_interval_s
 from service.publisher import Publisher
+from service.security import server_options, start_authenticator
 from service.protocol import WELCOME
 from service.sockets import bind
 
@@ -70,6 +71,8 @@ class Daemon:
 
     def start(self) -> Endpoints:
         cfg = self.config
+        self._auth = start_authenticator(self._context, cfg.security, self.metrics.auth_failures.inc)
+        self._curve = server_options(cfg.security)
         engine = Engine(self._artifact, device=cfg.model.device, max_batch=cfg.batch.max_batch,
                         threads=cfg.model.threads)
         warm_s = engine.warm_up()
@@ -77,7 +80,7 @@ class Daemon:
                                max_queue=cfg.batch.max_queue)
         pub, pub_endpoint = bind(self._context, zmq.XPUB, cfg.publish.endpoint,
                                  hwm=cfg.publish.sndhwm, linger_ms=500,
-                                 options={zmq.XPUB_WELCOME_MSG: WELCOME})
+                                 options={zmq.XPUB_WELCOME_MSG: WELCOME, **self._curve})
         self.publisher = Publisher(pub, self.metrics)
         self._pub = pub
         self.inference = InferenceLoop(engine=engine, batcher=self.batcher, metrics=self.metrics,
@@ -99,7 +102,8 @@ class Daemon:
 
     def _start_intake(self) -> str:
         cfg = self.config.ingest
-        front, endpoint = bind(self._context, zmq.PULL, cfg.endpoint, hwm=cfg.rcvhwm)
+        front, endpoint = bind(self._context, zmq.PULL, cfg.endpoint, hwm=cfg.rcvhwm,
+                               options=self._curve)
         back, _ = bind(self._context, zmq.PUSH, BACKEND)
         self._proxy_control = self._context.socket(zmq.PAIR)
         self._proxy_control.bind("inproc://hitveto-proxy-control")
@@ -117,7 +121,8 @@ class Daemon:
         if not self.config.control.endpoint:
             self.control = None
             return None
-        sock, endpoint = bind(self._context, zmq.REP, self.config.control.endpoint)
+        sock, endpoint = bind(self._context, zmq.REP, self.config.control.endpoint,
+                              options=self._curve)
         self.control = ControlServer(sock, self)
         self.control.thread.start()
         return endpoint
@@ -227,6 +232,8 @@ class Daemon:
             self.control.stop()
         self._pub.close(linger=500)
         self._proxy_control.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
         self._context.term()
         log.info("stopped after %d verdicts", self.publisher.published)
 

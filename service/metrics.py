@@ -21,6 +21,8 @@ class Metrics:
                                 ["outcome", "reason"], registry=registry)
         self.bad_frames = Counter("hitveto_bad_frames_total", "Frames rejected as malformed, by reason",
                                   ["reason"], registry=registry)
+        self.auth_failures = Counter("hitveto_auth_failures_total",
+                                     "Connections refused by CURVE authentication", registry=registry)
         self.batch_size = Histogram("hitveto_batch_size", "Frames per inference batch",
                                     buckets=BATCH_BUCKETS, registry=registry)
         self.queue_depth = Gauge("hitveto_queue_depth", "Frames waiting for inference",
