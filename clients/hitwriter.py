@@ -32,6 +32,7 @@ class Summary:
     elapsed_s: float
     latency_p50_ms: float
     latency_p99_ms: float
+    latency_max_ms: float
     files: list[str]
 
     @property
@@ -79,10 +80,12 @@ def stream(frames: Iterable[Frame], veto: VetoClient, writer, *, rate_hz: float 
     written += _settle(veto.flush(), writer, truths, latencies)
     elapsed = time.monotonic() - t0
     c = veto.counts
-    p50, p99 = np.percentile(latencies, [50, 99]) * 1e3 if latencies else (float("nan"),) * 2
+    p50, p99, pmax = (np.percentile(latencies, [50, 99, 100]) * 1e3 if latencies
+                      else (float("nan"),) * 3)
     return Summary(sent=c.sent, hits_kept=c.hits, misses_dropped=c.misses,
                    kept_by_reason={str(k): v for k, v in c.kept_by_reason.items()}, written=written,
                    elapsed_s=elapsed, latency_p50_ms=float(p50), latency_p99_ms=float(p99),
+                   latency_max_ms=float(pmax),
                    files=[str(p) for p in getattr(writer, "files", [])])
 
 

@@ -1,0 +1,114 @@
+"""End-to-end throughput and latency: client -> daemon process -> verdict -> subscriber, on loopback.
+
+For each frame kind (350x350 region, full CSPAD raw stack) and batching setting, sweeps the offered
+rate and reports the frames/s sustained with nothing lost (every frame judged by the model, none
+kept by fallback) and the p50/p99/max verdict latency seen by the client. Saves JSON and a PNG.
+
+    python benchmarks/e2e.py [--quick] [--artifact model.pt] [--device cpu|cuda] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from clients.hitwriter import Frame, stream
+from clients.veto import VetoClient
+from service.launcher import start_daemon
+from service.protocol import EventKey
+
+KINDS = {"region": (350, 350), "full": (32, 185, 388)}
+
+
+def frames(shape: tuple[int, ...], n: int, pool: int = 16):
+    """n frames cycling through a pool of Poisson images (generation stays out of the timing)."""
+    rng = np.random.default_rng(0)
+    images = [rng.poisson(3.0, shape).astype(np.int16) for _ in range(pool)]
+    return [Frame(key=EventKey(run=1, pulse_id=i), image=images[i % pool]) for i in range(n)]
+
+
+def measure(daemon, shape, rate_hz: float, seconds: float) -> dict:
+    n = int(rate_hz * seconds) if rate_hz else int(2000 * seconds if shape == KINDS["region"] else 150 * seconds)
+    with VetoClient(daemon.ingest, daemon.publish, deadline_ms=2000, max_pending=100_000) as veto:
+        veto.wait_subscribed()
+        summary = stream(frames(shape, n), veto, None, rate_hz=rate_hz)
+    lost = summary.kept_fallback
+    return {"offered_hz": rate_hz or None, "frames": summary.sent,
+            "achieved_hz": round(summary.sent / summary.elapsed_s, 1), "fallback_keeps": lost,
+            "kept_by_reason": summary.kept_by_reason, "p50_ms": round(summary.latency_p50_ms, 3),
+            "p99_ms": round(summary.latency_p99_ms, 3), "max_ms": round(summary.latency_max_ms, 3)}
+
+
+def sweep(kind: str, settings: dict[str, str], rates: list[float], seconds: float, artifact, device,
+          log_dir: Path) -> list[dict]:
+    sets = [f"{k}={v}" for k, v in settings.items()] + [f"model.device={device}"]
+    daemon = start_daemon(*sets, artifact=artifact, log_path=log_dir / f"daemon-{kind}.log")
+    rows = []
+    try:
+        for rate in rates:
+            row = {"kind": kind, **settings, **measure(daemon, KINDS[kind], rate, seconds)}
+            rows.append(row)
+            print(f"{kind:6s} {settings} offered {rate or 'max':>6} Hz -> {row['achieved_hz']:8.1f} Hz, "
+                  f"fallback {row['fallback_keeps']:5d}, p50 {row['p50_ms']:7.2f} ms, "
+                  f"p99 {row['p99_ms']:7.2f} ms, max {row['max_ms']:7.2f} ms", flush=True)
+    finally:
+        daemon.stop()
+    return rows
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, kind in zip(axes, KINDS):
+        groups = {}
+        for r in rows:
+            if r["kind"] == kind:
+                groups.setdefault(f"batch {r['batch.max_batch']}, wait {r['batch.max_delay_ms']} ms", []).append(r)
+        for label, rs in groups.items():
+            ax.plot([r["achieved_hz"] for r in rs], [r["p99_ms"] for r in rs], "o-", label=f"{label} p99")
+            ax.plot([r["achieved_hz"] for r in rs], [r["p50_ms"] for r in rs], "x--", alpha=0.6,
+                    label=f"{label} p50")
+        ax.set(title=f"{kind} frames {KINDS[kind]}", xlabel="frames/s through the daemon",
+               ylabel="verdict latency (ms)", yscale="log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="short runs, fewer points")
+    p.add_argument("--artifact", type=Path)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    seconds = 2.0 if args.quick else 5.0
+    plan = [
+        ("region", {"batch.max_batch": 1, "batch.max_delay_ms": 0.0}, [500, 1000, 0]),
+        ("region", {"batch.max_batch": 32, "batch.max_delay_ms": 2.0}, [500, 1000, 2000, 0]),
+        ("region", {"batch.max_batch": 64, "batch.max_delay_ms": 5.0}, [1000, 2000, 0]),
+        ("full", {"batch.max_batch": 8, "batch.max_delay_ms": 2.0}, [60, 120, 240, 0]),
+    ]
+    rows = []
+    for kind, settings, rates in plan:
+        rows += sweep(kind, settings, rates, seconds, args.artifact, args.device, args.out)
+    meta = {"machine": platform.platform(), "processor": platform.processor(), "device": args.device,
+            "cores": __import__("os").cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M"),
+            "seconds_per_point": seconds}
+    tag = f"e2e-{args.device}"
+    (args.out / f"{tag}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    plot(rows, args.out / f"{tag}.png")
+    print(f"saved {args.out / tag}.json and .png")
+
+
+if __name__ == "__main__":
+    main()
