@@ -77,6 +77,15 @@ def _replay(args: argparse.Namespace) -> int:
     return 0 if summary.accounted else 1
 
 
+def _tail(args: argparse.Namespace) -> int:
+    from clients.tail import tail
+    try:
+        tail(args.verdicts, interval_s=args.interval, windows=args.count)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from service.demo import run_demo
     summary = run_demo(args.workdir, n_frames=args.frames, rate_hz=args.rate)
@@ -148,6 +157,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--deadline-ms", type=float, default=1000.0)
     s.add_argument("--limit", type=int)
     s.set_defaults(func=_replay)
+
+    s = sub.add_parser("tail", help="live view of a daemon's verdicts: rate, hit rate, latency")
+    s.add_argument("--verdicts", default="tcp://127.0.0.1:5551")
+    s.add_argument("--interval", type=float, default=1.0, help="seconds per line")
+    s.add_argument("--count", type=int, help="stop after this many lines")
+    s.set_defaults(func=_tail)
 
     s = sub.add_parser("demo", help="simulated run -> daemon with the shipped model -> hit writer")
     s.add_argument("--workdir", type=Path, default=Path("demo-out"))
