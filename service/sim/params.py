@@ -43,6 +43,7 @@ class CrystalParams:
     f2_per_a3: float = 1.2                   # sum of f^2 over the cell at s=0 per cell volume, e^2/A^3
     spot_sigma_px: tuple[float, float] = (0.9, 1.5)  # per-crystal spot footprint rms, drawn uniformly
     max_crystals: int = 3                    # a multiple hit has 2..max_crystals crystals
+    structure_seed: int = 1                  # picks the |F|^2 of every hkl: one per protein, not per run
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,8 +89,8 @@ class DetectorParams:
     gain_rms: float = 0.03                   # pixel-to-pixel gain spread, fixed per run
     read_noise_adu: float = 4.0              # ~0.11 photon rms
     pedestal_residual_adu: float = 1.5       # rms per pixel, fixed per run
-    common_mode_adu: float = 8.0             # rms per ASIC per frame
-    row_common_mode_adu: float = 1.5         # rms per ASIC row per frame
+    common_mode_adu: float = 3.0             # rms per ASIC per frame, left after correction
+    row_common_mode_adu: float = 1.0         # rms per ASIC row per frame
     asic_shape: tuple[int, int] = (185, 194)
     hot_pixel_fraction: float = 1e-4
     hot_pixel_adu: float = 2000.0            # mean extra ADU of a hot pixel (exponential spread)
@@ -116,7 +117,7 @@ def _thermolysin() -> RunParams:
         beam=BeamParams(photon_energy_ev=7000.0, photons_per_pulse=2e11, focus_fwhm_um=2.0),
         crystal=CrystalParams(cell_a=(92.9, 92.9, 130.4), cell_angles_deg=(90.0, 90.0, 120.0),
                               size_um_median=2.0, weak_size_um_median=0.45, b_factor_a2=30.0,
-                              mosaicity_deg=0.1),
+                              mosaicity_deg=0.1, structure_seed=2),
         sample=SampleParams(water_ring_per_sr=1.4e6, jet_streak_per_sr=6e5),
         mix=FrameMix(hit_fraction=0.15, weak_hit_fraction=0.35),
         detector=DetectorParams(distance_m=0.085, adu_per_photon=35.0 * 7000.0 / 9500.0))
@@ -129,11 +130,11 @@ def _myoglobin() -> RunParams:
         beam=BeamParams(photon_energy_ev=12000.0, photons_per_pulse=6e10, focus_fwhm_um=1.3),
         crystal=CrystalParams(cell_a=(64.6, 30.9, 34.8), cell_angles_deg=(90.0, 105.8, 90.0),
                               size_um_median=2.5, weak_size_um_median=0.5, b_factor_a2=20.0,
-                              mosaicity_deg=0.05, spot_sigma_px=(0.8, 1.3)),
+                              mosaicity_deg=0.05, spot_sigma_px=(0.8, 1.3), structure_seed=3),
         sample=SampleParams(water_ring_per_sr=0.7e6, air_scatter_per_sr=4e5),
         mix=FrameMix(hit_fraction=0.08, multiple_hit_fraction=0.05, ice_miss_fraction=0.15),
         detector=DetectorParams(distance_m=0.125, adu_per_photon=gain, read_noise_adu=1.5,
-                                common_mode_adu=3.0, row_common_mode_adu=0.6))
+                                common_mode_adu=1.0, row_common_mode_adu=0.4))
 
 
 PRESETS: dict[str, RunParams] = {
