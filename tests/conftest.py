@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +37,19 @@ def make_artifact(path: Path, *, threshold: float = 0.5, version: str = "test-1"
     info = artifact.ModelInfo(version=version, architecture="compact", detector=detector,
                               raw_shape=RAW, roi_shape=ROI, adu_per_photon=10.0, threshold=threshold)
     return artifact.save(path, scripted, info, tiny_roi_index())
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_leftover_mpich_segments():
+    """psana's MPI must not leave /dev/shm/mpich_shm_* segments behind (they fill /dev/shm).
+
+    A segment is named after its process id (hex); this process's own is removed at its exit.
+    """
+    before = set(Path("/dev/shm").glob("mpich_shm_*"))
+    yield
+    left = {p for p in set(Path("/dev/shm").glob("mpich_shm_*")) - before
+            if int(p.name.split("_")[2], 16) != os.getpid()}
+    assert not left, f"leftover MPI shared memory: {sorted(map(str, left))}"
 
 
 @pytest.fixture

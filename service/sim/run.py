@@ -52,7 +52,7 @@ def simulate_run(out_dir: Path, *, run: int, params: RunParams, preset: str, lay
                   unit="frame")
     if fmt == "xtc2":
         from service.xtc2 import write_run
-        write_run(path, events, detector="cspad", experiment=EXPERIMENT, run=run)
+        write_run(path, events, detector="cspad")
     else:
         _write_cxi(path, events, run)
     description["seconds"] = round(time.perf_counter() - t0, 2)
