@@ -261,9 +261,9 @@ def test_presets_simulate_on_both_layouts(preset, region, raw):
         assert photons.min() >= 0 and truth.n_crystals == 1
 
 
-@pytest.mark.parametrize("layout", ["raw", "region"])
+@pytest.mark.parametrize("layout", ["raw", "roi"])
 def test_runs_on_the_real_pixel_map(layout):
-    geometry = pytest.importorskip("service.geometry")
+    from service import geometry
     pixels = geometry.pixel_map(layout, distance_m=RUN.detector.distance_m)
     photons, truth = simulate_photons(pixels, with_mix(**STRONG_ONLY), np.random.default_rng(12))
     assert photons.shape == np.shape(pixels.x_m) and np.isfinite(photons).all()
