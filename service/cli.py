@@ -59,10 +59,15 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from service.train import TrainConfig, train
+    import dataclasses
+
+    from service.train import RECIPES, TrainConfig, train
+    recipe = RECIPES[args.recipe]
+    if args.epochs:
+        recipe = dataclasses.replace(recipe, epochs=args.epochs)
     cfg = TrainConfig(train_runs=tuple(args.train), val_runs=tuple(args.val), out=args.out,
-                      architecture=args.arch, epochs=args.epochs, seed=args.seed,
-                      limit_per_run=args.limit, adu_per_photon=args.adu_per_photon)
+                      architecture=args.arch, recipe=recipe, recipe_name=args.recipe,
+                      seed=args.seed, limit_per_run=args.limit, adu_per_photon=args.adu_per_photon)
     _, report = train(cfg)
     print(report)
     return 0
@@ -142,7 +147,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--val", type=Path, nargs="+", required=True)
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--arch", choices=["seed", "compact"], default="seed")
-    s.add_argument("--epochs", type=int, default=3)
+    s.add_argument("--recipe", choices=["seed", "fast"], default="seed",
+                   help="seed: the study's SGD recipe; fast: AdamW, 8 epochs")
+    s.add_argument("--epochs", type=int, help="override the recipe's epochs")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--limit", type=int, help="at most this many frames per run")
     s.add_argument("--adu-per-photon", type=float, default=0.0)
