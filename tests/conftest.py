@@ -24,19 +24,35 @@ def tiny_roi_index() -> np.ndarray:
 
 
 def make_artifact(path: Path, *, threshold: float = 0.5, version: str = "test-1",
-                  bias: float = 0.0, detector: str = "cspad") -> Path:
-    """A scripted CompactCNN artifact; `bias` shifts its logits (large bias: everything a hit)."""
+                  bias: float = 0.0, detector: str = "cspad", roi_index: np.ndarray | None = None,
+                  raw_shape: tuple[int, ...] = RAW) -> Path:
+    """A scripted, untrained CompactCNN artifact; `bias` shifts its logits (large: all hits).
+
+    By default it takes the small test layout; pass a roi_index and raw_shape for real CSPAD frames.
+    """
     import torch
 
     from service import artifact, model
+    index = tiny_roi_index() if roi_index is None else roi_index
     torch.manual_seed(0)
-    net = model.build("compact", ROI[0], adu_per_photon=10.0).eval()
+    net = model.build("compact", index.shape[0], adu_per_photon=10.0).eval()
     with torch.no_grad():
         net.net.classify.bias.fill_(bias)
     scripted = torch.jit.freeze(torch.jit.script(net))
     info = artifact.ModelInfo(version=version, architecture="compact", detector=detector,
-                              raw_shape=RAW, roi_shape=ROI, adu_per_photon=10.0, threshold=threshold)
-    return artifact.save(path, scripted, info, tiny_roi_index())
+                              raw_shape=raw_shape, roi_shape=index.shape, adu_per_photon=10.0,
+                              threshold=threshold)
+    return artifact.save(path, scripted, info, index)
+
+
+def median_threshold_artifact(path: Path, images: list[np.ndarray], **kw) -> Path:
+    """An artifact whose threshold is the median score of `images`: about half hits, half misses."""
+    from service import artifact
+    from service.engine import Engine
+    from service.preprocess import region
+    probe = artifact.read(make_artifact(path, **kw))
+    scores = Engine(probe, device="cpu").infer([region(i, probe.spec) for i in images])
+    return make_artifact(path, threshold=float(np.median(scores)), **kw)
 
 
 @pytest.fixture(autouse=True, scope="session")

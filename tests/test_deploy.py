@@ -16,12 +16,9 @@ import numpy as np
 import pytest
 import yaml
 
-from service import artifact
-from service.engine import Engine
-from service.preprocess import region
 from service.protocol import EventKey
 from service.sockets import free_tcp_endpoint
-from tests.conftest import make_artifact, running_daemon
+from tests.conftest import median_threshold_artifact, running_daemon
 from tests.test_daemon import frames, stream
 
 DEPLOY = Path(__file__).parents[1] / "deploy"
@@ -111,9 +108,7 @@ def rules() -> tuple[list[str], list[str]]:
 
 def test_dashboard_and_rules_return_data_from_a_real_prometheus(tmp_path):
     images = [img for _, img in frames(40)]
-    probe = artifact.read(make_artifact(tmp_path / "probe.pt"))
-    scores = Engine(probe, device="cpu").infer([region(img, probe.spec) for img in images])
-    model = make_artifact(tmp_path / "m.pt", threshold=float(np.median(scores)))  # hits and misses
+    model = median_threshold_artifact(tmp_path / "m.pt", images)   # hits and misses both
     with running_daemon(model) as daemon, prometheus(tmp_path, daemon.endpoints.metrics_port) as prom:
         wait_for(prom, 'up{job="hitveto"} == 1')
         end = time.monotonic() + 8           # a replay at ~100 Hz for several scrapes

@@ -1,0 +1,82 @@
+"""The whole path on real parts: simulated xtc2 run -> psana -> daemon -> hit writer -> CXI file."""
+
+from __future__ import annotations
+
+import signal
+
+import numpy as np
+import pytest
+
+from clients.cxi import CxiWriter, read_frames
+from clients.hitwriter import stream
+from clients.veto import VetoClient
+from service import geometry, sources
+from service.launcher import start_daemon
+from service.protocol import Reason
+from service.replay import frames_of, replay
+from service.sim.run import simulate_runs
+from tests.conftest import median_threshold_artifact, running_daemon
+
+
+@pytest.fixture(scope="module")
+def run_file(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    (path,) = simulate_runs(out, runs=[3], n_frames=24, preset="lysozyme", layout="raw", fmt="xtc2",
+                            seed=5)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cspad_model(tmp_path_factory, run_file):
+    images = [ev.image for ev in sources.events(run_file)]
+    return median_threshold_artifact(tmp_path_factory.mktemp("model") / "m.pt", images,
+                                     roi_index=geometry.roi_index(350), raw_shape=geometry.RAW_SHAPE)
+
+
+def source_frames(run_file) -> dict[int, np.ndarray]:
+    return {ev.pulse_id: ev.image for ev in sources.events(run_file)}
+
+
+def test_written_file_holds_exactly_the_kept_frames_bit_identical(run_file, cspad_model, tmp_path):
+    with running_daemon(cspad_model) as daemon:
+        summary = replay([run_file], frames_endpoint=daemon.endpoints.ingest,
+                         verdicts_endpoint=daemon.endpoints.publish, out_dir=tmp_path / "hits",
+                         deadline_ms=10_000)
+    assert summary.accounted and summary.sent == 24 and summary.kept_fallback == 0
+    assert 0 < summary.hits_kept < 24                      # some dropped, some kept
+    (cxi,) = summary.files
+    data, columns = read_frames(cxi)
+    assert len(data) == summary.written == summary.hits_kept
+    source = source_frames(run_file)
+    for image, pulse_id in zip(data, columns["event/pulse_id"]):
+        assert image.dtype == np.int16 and np.array_equal(image, source[int(pulse_id)])
+    assert set(columns["result_1/keep_reason"].astype(str)) == {Reason.MODEL.value}
+    assert (columns["result_1/score"] >= columns["result_1/threshold"]).all()
+    assert {"truth/n_crystals", "truth/kind"} <= set(columns)
+
+
+def test_daemon_killed_mid_run_loses_nothing(run_file, cspad_model, tmp_path):
+    daemon = start_daemon("model.device=cpu", artifact=cspad_model, log_path=tmp_path / "d.log")
+
+    def frames_then_kill():
+        for i, frame in enumerate(frames_of([run_file])):
+            if i == 8:
+                daemon.process.send_signal(signal.SIGKILL)   # no drain, no goodbye
+            yield frame
+    try:
+        with VetoClient(daemon.ingest, daemon.publish, deadline_ms=500) as veto, \
+                CxiWriter(tmp_path / "hits") as writer:
+            veto.wait_subscribed()
+            summary = stream(frames_then_kill(), veto, writer, rate_hz=40)
+    finally:
+        daemon.process.kill()
+    assert daemon.process.wait() == -signal.SIGKILL
+    assert summary.sent == 24 and summary.accounted
+    assert summary.kept_fallback >= 24 - 8                       # after the kill: all kept
+    data, columns = read_frames(writer.files[0])
+    written = columns["event/pulse_id"].tolist()
+    assert len(set(written)) == len(written) == summary.written
+    assert summary.written + summary.misses_dropped == 24        # every frame written or judged a miss
+    assert set(range(8, 24)) <= set(written)
+    source = source_frames(run_file)
+    assert all(np.array_equal(img, source[int(p)]) for img, p in zip(data, written))
