@@ -41,6 +41,7 @@ class ModelConfig:
     artifact: str = ""                      # model file; empty = the shipped default model
     device: str = "auto"                    # auto, cpu, cuda, cuda:N
     threads: int = 0                        # torch intra-op threads on CPU; 0 = torch's default
+    precision: str = "fp32"                 # fp32, or fp16/bf16 autocast (for GPUs)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

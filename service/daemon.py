@@ -73,8 +73,7 @@ class Daemon:
         cfg = self.config
         self._auth = start_authenticator(self._context, cfg.security, self.metrics.auth_failures.inc)
         self._curve = server_options(cfg.security)
-        engine = Engine(self._artifact, device=cfg.model.device, max_batch=cfg.batch.max_batch,
-                        threads=cfg.model.threads)
+        engine = self._engine(self._artifact)
         warm_s = engine.warm_up()
         self.batcher = Batcher(max_batch=cfg.batch.max_batch, max_delay_ms=cfg.batch.max_delay_ms,
                                max_queue=cfg.batch.max_queue)
@@ -99,6 +98,11 @@ class Daemon:
                  engine.device, warm_s, pub_endpoint, control_endpoint, port)
         notify(f"READY=1\nSTATUS=serving {engine.version} on {engine.device}")
         return self.endpoints
+
+    def _engine(self, artifact: Artifact) -> Engine:
+        m = self.config.model
+        return Engine(artifact, device=m.device, max_batch=self.config.batch.max_batch,
+                      threads=m.threads, precision=m.precision)
 
     def _start_intake(self) -> str:
         cfg = self.config.ingest
@@ -171,9 +175,7 @@ class Daemon:
                     f"{new.path}: model {new.info.version} takes {new.spec.detector} "
                     f"{new.spec.raw_shape}/{new.spec.roi_shape}, the stream is {old.spec.detector} "
                     f"{old.spec.raw_shape}/{old.spec.roi_shape}; still serving {old.info.version}")
-            cfg = self.config
-            engine = Engine(new, device=cfg.model.device, max_batch=cfg.batch.max_batch,
-                            threads=cfg.model.threads)
+            engine = self._engine(new)
             engine.warm_up()
             self.inference.swap(engine)
             self._artifact = new

@@ -74,3 +74,13 @@ def test_wrong_format_tag_is_refused():
     text = dataclasses.replace(info, format="hitveto-model/99").to_json()
     with pytest.raises(artifact.ArtifactError, match="hitveto-model/99"):
         artifact.ModelInfo.from_json(text)
+
+
+def test_reduced_precision_scores_agree_with_fp32(tmp_path):
+    a = artifact.read(make_artifact(tmp_path / "m.pt"))
+    x = [np.random.default_rng(i).poisson(30, ROI).astype(np.int16) for i in range(8)]
+    full = Engine(a, device="cpu").infer(x)
+    half = Engine(a, device="cpu", precision="bf16").infer(x)
+    assert half.dtype == np.float32 and np.abs(full - half).max() < 0.02
+    with pytest.raises(ValueError, match="precision 'fp8'"):
+        Engine(a, device="cpu", precision="fp8")

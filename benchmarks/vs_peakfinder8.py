@@ -1,0 +1,109 @@
+"""Hit finding speed and agreement: psana's peakfinder8 vs the model, same frames, same cores.
+
+Frames: a simulated run (region layout by default, or full raw CSPAD stacks with --layout raw).
+Speed: frames/s of peakfinder8 (one process, one core) and of the model at batch 1 and batched, with
+torch on 1 thread and on all cores. Agreement: sensitivity/specificity of each against simulator
+truth (a frame with a crystal is a hit). Prints a table, saves JSON and a PNG.
+
+    python benchmarks/vs_peakfinder8.py --artifact service/models/default.pt [--frames 400] [--layout raw]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from service import artifact, geometry, labels, preprocess, sources
+from service.engine import Engine
+from service.peaks import PeakFinder, PeakFinderParams
+from service.sim.run import simulate_runs
+
+
+def timed(fn, items, repeat: int = 3) -> float:
+    """Median over `repeat` passes of seconds per item."""
+    per = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for it in items:
+            fn(it)
+        per.append((time.perf_counter() - t0) / len(items))
+    return float(np.median(per))
+
+
+def model_speed(engine: Engine, regions: list[np.ndarray], batch: int) -> float:
+    chunks = [regions[i:i + batch] for i in range(0, len(regions) - batch + 1, batch)]
+    return timed(engine.infer, chunks) / batch
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--artifact", type=Path, default=artifact.DEFAULT_ARTIFACT)
+    p.add_argument("--frames", type=int, default=400)
+    p.add_argument("--layout", choices=["roi", "raw"], default="roi")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--work", type=Path, default=Path("/tmp/hitveto-bench"))
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = p.parse_args()
+    art = artifact.read(args.artifact)
+    (run,) = simulate_runs(args.work, runs=[90 if args.layout == "roi" else 91], n_frames=args.frames,
+                           layout=args.layout, fmt="xtc2", seed=99)
+    events = list(sources.events(run))
+    frames = [ev.image for ev in events]
+    truth = labels.truth_labels([ev.truth["n_crystals"] for ev in events])
+    pixels = geometry.pixel_map(args.layout, 0.1)
+    pf8 = PeakFinder(pixels.mask, geometry.radius_px(pixels), PeakFinderParams())
+    pf8_s = timed(pf8.count, frames[: min(len(frames), 100 if args.layout == "raw" else 400)], repeat=1)
+    counts = np.array([pf8.count(f) for f in frames])
+    rows = {"peakfinder8 (1 core)": {"frames_per_s": 1 / pf8_s, "ms_per_frame": pf8_s * 1e3}}
+    regions = [np.ascontiguousarray(preprocess.region(f, art.spec)) for f in frames]
+    region_s = timed(lambda f: preprocess.region(f, art.spec), frames, repeat=1)
+    for threads in sorted({1, os.cpu_count() or 1}):
+        torch.set_num_threads(threads)
+        engine = Engine(art, device=args.device, max_batch=64)
+        engine.warm_up()
+        for batch in (1, 64):
+            s = model_speed(engine, regions, batch) + region_s
+            rows[f"model batch {batch}, {threads} thread(s)"] = {"frames_per_s": 1 / s, "ms_per_frame": s * 1e3}
+    scores = np.concatenate([engine.infer(regions[i:i + 64]) for i in range(0, len(regions), 64)])
+    agree = {"model": labels.confusion(truth, scores >= art.info.threshold),
+             f"peakfinder8 >= {labels.MIN_PEAKS_FOR_HIT} peaks": labels.confusion(truth, counts >= labels.MIN_PEAKS_FOR_HIT),
+             "peakfinder8 >= 3 peaks": labels.confusion(truth, counts >= 3)}
+    base = rows["peakfinder8 (1 core)"]["frames_per_s"]
+    print(f"{args.layout} frames {frames[0].shape}, {len(frames)} frames, model {art.info.version}, {args.device}")
+    for name, r in rows.items():
+        print(f"  {name:34s} {r['frames_per_s']:10.1f} frames/s  {r['ms_per_frame']:8.3f} ms  "
+              f"x{r['frames_per_s'] / base:7.1f} vs peakfinder8")
+    for name, c in agree.items():
+        print(f"  agreement with truth, {name:26s} sensitivity {c['sensitivity']:.4f}  specificity {c['specificity']:.4f}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    tag = f"vs-peakfinder8-{args.layout}-{args.device}"
+    meta = {"machine": platform.platform(), "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M"),
+            "frames": len(frames), "shape": list(frames[0].shape), "model": art.info.version}
+    (args.out / f"{tag}.json").write_text(json.dumps({"meta": meta, "speed": rows, "agreement": agree}, indent=1))
+    plot(rows, args.out / f"{tag}.png", f"{args.layout} frames {tuple(frames[0].shape)}")
+    print(f"saved {args.out / tag}.json and .png")
+
+
+def plot(rows: dict, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    names = list(rows)
+    ax.barh(names, [rows[n]["frames_per_s"] for n in names], color=["grey"] + ["tab:blue"] * (len(names) - 1))
+    ax.set(xscale="log", xlabel="frames/s (log)", title=f"hit finding speed, {title}")
+    for i, n in enumerate(names):
+        ax.text(rows[n]["frames_per_s"], i, f" {rows[n]['frames_per_s']:.0f}/s", va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
