@@ -72,7 +72,7 @@ def save(path: Path, scripted: Any, info: ModelInfo, roi_index: np.ndarray) -> P
     import torch
 
     buf = io.BytesIO()
-    np.save(buf, np.asarray(roi_index, dtype=np.int64))
+    np.save(buf, np.asarray(roi_index, dtype=np.int32))  # 2.3 Mpix fit; half the file
     if not info.created:
         info = dataclasses.replace(info, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     path.parent.mkdir(parents=True, exist_ok=True)
