@@ -3,7 +3,7 @@
 - `SeedCNN`: the study's network (conv, ReLU, max-pool, fully connected), ~10 ms/frame on one core.
 - `CompactCNN`: this project's default: an input max-pool that keeps Bragg peaks (a peak survives
   max-pooling, the background shrinks), three strided convolutions and global pooling, so it runs
-  in well under a millisecond and does not depend on where in the region a peak falls.
+  in a fraction of a millisecond and does not depend on where in the region a peak falls.
 """
 
 from __future__ import annotations
@@ -13,13 +13,23 @@ from torch import nn
 
 
 class Normalise(nn.Module):
-    """ADU -> log(1 + photons): compresses the 10^4 dynamic range of Bragg peaks over background."""
+    """ADU -> log(1 + photons), after an optional max-pool of the raw integers.
 
-    def __init__(self, adu_per_photon: float) -> None:
+    log1p, clamping and scaling are monotonic, so they commute with max-pooling: pooling first, on
+    the integers, gives the same numbers as pooling the normalised image, at a quarter of the cost
+    for 2x2 (the normalisation and the pool were most of a compact model's time on CPU).
+    """
+
+    def __init__(self, adu_per_photon: float, pool: int = 1) -> None:
         super().__init__()
         self.scale = 1.0 / float(adu_per_photon)
+        self.pool = pool
 
     def forward(self, adu: torch.Tensor) -> torch.Tensor:
+        if self.pool > 1:
+            b, h, w = adu.shape
+            p = self.pool
+            adu = adu.view(b, h // p, p, w).amax(2).view(b, h // p, w // p, p).amax(3)
         return torch.log1p(adu.float().clamp_min(0.0) * self.scale).unsqueeze(1)
 
 
@@ -42,13 +52,17 @@ class SeedCNN(nn.Module):
 
 
 class CompactCNN(nn.Module):
-    """Input max-pool, three stride-2 convolutions, global max and mean pooling, one linear layer."""
+    """Three stride-2 convolutions, global max and mean pooling, one linear layer.
+
+    Its input is max-pooled 2x2 first (INPUT_POOL, done by Normalise), which keeps every Bragg peak.
+    """
+
+    INPUT_POOL = 2
 
     def __init__(self, roi: int = 350, channels: int = 16) -> None:
         super().__init__()
         c = channels
         self.features = nn.Sequential(
-            nn.MaxPool2d(2),
             nn.Conv2d(1, c // 2, 3, stride=2, padding=1), nn.ReLU(),
             nn.Conv2d(c // 2, c, 3, stride=2, padding=1), nn.ReLU(),
             nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), nn.ReLU(),
@@ -66,7 +80,7 @@ class HitClassifier(nn.Module):
 
     def __init__(self, net: nn.Module, adu_per_photon: float) -> None:
         super().__init__()
-        self.normalise = Normalise(adu_per_photon)
+        self.normalise = Normalise(adu_per_photon, pool=getattr(net, "INPUT_POOL", 1))
         self.net = net
 
     def logits(self, adu: torch.Tensor) -> torch.Tensor:
