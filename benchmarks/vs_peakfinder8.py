@@ -38,6 +38,7 @@ def timed(fn, items, repeat: int = 3) -> float:
 
 
 def model_speed(engine: Engine, regions: list[np.ndarray], batch: int) -> float:
+    batch = min(batch, len(regions))
     chunks = [regions[i:i + batch] for i in range(0, len(regions) - batch + 1, batch)]
     return timed(engine.infer, chunks) / batch
 
