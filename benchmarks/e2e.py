@@ -50,6 +50,7 @@ def sweep(kind: str, settings: dict[str, str], rates: list[float], seconds: floa
     daemon = start_daemon(*sets, artifact=artifact, log_path=log_dir / f"daemon-{kind}.log")
     rows = []
     try:
+        measure(daemon, KINDS[kind], rates[0] or 100, 1.0)   # warm-up, not reported: steady state only
         for rate in rates:
             row = {"kind": kind, **settings, **measure(daemon, KINDS[kind], rate, seconds)}
             rows.append(row)

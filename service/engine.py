@@ -60,11 +60,17 @@ class Engine:
         return torch.autocast(device_type=self.device.split(":")[0], dtype=dtype)
 
     def warm_up(self) -> float:
-        """Run the largest and the smallest batch once, so the first real frames do not pay for it."""
+        """Run every batch size once (seconds taken), so the first real frames do not pay for it.
+
+        The first batch of each size pays for the backend's per-shape setup (the JIT's profiling
+        runs, oneDNN primitives); measured, a freshly started daemon without this kept frames by
+        overload for its first seconds at 500 region frames/s.
+        """
         t0 = time.perf_counter()
         zeros = np.zeros(self.artifact.spec.roi_shape, dtype=np.int16)
-        for n in (self.max_batch, 1):
-            self.infer([zeros] * n)
+        for _ in range(2):
+            for n in range(self.max_batch, 0, -1):
+                self.infer([zeros] * n)
         return time.perf_counter() - t0
 
     def gpu_memory_bytes(self) -> int:
