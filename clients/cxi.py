@@ -5,8 +5,8 @@
     /entry_1/result_1/{score,keep_reason,model_version,threshold}   why each frame was kept
     /entry_1/sample_1/truth/<field>                                 simulator truth, when given
 
-Files roll over at `max_frames` frames; each frame is flushed once written, so a crash loses only
-the frame being written. Needs h5py (the one client module that does; the DAQ client does not).
+Files roll over at `max_frames` frames or `max_bytes` of pixel data, whichever comes first; each
+frame is flushed once written, so a crash loses only the frame being written. Needs h5py (the one client module that does; the DAQ client does not).
 """
 
 from __future__ import annotations
@@ -22,19 +22,23 @@ STR = h5py.string_dtype()
 class CxiWriter:
     """Appends frames to `<prefix>-NNNN.cxi` files; a context manager."""
 
-    def __init__(self, prefix: Path, *, max_frames: int = 10_000, flush_every: int = 1) -> None:
+    def __init__(self, prefix: Path, *, max_frames: int = 10_000, max_bytes: int = 4 << 30,
+                 flush_every: int = 1) -> None:
         self.prefix = Path(prefix)
         self.max_frames = max_frames
+        self.max_bytes = max_bytes
         self.flush_every = flush_every
         self.files: list[Path] = []
         self.written = 0
         self._file: h5py.File | None = None
         self._n = 0
+        self._bytes = 0
 
     def write(self, image: np.ndarray, *, run: int, pulse_id: int, timestamp: int = 0,
               score: float = float("nan"), keep_reason: str = "", model_version: str = "",
               threshold: float = float("nan"), truth: dict[str, int] | None = None) -> None:
-        if self._file is None or self._n >= self.max_frames:
+        full = self._n >= self.max_frames or (self._n and self._bytes + image.nbytes > self.max_bytes)
+        if self._file is None or full:
             self._roll(image)
         f, i = self._file, self._n
         for name, value in (("entry_1/data_1/data", image), ("entry_1/event/run", run),
@@ -49,6 +53,7 @@ class CxiWriter:
                 f.create_dataset(path, shape=(i,), maxshape=(None,), dtype="i8", fillvalue=-1)
             _append(f[path], i, value)
         self._n += 1
+        self._bytes += image.nbytes
         self.written += 1
         if self._n % self.flush_every == 0:
             f.flush()
@@ -66,7 +71,7 @@ class CxiWriter:
                             ("result_1/model_version", STR), ("result_1/threshold", "f4")):
             f.create_dataset(f"entry_1/{name}", shape=(0,), maxshape=(None,), dtype=dtype)
         f["entry_1/data_1"].attrs["signal"] = "data"
-        self._file, self._n = f, 0
+        self._file, self._n, self._bytes = f, 0, 0
         self.files.append(path)
 
     def close(self) -> None:
