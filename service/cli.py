@@ -71,7 +71,9 @@ def _train(args: argparse.Namespace) -> int:
         recipe = dataclasses.replace(recipe, epochs=args.epochs)
     cfg = TrainConfig(train_runs=tuple(args.train), val_runs=tuple(args.val), out=args.out,
                       architecture=args.arch, recipe=recipe, recipe_name=args.recipe,
-                      seed=args.seed, limit_per_run=args.limit, adu_per_photon=args.adu_per_photon)
+                      seed=args.seed, limit_per_run=args.limit, adu_per_photon=args.adu_per_photon,
+                      protocol=args.labels, min_peaks=args.min_peaks,
+                      target_sensitivity=args.target_sensitivity)
     _, report = train(cfg)
     print(report)
     return 0
@@ -154,6 +156,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--recipe", choices=["seed", "fast"], default="seed",
                    help="seed: the study's SGD recipe; fast: AdamW, 8 epochs")
     s.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    s.add_argument("--labels", choices=["quartile", "min-peaks"], default="quartile",
+                   help="quartile: the study's protocol; min-peaks: every frame, hit = >= N peaks")
+    s.add_argument("--min-peaks", type=int, default=3)
+    s.add_argument("--target-sensitivity", type=float,
+                   help="calibrate the threshold on the validation runs for this hit sensitivity")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--limit", type=int, help="at most this many frames per run")
     s.add_argument("--adu-per-photon", type=float, default=0.0)

@@ -24,6 +24,23 @@ def quartile_labels(peak_counts: np.ndarray, seed: int = 0) -> np.ndarray:
     return labels
 
 
+def min_peak_labels(peak_counts: np.ndarray, min_peaks: int) -> np.ndarray:
+    """All frames labelled: a hit has at least `min_peaks` peaks (an indexability floor)."""
+    return (np.asarray(peak_counts) >= min_peaks).astype(np.int8)
+
+
+def calibrate_threshold(scores: np.ndarray, actual: np.ndarray, target_sensitivity: float) -> float:
+    """The highest threshold that keeps at least `target_sensitivity` of the actual hits.
+
+    A frame is kept when score >= threshold, so the threshold is the k-th lowest hit score with
+    k = floor((1 - target) * hits): at most that many hits fall below it.
+    """
+    hit_scores = np.sort(np.asarray(scores)[np.asarray(actual, bool)])
+    if hit_scores.size == 0:
+        raise ValueError("no hits among the calibration frames")
+    return float(hit_scores[int(np.floor((1.0 - target_sensitivity) * hit_scores.size))])
+
+
 def truth_labels(n_crystals: np.ndarray) -> np.ndarray:
     """Simulator truth: a frame with a crystal in the beam is a hit."""
     return (np.asarray(n_crystals) > 0).astype(np.int8)

@@ -53,7 +53,10 @@ class TrainConfig:
     architecture: str = "seed"
     recipe: Recipe = RECIPES["seed"]
     recipe_name: str = "seed"
-    threshold: float = 0.5
+    protocol: str = "quartile"         # "quartile" (the study's) or "min-peaks" (every frame)
+    min_peaks: int = 3                 # min-peaks protocol: a hit has at least this many peaks
+    threshold: float = 0.5             # used when target_sensitivity is None
+    target_sensitivity: float | None = None   # calibrate the threshold on the validation runs
     seed: int = 0
     limit_per_run: int | None = None
     roi_size: int = 350
@@ -178,6 +181,15 @@ def evaluate(scores: np.ndarray, data: LabelledFrames, threshold: float, seed: i
     return result
 
 
+def protocol_labels(peaks: np.ndarray, cfg: TrainConfig) -> np.ndarray:
+    """Labels by the configured protocol (UNUSED for frames it leaves out)."""
+    if cfg.protocol == "quartile":
+        return labels.quartile_labels(peaks, cfg.seed)
+    if cfg.protocol == "min-peaks":
+        return labels.min_peak_labels(peaks, cfg.min_peaks)
+    raise ValueError(f"unknown label protocol {cfg.protocol!r}")
+
+
 def train(cfg: TrainConfig) -> tuple[Path, str]:
     """Train and validate; writes the artifact; returns its path and the printed report."""
     t0 = time.monotonic()
@@ -186,33 +198,52 @@ def train(cfg: TrainConfig) -> tuple[Path, str]:
     train_data = load_runs(cfg.train_runs, spec, cfg.peaks, cfg.limit_per_run)
     val_data = load_runs(cfg.val_runs, spec, cfg.peaks, cfg.limit_per_run)
     t_data = time.monotonic() - t0
-    q = labels.quartile_labels(train_data.peaks, cfg.seed)
+    q = protocol_labels(train_data.peaks, cfg)
     x, y = train_data.regions[q != labels.UNUSED], q[q != labels.UNUSED]
     torch.manual_seed(cfg.seed)
     net = model.build(cfg.architecture, cfg.roi_size, adu)
     losses = fit(net, x, y, cfg)
     t_fit = time.monotonic() - t0 - t_data
-    val = evaluate(predict(net, val_data.regions), val_data, cfg.threshold, cfg.seed)
-    trn = {"quartile": labels.confusion(y == labels.HIT, predict(net, x) >= cfg.threshold)}
+    val_scores = predict(net, val_data.regions)
+    threshold, calibration = cfg.threshold, {}
+    if cfg.target_sensitivity is not None:
+        v = protocol_labels(val_data.peaks, cfg)
+        used = v != labels.UNUSED
+        threshold = labels.calibrate_threshold(val_scores[used], v[used] == labels.HIT,
+                                               cfg.target_sensitivity)
+        calibration = {"target_sensitivity": cfg.target_sensitivity, "on": "validation runs",
+                       "labels": cfg.protocol}
+    val = evaluate(val_scores, val_data, threshold, cfg.seed)
+    if cfg.protocol != "quartile":
+        v = protocol_labels(val_data.peaks, cfg)
+        val[cfg.protocol] = labels.confusion(v == labels.HIT, val_scores >= threshold)
+    trn = {cfg.protocol: labels.confusion(y == labels.HIT, predict(net, x) >= threshold)}
     net.eval()
     scripted = torch.jit.freeze(torch.jit.script(net))
     digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in net.parameters()))
     info = artifact.ModelInfo(
         version=f"{cfg.architecture}-{digest.hexdigest()[:8]}", architecture=cfg.architecture,
         detector=spec.detector, raw_shape=spec.raw_shape, roi_shape=spec.roi_shape,
-        adu_per_photon=adu, threshold=cfg.threshold,
+        adu_per_photon=adu, threshold=threshold,
         training={"runs": [str(p) for p in cfg.train_runs], "frames": int(len(train_data.peaks)),
-                  "labelled_frames": int(len(y)), "labels": "peakfinder8 quartiles (study)",
+                  "labelled_frames": int(len(y)),
+                  "labels": ("peakfinder8 quartiles (study)" if cfg.protocol == "quartile"
+                             else f"peakfinder8 >= {cfg.min_peaks} peaks, every frame"),
+                  "threshold_calibration": calibration,
                   "recipe": {"name": cfg.recipe_name, **dataclasses.asdict(cfg.recipe), "seed": cfg.seed},
                   "loss_per_epoch": losses, "peakfinder8": dataclasses.asdict(cfg.peaks),
                   "seconds": {"data_and_labels": round(t_data, 1), "fit": round(t_fit, 1)}},
         validation={"runs": [str(p) for p in cfg.val_runs], **val})
     path = artifact.save(cfg.out, scripted, info, spec.roi_index)
     report = "\n\n".join([
-        labels.study_table(trn["quartile"], "Training data (quartile protocol)"),
+        labels.study_table(trn[cfg.protocol], f"Training data ({cfg.protocol} protocol)"),
         labels.study_table(val["quartile"], "Validation runs (quartile protocol)"),
+        *([labels.study_table(val[cfg.protocol], f"Validation runs ({cfg.protocol} protocol)")]
+          if cfg.protocol != "quartile" else []),
         *([labels.study_table(val["all_frames_truth"], "Validation runs, all frames vs truth")]
           if "all_frames_truth" in val else []),
+        f"threshold {threshold:.4f}" + (f" (calibrated for sensitivity {cfg.target_sensitivity})"
+                                         if calibration else ""),
         f"frames: {len(train_data.peaks)} train ({len(y)} labelled), {len(val_data.peaks)} validation;"
         f" data+labels {t_data:.1f} s, fit {t_fit:.1f} s; artifact {path} ({info.version})"])
     return path, report
