@@ -84,3 +84,15 @@ def test_overload_yields_keep_verdicts_and_no_loss(tiny_artifact):
     assert Reason.OVERLOAD in reasons and Reason.MODEL in reasons
     assert sorted(d.key.pulse_id for d in decisions) == list(range(2000))
     assert all(d.keep for d in decisions if d.reason is Reason.OVERLOAD)
+
+
+def test_a_subscriber_that_stops_reading_does_not_hold_the_daemon(tiny_artifact):
+    with running_daemon(tiny_artifact, **{"publish.sndhwm": 1000}) as daemon:
+        stalled = zmq.Context.instance().socket(zmq.SUB)
+        stalled.setsockopt(zmq.SUBSCRIBE, b"")
+        stalled.setsockopt(zmq.RCVHWM, 10)
+        stalled.connect(daemon.endpoints.publish)   # subscribes, then never reads: its queue
+        counts, decisions = stream(daemon, frames(5000))  # fills after ~1,010 verdicts, then drops
+        stalled.close(linger=0)
+    assert counts.decided == counts.sent == 5000
+    assert {d.reason for d in decisions} == {Reason.MODEL}   # the reading client lost nothing
