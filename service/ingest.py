@@ -55,17 +55,24 @@ class IngestWorker:
         self.last_frame_s = time.monotonic()
         self._metrics.frames.inc()
         artifact = self._artifact()
+        key = None
         try:
             header, image = decode_frame(parts)
-            if header.key.detector != artifact.spec.detector:
-                raise ProtocolError("unknown_detector", f"detector {header.key.detector!r}, model "
-                                    f"serves {artifact.spec.detector!r}", header.key)
+            key = header.key
+            if key.detector != artifact.spec.detector:
+                raise ProtocolError("unknown_detector", f"detector {key.detector!r}, model "
+                                    f"serves {artifact.spec.detector!r}", key)
             roi = region(image, artifact.spec)
         except ProtocolError as exc:
             self._reject(exc.reason, exc.key, str(exc), received_ns, artifact)
             return
         except InputMismatch as exc:
-            self._reject("bad_shape", header.key, str(exc), received_ns, artifact)
+            self._reject("bad_shape", key, str(exc), received_ns, artifact)
+            return
+        except Exception:  # a bug must cost one frame (kept), never the worker: count and go on
+            log.exception("internal error on a frame; kept")
+            self._reject("internal_error", key, "internal error", received_ns, artifact,
+                         reason=Reason.MODEL_ERROR)
             return
         pending = Pending(key=header.key, region=roi, sent_ns=header.sent_ns,
                           received_ns=received_ns, arrived_s=self._batcher.clock())
@@ -74,11 +81,12 @@ class IngestWorker:
         elif not self._batcher.offer(pending):
             self._keep(pending, Reason.OVERLOAD, artifact)
 
-    def _reject(self, reason: str, key, detail: str, received_ns: int, artifact: Artifact) -> None:
-        self._metrics.bad_frames.labels(reason).inc()
+    def _reject(self, label: str, key, detail: str, received_ns: int, artifact: Artifact,
+                reason: Reason = Reason.MALFORMED) -> None:
+        self._metrics.bad_frames.labels(label).inc()
         log.debug("bad frame: %s", detail)
         if key is not None:  # answerable: the writer keeps it rather than waiting for the deadline
-            self._publish(Verdict.fail_open(key, Reason.MALFORMED, model_version=artifact.info.version,
+            self._publish(Verdict.fail_open(key, reason, model_version=artifact.info.version,
                                             threshold=artifact.info.threshold, received_ns=received_ns))
 
     def _keep(self, p: Pending, reason: Reason, artifact: Artifact) -> None:

@@ -96,3 +96,22 @@ def test_a_subscriber_that_stops_reading_does_not_hold_the_daemon(tiny_artifact)
         stalled.close(linger=0)
     assert counts.decided == counts.sent == 5000
     assert {d.reason for d in decisions} == {Reason.MODEL}   # the reading client lost nothing
+
+
+def test_an_internal_error_on_a_frame_costs_that_frame_only(tiny_artifact, monkeypatch):
+    from service import ingest
+    real_region = ingest.region
+
+    def region_failing_on_pulse_3(image, spec):
+        if image.flat[0] == -3:                      # the poisoned frame below
+            raise RuntimeError("bug")
+        return real_region(image, spec)
+    monkeypatch.setattr(ingest, "region", region_failing_on_pulse_3)
+    items = list(frames(6))
+    items[3][1].flat[0] = -3
+    with running_daemon(tiny_artifact) as daemon:
+        counts, decisions = stream(daemon, items)
+        failures = daemon.metrics.bad_frames.labels("internal_error")._value.get()
+    reasons = {d.key.pulse_id: d.reason for d in decisions}
+    assert reasons.pop(3) == Reason.MODEL_ERROR and set(reasons.values()) == {Reason.MODEL}
+    assert counts.decided == 6 and failures == 1
