@@ -115,3 +115,17 @@ def test_an_internal_error_on_a_frame_costs_that_frame_only(tiny_artifact, monke
     reasons = {d.key.pulse_id: d.reason for d in decisions}
     assert reasons.pop(3) == Reason.MODEL_ERROR and set(reasons.values()) == {Reason.MODEL}
     assert counts.decided == 6 and failures == 1
+
+
+def test_after_an_overload_the_daemon_recovers_and_judges_everything(tiny_artifact):
+    from clients.hitwriter import Frame
+    from clients.hitwriter import stream as paced
+    with running_daemon(tiny_artifact, **{"batch.max_queue": 8, "batch.max_batch": 4}) as daemon:
+        counts, decisions = stream(daemon, frames(3000))                 # far beyond capacity
+        with VetoClient(daemon.endpoints.ingest, daemon.endpoints.publish) as veto:
+            veto.wait_subscribed()
+            calm = paced([Frame(key=EventKey(run=2, pulse_id=i), image=img)
+                          for i, (_, img) in enumerate(frames(100, seed=4))], veto, None, rate_hz=100)
+    assert counts.decided == counts.sent == 3000
+    assert any(d.reason is Reason.OVERLOAD for d in decisions)
+    assert calm.sent == calm.hits_kept + calm.misses_dropped == 100      # all judged again
