@@ -104,6 +104,12 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if summary.accounted else 1
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from service.evaluate import evaluate_runs
+    print(evaluate_runs(args.artifact, tuple(args.runs), min_peaks=args.min_peaks, out_dir=args.out))
+    return 0
+
+
 def _inspect(args: argparse.Namespace) -> int:
     from service import artifact
     a = artifact.read(args.artifact)
@@ -187,6 +193,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--frames", type=int, default=240)
     s.add_argument("--rate", type=float, default=120.0, help="frames/s (LCLS-I: 120)")
     s.set_defaults(func=_demo)
+
+    s = sub.add_parser("evaluate", help="a model's report on runs, beside peakfinder8 (PNG + JSON)")
+    s.add_argument("artifact", type=Path)
+    s.add_argument("runs", type=Path, nargs="+")
+    s.add_argument("--min-peaks", type=int, default=3)
+    s.add_argument("--out", type=Path, help="write evaluation.json and evaluation.png here")
+    s.set_defaults(func=_evaluate)
 
     s = sub.add_parser("inspect", help="print a model artifact's metadata")
     s.add_argument("artifact", type=Path)

@@ -28,3 +28,15 @@ def test_train_writes_a_calibrated_self_describing_artifact(tmp_path):
     assert v["tp"] + v["fn"] > 0 and v["sensitivity"] >= 0.99   # calibrated on these very frames
     assert "Validation runs (min-peaks protocol)" in report
     assert np.array_equal(a.spec.roi_index, geometry.roi_index(350))   # the crop travels with it
+
+
+def test_evaluate_reports_model_beside_peakfinder8_with_plots(tmp_path):
+    from service.evaluate import evaluate_runs
+    (run,) = simulate_runs(tmp_path / "runs", runs=[4], n_frames=40, layout="roi", fmt="xtc2", seed=3)
+    text = evaluate_runs(artifact.DEFAULT_ARTIFACT, (run,), out_dir=tmp_path / "eval")
+    assert "Quartile protocol" in text and "vs simulator truth" in text and "strong hit" in text
+    import json
+    result = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert result["frames"] == 40 and 0 < result["kept_fraction"] < 1
+    assert sum(v["frames"] for v in result["by_kind"].values()) == 40
+    assert (tmp_path / "eval" / "evaluation.png").stat().st_size > 10_000
