@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from service import artifact, labels
-from service.train import LabelledFrames, load_runs, predict
 
 KINDS = ("clean miss", "ice miss", "strong hit", "weak hit", "multiple hit")   # sim FrameKind order
 
@@ -22,8 +21,9 @@ KINDS = ("clean miss", "ice miss", "strong hit", "weak hit", "multiple hit")   #
 def evaluate_runs(artifact_path: Path, runs: tuple[Path, ...], *, min_peaks: int = 3,
                   out_dir: Path | None = None) -> str:
     """The report as text; with out_dir, also `evaluation.json` and `evaluation.png` there."""
-    from service.engine import Engine  # torch only when evaluating
+    from service.engine import Engine  # torch and psana only when evaluating
     from service.peaks import PeakFinderParams
+    from service.train import load_runs
 
     art = artifact.read(artifact_path)
     params = PeakFinderParams(**art.info.training.get("peakfinder8", {}))
@@ -40,7 +40,8 @@ def evaluate_runs(artifact_path: Path, runs: tuple[Path, ...], *, min_peaks: int
     return text
 
 
-def summarise(scores: np.ndarray, data: LabelledFrames, threshold: float, min_peaks: int) -> dict:
+def summarise(scores: np.ndarray, data, threshold: float, min_peaks: int) -> dict:
+    """Decisions at `threshold` against every protocol the data allows (data: train.LabelledFrames)."""
     kept = scores >= threshold
     q = labels.quartile_labels(data.peaks)
     used = q != labels.UNUSED
@@ -74,7 +75,7 @@ def report(r: dict, version: str, threshold: float, min_peaks: int) -> str:
     return "\n".join(lines)
 
 
-def plot(scores: np.ndarray, data: LabelledFrames, min_peaks: int, path: Path) -> None:
+def plot(scores: np.ndarray, data, min_peaks: int, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from service import artifact, labels, model, preprocess, sources
+from service.evaluate import summarise
 from service.peaks import PeakFinder, PeakFinderParams
 
 log = logging.getLogger(__name__)
@@ -169,18 +170,6 @@ def predict(net: torch.nn.Module, x: np.ndarray, batch: int = 128) -> np.ndarray
                                for i in range(0, len(x), batch)])
 
 
-def evaluate(scores: np.ndarray, data: LabelledFrames, threshold: float, seed: int) -> dict:
-    """Study protocol (quartiles of peak counts) and, where truth exists, all frames vs truth."""
-    q = labels.quartile_labels(data.peaks, seed)
-    used = q != labels.UNUSED
-    result = {"quartile": labels.confusion(q[used] == labels.HIT, scores[used] >= threshold)}
-    if (data.n_crystals >= 0).all():
-        truth = labels.truth_labels(data.n_crystals)
-        result["all_frames_truth"] = labels.confusion(truth, scores >= threshold)
-        result["peakfinder8_truth"] = labels.confusion(truth, data.peaks >= labels.MIN_PEAKS_FOR_HIT)
-    return result
-
-
 def protocol_labels(peaks: np.ndarray, cfg: TrainConfig) -> np.ndarray:
     """Labels by the configured protocol (UNUSED for frames it leaves out)."""
     if cfg.protocol == "quartile":
@@ -213,11 +202,8 @@ def train(cfg: TrainConfig) -> tuple[Path, str]:
                                                cfg.target_sensitivity)
         calibration = {"target_sensitivity": cfg.target_sensitivity, "on": "validation runs",
                        "labels": cfg.protocol}
-    val = evaluate(val_scores, val_data, threshold, cfg.seed)
-    if cfg.protocol != "quartile":
-        v = protocol_labels(val_data.peaks, cfg)
-        val[cfg.protocol] = labels.confusion(v == labels.HIT, val_scores >= threshold)
-    trn = {cfg.protocol: labels.confusion(y == labels.HIT, predict(net, x) >= threshold)}
+    val = summarise(val_scores, val_data, threshold, cfg.min_peaks)
+    trn = labels.confusion(y == labels.HIT, predict(net, x) >= threshold)
     net.eval()
     scripted = torch.jit.freeze(torch.jit.script(net))
     digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in net.parameters()))
@@ -236,12 +222,12 @@ def train(cfg: TrainConfig) -> tuple[Path, str]:
         validation={"runs": [str(p) for p in cfg.val_runs], **val})
     path = artifact.save(cfg.out, scripted, info, spec.roi_index)
     report = "\n\n".join([
-        labels.study_table(trn[cfg.protocol], f"Training data ({cfg.protocol} protocol)"),
+        labels.study_table(trn, f"Training data ({cfg.protocol} protocol)"),
         labels.study_table(val["quartile"], "Validation runs (quartile protocol)"),
-        *([labels.study_table(val[cfg.protocol], f"Validation runs ({cfg.protocol} protocol)")]
-          if cfg.protocol != "quartile" else []),
-        *([labels.study_table(val["all_frames_truth"], "Validation runs, all frames vs truth")]
-          if "all_frames_truth" in val else []),
+        *([labels.study_table(val["min_peaks"], "Validation runs (min-peaks protocol)")]
+          if cfg.protocol == "min-peaks" else []),
+        *([labels.study_table(val["truth"], "Validation runs, all frames vs truth")]
+          if "truth" in val else []),
         f"threshold {threshold:.4f}" + (f" (calibrated for sensitivity {cfg.target_sensitivity})"
                                          if calibration else ""),
         f"frames: {len(train_data.peaks)} train ({len(y)} labelled), {len(val_data.peaks)} validation;"

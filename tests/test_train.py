@@ -24,7 +24,7 @@ def test_train_writes_a_calibrated_self_describing_artifact(tmp_path):
     assert 0.0 <= info.threshold <= 1.0
     assert info.training["threshold_calibration"]["target_sensitivity"] == 0.99
     assert info.training["frames"] == 48 and info.training["labelled_frames"] == 48
-    v = info.validation["min-peaks"]
+    v = info.validation["min_peaks"]
     assert v["tp"] + v["fn"] > 0 and v["sensitivity"] >= 0.99   # calibrated on these very frames
     assert "Validation runs (min-peaks protocol)" in report
     assert np.array_equal(a.spec.roi_index, geometry.roi_index(350))   # the crop travels with it
