@@ -12,6 +12,7 @@ from tests.conftest import RAW
 
 def test_process_reports_ready_and_drains_on_sigterm(tiny_artifact, tmp_path):
     daemon = start_daemon("model.device=cpu", "batch.max_delay_ms=50", "batch.max_batch=64",
+                          "batch.latency_budget_ms=60000",
                           artifact=tiny_artifact, log_path=tmp_path / "daemon.log")
     n = 200
     try:
