@@ -1,13 +1,21 @@
 """CSPAD geometry from psana: pixel positions, image assembly, and the region round the beam.
 
 psana's default CSPAD geometry (`geometry-def-cspad.data`, shipped in the psana wheel) places the
-32 2x1 sensors (185x388 pixels each) in a 1942x1940 assembled image. The beam passes through the
-central hole between the four quadrants; we take it at the centre of the pixels' bounding box, where
-a 350x350 region touches 4 of the 32 sensors (12% of it is gaps).
+32 2x1 sensors (185x388 pixels each) in a 1942x1940 assembled image (psana's own image grid,
+`GeometryAccess.get_pixel_coord_indexes`). That file puts its origin at a corner of the detector,
+not on the beam, and turns the whole detector 10 degrees about the beam, so the sensors sit at an
+angle to the image grid: nearest-pixel assembly maps ~2.5% of the raw pixels onto a pixel already
+taken (the last one wins, as in psana) and leaves as many holes inside the sensors. We take the beam
+at the centre of the pixels' bounding box, the centre of the central hole (within 2 pixels of the
+largest empty circle); a 350x350 region round it touches 4 of the 32 sensors.
+
+Positions are in psana's LAB frame (`cframe=1`): x horizontal, y up (against gravity), z along the
+beam, right-handed, with x = y = 0 on the beam. In the assembled image rows run down (-y) and
+columns run towards -x (the detector seen from the interaction point).
 
 psana is imported only to compute the tables once; they are cached in memory and on disk
-(`~/.cache/hitveto/`, keyed by the geometry file's checksum), so daemons and trainers that read the
-cache never import psana.
+(`$HITVETO_CACHE` or `~/.cache/hitveto/`, keyed by the geometry file's checksum), so daemons and
+trainers that find the cache never import psana.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import functools
 import hashlib
 import importlib.util
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +33,8 @@ import numpy as np
 RAW_SHAPE = (32, 185, 388)
 PIXEL_SIZE_M = 109.92e-6
 GEOMETRY_FILE = "pscalib/geometry/data/geometry-def-cspad.data"
+CACHE_FORMAT = 2           # bump when the cached tables change meaning (v2: LAB frame)
+_TABLES = ("x_um", "y_um", "z_um", "rows", "cols", "beam")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -39,13 +50,12 @@ class PixelMap:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Tables:
-    x_um: np.ndarray      # psana pixel coordinates, RAW_SHAPE, beam at (0, 0)
+    x_um: np.ndarray      # LAB frame, RAW_SHAPE, beam at (0, 0)
     y_um: np.ndarray
     z_um: np.ndarray      # relative to the detector's mean plane
-    rows: np.ndarray      # assembled-image row and column of each raw pixel
+    rows: np.ndarray      # assembled-image row and column of each raw pixel (int32)
     cols: np.ndarray
-    beam_row: int
-    beam_col: int
+    beam: np.ndarray      # (row, column) of the beam in the assembled image
 
 
 def geometry_path() -> Path:
@@ -56,80 +66,106 @@ def geometry_path() -> Path:
     return Path(spec.origin).parent / GEOMETRY_FILE
 
 
+def cache_file() -> Path:
+    """The tables' cache file: `$HITVETO_CACHE` or ~/.cache/hitveto, named by the file's checksum."""
+    digest = hashlib.sha256(geometry_path().read_bytes()).hexdigest()[:16]
+    folder = Path(os.environ.get("HITVETO_CACHE", Path.home() / ".cache" / "hitveto"))
+    return folder / f"cspad-geometry-v{CACHE_FORMAT}-{digest}.npz"
+
+
 @functools.cache
 def _tables() -> _Tables:
-    path = geometry_path()
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    cache = Path(os.environ.get("HITVETO_CACHE", Path.home() / ".cache" / "hitveto"))
-    cached = cache / f"cspad-geometry-{digest}.npz"
-    if cached.exists():
+    cached = cache_file()
+    try:
         with np.load(cached) as z:
-            return _Tables(**{k: z[k] for k in ("x_um", "y_um", "z_um", "rows", "cols")},
-                           beam_row=int(z["beam"][0]), beam_col=int(z["beam"][1]))
-    tables = _compute(path)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".tmp.npz")
-    np.savez(tmp, x_um=tables.x_um, y_um=tables.y_um, z_um=tables.z_um, rows=tables.rows,
-             cols=tables.cols, beam=np.array([tables.beam_row, tables.beam_col]))
-    tmp.replace(cached)   # atomic: concurrent processes never read half a file
+            return _Tables(**{k: _read_only(z[k]) for k in _TABLES})
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        pass                      # absent or damaged: compute again
+    tables = _compute(geometry_path())
+    tmp = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp.npz")
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, **{k: getattr(tables, k) for k in _TABLES})
+        tmp.replace(cached)   # atomic: concurrent processes never read half a file
+    except OSError:
+        tmp.unlink(missing_ok=True)   # the cache only saves time; a read-only home is no error
     return tables
 
 
 def _compute(path: Path) -> _Tables:
-    from psana.pscalib.geometry.GeometryAccess import GeometryAccess
+    from service.psana_import import import_psana
 
-    geo = GeometryAccess(str(path))
-    x, y, z = geo.get_pixel_coords()
-    rows, cols = geo.get_pixel_coord_indexes()
+    geo = import_psana("psana.pscalib.geometry.GeometryAccess").GeometryAccess(str(path))
+    rows, cols = geo.get_pixel_coord_indexes()              # psana's image grid (its frame 0)
+    x, y, z = (np.array(a) for a in geo.get_pixel_coords(cframe=1))
     x0, y0 = (x.min() + x.max()) / 2, (y.min() + y.max()) / 2   # centre of the central hole
-    beam_row, beam_col = geo.point_coord_indexes(p_um=(x0, y0))
-    return _Tables(x_um=(x - x0).astype(np.float32), y_um=(y - y0).astype(np.float32),
-                   z_um=(z - z.mean()).astype(np.float32), rows=rows.astype(np.int32),
-                   cols=cols.astype(np.int32), beam_row=int(beam_row), beam_col=int(beam_col))
+    # psana frame 0 is (x, y) = (-y_lab, -x_lab): the same point, for the image's indexing.
+    beam = geo.point_coord_indexes(p_um=(-y0, -x0), cframe=0)
+    return _Tables(x_um=_read_only((x - x0).astype(np.float32)),
+                   y_um=_read_only((y - y0).astype(np.float32)),
+                   z_um=_read_only((z - z.mean()).astype(np.float32)),
+                   rows=_read_only(rows.astype(np.int32)), cols=_read_only(cols.astype(np.int32)),
+                   beam=_read_only(np.array(beam, dtype=np.int64)))
 
 
-@functools.cache
-def roi_index(roi_size: int = 350) -> np.ndarray:
-    """int64 (roi_size, roi_size): flat raw-stack index of each region pixel, -1 in the gaps.
-
-    The region is the square of the assembled image centred on the beam.
-    """
+def image_shape() -> tuple[int, int]:
+    """Shape of the assembled image (1942, 1940)."""
     t = _tables()
-    image = np.full(_image_shape(t), -1, dtype=np.int64)
-    image[t.rows, t.cols] = np.arange(t.rows.size).reshape(t.rows.shape)
-    r0, c0 = t.beam_row - roi_size // 2, t.beam_col - roi_size // 2
-    index = image[r0:r0 + roi_size, c0:c0 + roi_size].copy()
-    index.setflags(write=False)
-    return index
+    return int(t.rows.max()) + 1, int(t.cols.max()) + 1
 
 
 def beam_pixel() -> tuple[int, int]:
     """(row, column) of the beam in the assembled image."""
+    row, col = _tables().beam
+    return int(row), int(col)
+
+
+@functools.cache
+def roi_index(roi_size: int = 350) -> np.ndarray:
+    """int64 (roi_size, roi_size), read-only: flat raw-stack index of each region pixel, -1 in gaps.
+
+    The region is the square of the assembled image centred on the beam; a region pixel holds the
+    raw pixel that `assemble` puts there.
+    """
     t = _tables()
-    return t.beam_row, t.beam_col
+    image = np.full(image_shape(), -1, dtype=np.int64)
+    image[t.rows, t.cols] = np.arange(t.rows.size).reshape(t.rows.shape)
+    r0, c0 = (int(b) - roi_size // 2 for b in t.beam)
+    if min(r0, c0) < 0 or r0 + roi_size > image.shape[0] or c0 + roi_size > image.shape[1]:
+        raise ValueError(f"roi_size {roi_size}: the region leaves the {image.shape} image")
+    return _read_only(image[r0:r0 + roi_size, c0:c0 + roi_size].copy())
 
 
 def assemble(raw: np.ndarray) -> np.ndarray:
-    """(32, 185, 388) raw stack -> the assembled 2-D image (1942 x 1940), gaps 0."""
+    """(32, 185, 388) raw stack -> the assembled 2-D image (1942 x 1940) of raw's dtype, gaps 0."""
     t = _tables()
-    image = np.zeros(_image_shape(t), dtype=raw.dtype)
+    if raw.shape != RAW_SHAPE:
+        raise ValueError(f"raw shape {raw.shape} != {RAW_SHAPE}")
+    image = np.zeros(image_shape(), dtype=raw.dtype)
     image[t.rows, t.cols] = raw
     return image
 
 
 @functools.cache
 def pixel_map(layout: str, distance_m: float, roi_size: int = 350) -> PixelMap:
-    """Pixel positions for the raw stack ("raw") or the region ("roi") at a detector distance."""
+    """Pixel positions for the raw stack ("raw") or the region ("roi") at a detector distance.
+
+    The arrays are shared between callers and read-only. Gap pixels of the region get the
+    positions a plane through the real ones gives, so that per-pixel physics stays smooth there.
+    """
     t = _tables()
-    x, y, z = t.x_um * 1e-6, t.y_um * 1e-6, t.z_um * 1e-6 + np.float32(distance_m)
+    x, y = t.x_um * np.float32(1e-6), t.y_um * np.float32(1e-6)
+    z = t.z_um * np.float32(1e-6) + np.float32(distance_m)
     if layout == "raw":
-        return PixelMap(x_m=x, y_m=y, z_m=z, mask=np.ones(RAW_SHAPE, bool), pixel_size_m=PIXEL_SIZE_M)
-    if layout != "roi":
+        coords, mask = (x, y, z), np.ones(RAW_SHAPE, bool)
+    elif layout == "roi":
+        index = roi_index(roi_size)
+        mask = index >= 0
+        coords = tuple(_fill_gaps(c.ravel()[np.where(mask, index, 0)], mask) for c in (x, y, z))
+    else:
         raise ValueError(f"layout {layout!r}: expected 'raw' or 'roi'")
-    index = roi_index(roi_size)
-    mask = index >= 0
-    coords = [_fill_gaps(c.ravel()[np.where(mask, index, 0)], mask) for c in (x, y, z)]
-    return PixelMap(x_m=coords[0], y_m=coords[1], z_m=coords[2], mask=mask, pixel_size_m=PIXEL_SIZE_M)
+    x_m, y_m, z_m = (_read_only(c) for c in coords)
+    return PixelMap(x_m=x_m, y_m=y_m, z_m=z_m, mask=_read_only(mask), pixel_size_m=PIXEL_SIZE_M)
 
 
 def radius_px(pixels: PixelMap) -> np.ndarray:
@@ -138,7 +174,6 @@ def radius_px(pixels: PixelMap) -> np.ndarray:
 
 
 def _fill_gaps(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Gap pixels get the positions an affine fit of the real ones gives (they are masked anyway)."""
     rows, cols = np.indices(mask.shape)
     design = np.column_stack([rows[mask], cols[mask], np.ones(mask.sum())])
     coef, *_ = np.linalg.lstsq(design, values[mask], rcond=None)
@@ -147,5 +182,6 @@ def _fill_gaps(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _image_shape(t: _Tables) -> tuple[int, int]:
-    return int(t.rows.max()) + 1, int(t.cols.max()) + 1
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)
+    return a

@@ -1,125 +1,224 @@
 """Runs as real xtc2 files, written with psana's DgramEdit and read back with psana.DataSource.
 
-Layout written: Configure (one detector, dettype `generic_container`, algorithm `xtc1dump` 0.1.0, the
-psana detector class for containers of named arrays), BeginRun, BeginStep, Enable, one L1Accept per
-frame (fields `image` and one int64 scalar per truth field), Disable, EndStep, EndRun. Files are
-named `<exp>-r<run:04d>-s000-c000.xtc2`, the DAQ's naming, so they sit in an experiment directory.
-Reading opens `DataSource(files=..., skip_calib_load="all")`: offline, psana must not look for
-SLAC's calibration database.
+A run is written as the DAQ lays it out, so that both of psana's ways in work:
+
+    <dir>/<exp>-r<run:04d>-s000-c000.xtc2                   the run (bigdata)
+    <dir>/smalldata/<exp>-r<run:04d>-s000-c000.smd.xtc2     its index, from the wheel's `smdwriter`
+
+`read_run(file)` opens `DataSource(files=...)` (serial); `read_experiment_run(dir, experiment=,
+run=)` opens `DataSource(exp=, run=, dir=)`, which needs the index and is the mode that runs in
+parallel under `mpirun` (offline it relies on `service.psana_import`'s logbook workaround). psana
+finds a run's files by run number alone, so keep one experiment per directory.
+
+Dgrams: Configure declares the detector (dettype `generic_container`, algorithm `xtc1dump` 0.1.0,
+the psana detector class for containers of named arrays: `image`, `pulse_id` and one int64 scalar
+per truth field) and `runinfo` (expt, runnum); then BeginRun (runinfo), BeginStep, Enable, one
+L1Accept per frame, Disable, EndStep, EndRun. Always `skip_calib_load="all"`: offline, psana must
+not look for SLAC's calibration database.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import re
+import subprocess
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from service.psana_import import import_psana
+
 ALGORITHM = ("xtc1dump", 0, 1, 0)
-BUFFER_BYTES = 64_000_000          # DgramEdit's default dgram limit; a CSPAD frame is 4.6 MB
+RESERVED = frozenset({"config", "image", "pulse_id"})
+DEFAULT_EXPERIMENT, DEFAULT_RUN = "xpptut15", 1
+DAQ_NAME = re.compile(r"(?P<exp>.+)-r(?P<run>\d{4})-s\d{3}-c\d{3}\.xtc2")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunEvent:
     timestamp: int                  # the event's xtc2 timestamp (unique, increasing)
     pulse_id: int                   # 0, 1, 2, ... within the run
-    image: np.ndarray               # the detector frame
+    image: np.ndarray               # the detector frame (read-only when read from a file)
     truth: dict[str, int] = field(default_factory=dict)   # simulator truth; {} for real data
 
 
-class _Writer:
-    """Serialises DgramEdit dgrams into one reusable buffer and appends them to the file."""
-
-    def __init__(self, path: Path) -> None:
-        self._file = open(path, "wb")
-        self._buf = bytearray(BUFFER_BYTES)
-
-    def save(self, dgram) -> None:
-        dgram.save(self._buf)
-        self._file.write(memoryview(self._buf)[: dgram.size])
-
-    def close(self) -> None:
-        self._file.close()
+def run_path(directory: Path, experiment: str, run: int) -> Path:
+    """Where a run's xtc2 file goes in an experiment directory."""
+    return Path(directory) / f"{experiment}-r{run:04d}-s000-c000.xtc2"
 
 
-def write_run(path: Path, events: Iterable[RunEvent], *, detector: str = "cspad") -> int:
-    """Write the events as one xtc2 run (streaming); returns how many were written.
+def smalldata_path(path: Path) -> Path:
+    """The smalldata index psana looks for beside a run file."""
+    path = Path(path)
+    return path.parent / "smalldata" / f"{path.name.removesuffix('.xtc2')}.smd.xtc2"
 
-    The first event fixes the image dtype and rank and the truth fields for the whole run.
+
+def write_run(path: Path, events: Iterable[RunEvent], *, detector: str = "cspad",
+              experiment: str | None = None, run: int | None = None) -> int:
+    """Write the events as one xtc2 run plus its smalldata index (streaming); returns the count.
+
+    experiment and run default to those in a DAQ-style file name, else xpptut15 and 1. The first
+    event fixes the image dtype and shape and the truth fields; an event that differs, or a
+    timestamp that does not increase, raises ValueError and leaves no file behind.
     """
-    from psana.dgramedit import AlgDef, DetectorDef, DgramEdit
-    from psana.dgramedit import PyTransitionId as T
-
+    path = Path(path)
+    experiment, run = _run_identity(path, experiment, run)
     events = iter(events)
     first = next(events, None)
     if first is None:
         raise ValueError(f"{path}: a run needs at least one event")
-    out = _Writer(Path(path))
-    ts = first.timestamp - 8  # transitions take the timestamps just before the first event
-    fields = {"image": (first.image.dtype.type, first.image.ndim),
-              **{name: (np.int64, 0) for name in first.truth}}
-    config = DgramEdit(transition_id=T.Configure, ts=ts)
-    det = config.Detector(DetectorDef(detector, "generic_container", "hitveto-sim"),
-                          AlgDef(*ALGORITHM), fields)
-    out.save(config)
-    for tid in (T.BeginRun, T.BeginStep, T.Enable):
-        ts += 1
-        out.save(DgramEdit(transition_id=tid, config_dgramedit=config, ts=ts))
-    n = 0
+    if first.timestamp < 4:
+        raise ValueError(f"{path}: first timestamp {first.timestamp} leaves no room for transitions")
+    smd = smalldata_path(path)
+    tmp, smd_tmp = (p.with_name(f".{p.name}.{os.getpid()}.tmp") for p in (path, smd))
+    smd.parent.mkdir(parents=True, exist_ok=True)
     try:
-        for ev in _chain(first, events):
-            dgram = DgramEdit(transition_id=T.L1Accept, config_dgramedit=config, ts=ev.timestamp)
-            data = getattr(det, ALGORITHM[0])
-            data.image = np.ascontiguousarray(ev.image)
-            for name in first.truth:
-                setattr(data, name, int(ev.truth[name]))
-            dgram.adddata(data)
-            out.save(dgram)
-            n, ts = n + 1, ev.timestamp
-        for tid in (T.Disable, T.EndStep, T.EndRun):
-            ts += 1
-            out.save(DgramEdit(transition_id=tid, config_dgramedit=config, ts=ts))
+        with open(tmp, "wb") as out:
+            n = _write_dgrams(out, first, events, detector, experiment, run)
+        _index(tmp, smd_tmp)
+        tmp.replace(path)
+        smd_tmp.replace(smd)
     finally:
-        out.close()
+        for p in (tmp, smd_tmp):
+            p.unlink(missing_ok=True)
     return n
 
 
+def _write_dgrams(out, first: RunEvent, events: Iterator[RunEvent], detector: str,
+                  experiment: str, run: int) -> int:
+    de = import_psana("psana.dgramedit")
+    T = de.PyTransitionId
+    buf = bytearray(first.image.nbytes + (1 << 20))  # one dgram at a time: a frame plus headers
+
+    def save(dgram) -> None:
+        dgram.save(buf)
+        out.write(memoryview(buf)[: dgram.size])
+
+    names = sorted(first.truth)
+    clash = RESERVED.intersection(names)
+    if clash:
+        raise ValueError(f"truth field names {sorted(clash)} are reserved")
+    fields = {"image": (first.image.dtype.type, first.image.ndim), "pulse_id": (np.int64, 0),
+              **{name: (np.int64, 0) for name in names}}
+    ts = first.timestamp - 4             # the transitions take the timestamps before the first event
+    config = de.DgramEdit(transition_id=T.Configure, ts=ts)
+    det = config.Detector(de.DetectorDef(detector, "generic_container", "hitveto"),
+                          de.AlgDef(*ALGORITHM), fields)
+    info = config.Detector(de.DetectorDef("runinfo", "runinfo", ""), de.AlgDef("runinfo", 0, 0, 1),
+                           {"expt": (str, 1), "runnum": (np.uint32, 0)})
+    save(config)
+    begin_run = de.DgramEdit(transition_id=T.BeginRun, config_dgramedit=config, ts=ts + 1)
+    info.runinfo.expt, info.runinfo.runnum = experiment, run
+    begin_run.adddata(info.runinfo)
+    save(begin_run)
+    for i, tid in enumerate((T.BeginStep, T.Enable), start=2):
+        save(de.DgramEdit(transition_id=tid, config_dgramedit=config, ts=ts + i))
+    n, ts = 0, first.timestamp - 1
+    data = getattr(det, ALGORITHM[0])
+    for ev in _chain(first, events):
+        _check(ev, first, ts)
+        dgram = de.DgramEdit(transition_id=T.L1Accept, config_dgramedit=config, ts=ev.timestamp)
+        data.image = np.ascontiguousarray(ev.image)
+        data.pulse_id = int(ev.pulse_id)
+        for name in names:
+            setattr(data, name, int(ev.truth[name]))
+        dgram.adddata(data)
+        save(dgram)
+        n, ts = n + 1, ev.timestamp
+    for i, tid in enumerate((T.Disable, T.EndStep, T.EndRun), start=1):
+        save(de.DgramEdit(transition_id=tid, config_dgramedit=config, ts=ts + i))
+    return n
+
+
+def _check(ev: RunEvent, first: RunEvent, previous_ts: int) -> None:
+    if ev.timestamp <= previous_ts:
+        raise ValueError(f"pulse {ev.pulse_id}: timestamp {ev.timestamp} <= {previous_ts}")
+    if ev.image.dtype != first.image.dtype or ev.image.shape != first.image.shape:
+        raise ValueError(f"pulse {ev.pulse_id}: image {ev.image.dtype}{ev.image.shape} differs "
+                         f"from the run's {first.image.dtype}{first.image.shape}")
+    if ev.truth.keys() != first.truth.keys():
+        raise ValueError(f"pulse {ev.pulse_id}: truth fields {sorted(ev.truth)} differ "
+                         f"from the run's {sorted(first.truth)}")
+
+
+def _index(bigdata: Path, out: Path) -> None:
+    """The smalldata index, by the psana wheel's own `smdwriter` (milliseconds per run)."""
+    spec = importlib.util.find_spec("psana")
+    smdwriter = Path(spec.origin).parents[1] / "bin" / "smdwriter"   # site-packages/bin: not on PATH
+    done = subprocess.run([str(smdwriter), "-f", str(bigdata), "-o", str(out)],
+                          capture_output=True, text=True)
+    if done.returncode != 0 or not out.exists():
+        raise RuntimeError(f"{smdwriter} failed on {bigdata}: {done.stderr.strip() or done.stdout}")
+
+
 def read_run(path: Path, *, detector: str = "cspad") -> Iterator[RunEvent]:
-    """The events of one xtc2 file, through psana; truth fields where the file has them."""
-    from psana import DataSource
+    """The events of one xtc2 file, through psana (serial); truth fields where the file has them.
 
-    ds = DataSource(files=[str(path)], skip_calib_load="all")
-    run = next(ds.runs())
-    det = getattr(run.Detector(detector), ALGORITHM[0])
-    names: list[str] | None = None
-    for pulse_id, evt in enumerate(run.events()):
-        image = det.image(evt)
-        if image is None:
-            continue
-        if names is None:
-            names = _truth_fields(det, evt)
-        yield RunEvent(timestamp=int(evt.timestamp), pulse_id=pulse_id, image=image,
-                       truth={n: int(getattr(det, n)(evt)) for n in names})
-
-
-def _truth_fields(det, evt) -> list[str]:
-    """The scalar fields this run's events carry.
-
-    psana keeps field accessors from runs opened earlier in the same process, so a name listed on
-    the detector may be absent from this file's events: keep those that answer.
+    Reads the file's first run only: a DAQ file holds one, and asking psana for another reads
+    past the end, which costs a second ("Problem reading dgram header.").
     """
-    names = []
-    for name in dir(det):
-        if name.startswith("_") or name in ("config", "image"):
+    ds = import_psana().DataSource(files=[str(path)], skip_calib_load="all")
+    run = next(ds.runs(), None)
+    if run is not None:
+        yield from _events(run, detector, parallel=False)
+
+
+def read_experiment_run(directory: Path, *, experiment: str, run: int, detector: str = "cspad",
+                        batch_size: int = 10) -> Iterator[RunEvent]:
+    """The events of one run in an experiment directory, via `DataSource(exp=, run=, dir=)`.
+
+    Under mpirun call it on every rank: each big-data rank yields its share (batches of
+    batch_size events), the others yield nothing.
+    """
+    psana = import_psana()
+    ds = psana.DataSource(exp=experiment, run=run, dir=str(directory), skip_calib_load="all",
+                          batch_size=batch_size)
+    parallel = import_psana("mpi4py.MPI").COMM_WORLD.Get_size() > 1
+    for r in ds.runs():
+        yield from _events(r, detector, parallel=parallel)
+
+
+def _events(run, detector: str, *, parallel: bool) -> Iterator[RunEvent]:
+    fields = _fields(run, detector)
+    det = getattr(run.Detector(detector), ALGORITHM[0])
+    truth = [name for name in fields if name not in RESERVED]
+    has_pulse_id = "pulse_id" in fields
+    for i, evt in enumerate(run.events()):
+        image = det.image(evt)
+        if image is None:               # an event without this detector
             continue
-        try:
-            value = getattr(det, name)(evt)
-        except AttributeError:
-            continue
-        if np.ndim(value) == 0:
-            names.append(name)
-    return names
+        # Without a stored pulse id the count is the id, which holds only when one reader sees all.
+        pulse_id = int(det.pulse_id(evt)) if has_pulse_id else (-1 if parallel else i)
+        yield RunEvent(timestamp=int(evt.timestamp), pulse_id=pulse_id, image=image,
+                       truth={name: int(getattr(det, name)(evt)) for name in truth})
+
+
+def _fields(run, detector: str) -> list[str]:
+    """The data fields this run declares for the detector, from its Configure.
+
+    Not `run.detinfo`, nor the detector's accessors: psana keeps those from runs opened earlier
+    in the same process, so they may name fields this run lacks.
+    """
+    for config in run.configs:
+        segments = getattr(getattr(config, "software", None), detector, None)
+        if segments:
+            declared = getattr(next(iter(segments.values())), ALGORITHM[0])
+            return [n for n in dir(declared) if not n.startswith("_") and n not in ("software", "version")]
+    raise KeyError(f"{detector}/{ALGORITHM[0]}: not in this run's Configure")
+
+
+def _run_identity(path: Path, experiment: str | None, run: int | None) -> tuple[str, int]:
+    named = DAQ_NAME.fullmatch(path.name)
+    if named is None:
+        return experiment or DEFAULT_EXPERIMENT, DEFAULT_RUN if run is None else run
+    exp, number = named["exp"], int(named["run"])
+    if (experiment or exp, number if run is None else run) != (exp, number):
+        raise ValueError(f"{path.name} names experiment {exp} run {number}, "
+                         f"not {experiment} run {run}")
+    return exp, number
 
 
 def _chain(first: RunEvent, rest: Iterator[RunEvent]) -> Iterator[RunEvent]:

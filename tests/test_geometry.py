@@ -2,20 +2,38 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 
 from service import geometry
+from service.psana_import import import_psana
+
+PITCH = geometry.PIXEL_SIZE_M
 
 
-def test_region_comes_from_four_sensors_round_the_beam():
+def psana_geometry():
+    access = import_psana("psana.pscalib.geometry.GeometryAccess")
+    return access, access.GeometryAccess(str(geometry.geometry_path()))
+
+
+def test_region_holds_exactly_the_assembled_pixels_round_the_beam():
     index = geometry.roi_index(350)
+    coded = geometry.assemble(np.arange(1, 1 + np.prod(geometry.RAW_SHAPE)).reshape(geometry.RAW_SHAPE))
+    r, c = geometry.beam_pixel()
+    assert np.array_equal(index, coded[r - 175:r + 175, c - 175:c + 175] - 1)   # gaps: 0 - 1
     real = index[index >= 0]
-    sensors = np.unique(real // (185 * 388))
-    assert index.shape == (350, 350) and len(sensors) == 4
-    assert 0.05 < (index < 0).mean() < 0.2          # the central hole and sensor gaps
+    assert len(np.unique(real // (185 * 388))) == 4
+    assert 0.05 < (index < 0).mean() < 0.2          # the central hole, sensor gaps, grid holes
     raw = geometry.pixel_map("raw", 0.1)
-    r = np.hypot(raw.x_m.ravel()[real], raw.y_m.ravel()[real])
-    assert r.max() < 175 * np.sqrt(2) * geometry.PIXEL_SIZE_M * 1.02
+    x, y = raw.x_m.ravel(), raw.y_m.ravel()
+    assert np.abs(x[real]).max() < 176 * PITCH and np.abs(y[real]).max() < 176 * PITCH
+    inside = np.flatnonzero(np.maximum(np.abs(x), np.abs(y)) < 174 * PITCH)
+    missing = np.setdiff1d(inside, real)            # only raw pixels that share an image pixel
+    assert len(missing) < 0.04 * len(inside)
 
 
 def test_region_positions_agree_with_raw_positions_through_the_index():
@@ -23,25 +41,39 @@ def test_region_positions_agree_with_raw_positions_through_the_index():
     index = geometry.roi_index(350)
     real = index >= 0
     for a, b in ((raw.x_m, roi.x_m), (raw.y_m, roi.y_m), (raw.z_m, roi.z_m)):
-        assert np.array_equal(a.ravel()[index[real]], b[real])
-    assert np.array_equal(roi.mask, real)
-    assert abs(float(roi.z_m.mean()) - 0.12) < 1e-3
-    both = real[:, 1:] & real[:, :-1]                   # horizontally adjacent real pixels
-    step = np.hypot(np.diff(roi.x_m, axis=1), np.diff(roi.y_m, axis=1))[both]
-    assert abs(np.median(step) / geometry.PIXEL_SIZE_M - 1) < 0.01
+        assert b.dtype == np.float32 and np.array_equal(a.ravel()[index[real]], b[real])
+    assert np.array_equal(roi.mask, real) and roi.mask.dtype == bool
+    assert abs(float(roi.z_m.mean()) - 0.12) < 1e-3 and roi.pixel_size_m == PITCH
+    assert np.hypot(roi.x_m[175, 175], roi.y_m[175, 175]) < 2 * PITCH   # beam at the centre
+
+
+def test_lab_frame_x_horizontal_y_up_beam_along_z():
+    roi = geometry.pixel_map("roi", 0.1)
+    rows, cols = np.indices(roi.mask.shape)
+    design = np.column_stack([rows[roi.mask], cols[roi.mask], np.ones(roi.mask.sum())])
+    (x_row, x_col, _), *_ = np.linalg.lstsq(design, roi.x_m[roi.mask], rcond=None)
+    (y_row, y_col, _), *_ = np.linalg.lstsq(design, roi.y_m[roi.mask], rcond=None)
+    # The image grid is the lab's (the sensors sit at 10 degrees to it): columns run towards -x,
+    # rows run down.
+    assert np.allclose([x_row, x_col, y_row, y_col], [0, -PITCH, -PITCH, 0], atol=PITCH * 0.01)
+    raw = geometry.pixel_map("raw", 0.1)
+    assert 0.0997 < raw.z_m.min() and raw.z_m.max() < 0.1003 and not raw.x_m.flags.writeable
 
 
 def test_assembly_matches_psana_image():
-    from psana.pscalib.geometry.GeometryAccess import GeometryAccess, img_from_pixel_arrays
+    access, geo = psana_geometry()
     raw = np.random.default_rng(1).integers(0, 1000, geometry.RAW_SHAPE).astype(np.float32)
-    geo = GeometryAccess(str(geometry.geometry_path()))
     rows, cols = geo.get_pixel_coord_indexes()
-    assert np.array_equal(geometry.assemble(raw), img_from_pixel_arrays(rows, cols, W=raw))
+    image = geometry.assemble(raw)
+    assert image.shape == geometry.image_shape() == (1942, 1940)
+    assert np.array_equal(image, access.img_from_pixel_arrays(rows, cols, W=raw))
 
 
-def test_region_is_the_assembled_image_round_the_beam():
-    raw = np.random.default_rng(2).integers(1, 1000, geometry.RAW_SHAPE).astype(np.int16)
-    index = geometry.roi_index(350)
-    gathered = np.where(index >= 0, raw.ravel()[np.where(index >= 0, index, 0)], 0)
-    r, c = geometry.beam_pixel()
-    assert np.array_equal(geometry.assemble(raw)[r - 175:r + 175, c - 175:c + 175], gathered)
+def test_cached_tables_need_no_psana(tmp_path):
+    geometry.roi_index(350)                          # fills the cache in this process
+    shutil.copy(geometry.cache_file(), tmp_path)
+    probe = ("import sys; from service import geometry as g; assert 'psana' not in sys.modules; "
+             "g.roi_index(350); g.pixel_map('roi', 0.1); g.assemble(g.pixel_map('raw', 0.1).x_m); "
+             "assert 'psana' not in sys.modules, 'psana imported'")
+    env = {**os.environ, "HITVETO_CACHE": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", probe], env=env, check=True, timeout=60)

@@ -3,51 +3,63 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from service.peaks import PeakFinder, PeakFinderParams
+from service import geometry
+from service.peaks import PeakFinder, PeakFinderParams, count_peaks, find_peaks
+
+ADU = 35.0                              # per photon, the defaults' gain
 
 
-def frame_with_spots(n_spots: int, seed: int = 0) -> np.ndarray:
+def frame_with_spots(n_spots: int, seed: int = 0, shape=(350, 350)) -> tuple[np.ndarray, np.ndarray]:
+    """Read noise plus sparse single photons, and n Gaussian spots of 60 photons; (frame, centres)."""
     rng = np.random.default_rng(seed)
-    frame = rng.normal(0, 4, (350, 350)) + rng.poisson(0.2, (350, 350)) * 35.0
-    rows, cols = np.indices(frame.shape)
-    centres = rng.uniform(30, 320, (n_spots, 2))
+    frame = rng.normal(0, 4, shape) + rng.poisson(0.2, shape) * ADU
+    rows, cols = np.indices(shape)
+    centres = rng.uniform(30, min(shape) - 30, (n_spots, 2))
     for r, c in centres:
-        frame += 60 * 35 / (2 * np.pi * 1.2**2) * np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * 1.2**2))
-    return frame.astype(np.float32)
+        frame += 60 * ADU / (2 * np.pi * 1.2**2) * np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / 2.88)
+    return frame.astype(np.float32), centres
 
 
-def finder() -> PeakFinder:
-    rows, cols = np.indices((350, 350))
-    radius = np.hypot(rows - 175, cols - 175).astype(np.float32)
-    return PeakFinder(np.ones((350, 350), bool), radius, PeakFinderParams())
-
-
-def test_counts_synthetic_spots():
-    pf = finder()
-    for n in (5, 20, 40):
-        assert abs(pf.count(frame_with_spots(n, seed=n)) - n) <= max(1, n // 10)
+@pytest.mark.parametrize("n", [5, 20, 40])
+def test_counts_synthetic_spots_on_the_region(n):
+    frame, centres = frame_with_spots(n, seed=n)
+    found = find_peaks(frame, None, PeakFinderParams())
+    assert abs(len(found) - n) <= max(1, n // 10)
+    nearest = np.hypot(*(found[:, None, 1::-1] - centres[None]).transpose(2, 0, 1)).min(axis=1)
+    assert np.median(nearest) < 0.5          # at the spots' centres (columns, rows)
 
 
 def test_background_alone_has_no_peaks():
-    assert finder().count(frame_with_spots(0)) == 0
+    assert count_peaks(frame_with_spots(0)[0], geometry.roi_index(350) >= 0, PeakFinderParams()) == 0
 
 
 def test_masked_pixels_are_ignored():
-    rows, cols = np.indices((350, 350))
-    radius = np.hypot(rows - 175, cols - 175).astype(np.float32)
     mask = np.ones((350, 350), bool)
     mask[:, :175] = False
-    frame = frame_with_spots(30, seed=3)
-    found = PeakFinder(mask, radius, PeakFinderParams()).find(frame)
+    found = find_peaks(frame_with_spots(30, seed=3)[0], mask, PeakFinderParams())
     assert len(found) > 5 and (found[:, 0] >= 175).all()
 
 
 def test_raw_stack_is_searched_panel_by_panel():
-    from service import geometry
-    pixels = geometry.pixel_map("raw", 0.1)
     raw = np.random.default_rng(4).normal(0, 4, geometry.RAW_SHAPE).astype(np.float32)
     raw[7, 90, 200] += 3000
     raw[7, 90, 201] += 1500
-    found = PeakFinder(pixels.mask, geometry.radius_px(pixels), PeakFinderParams()).find(raw)
+    found = find_peaks(raw, None, PeakFinderParams())
     assert len(found) == 1 and abs(found[0, 1] - (7 * 185 + 90)) < 1 and abs(found[0, 0] - 200.3) < 1
+
+
+def test_resolution_limits_and_gain_scaling():
+    frame, _ = frame_with_spots(30, seed=5)
+    radius = np.hypot(*(np.indices(frame.shape) - 174.5)).astype(np.float32)
+    inner = PeakFinder(np.ones(frame.shape, bool), radius, PeakFinderParams(max_res=100)).find(frame)
+    assert len(inner) and (np.hypot(inner[:, 0] - 174.5, inner[:, 1] - 174.5) < 101).all()
+    assert PeakFinderParams.for_gain(10.0).adc_threshold == pytest.approx(150 / 3.5)
+    assert count_peaks(frame, None, PeakFinderParams(max_num_peaks=4)) == 4
+
+
+def test_wrong_frame_shape_is_refused():
+    finder = PeakFinder(np.ones((8, 8), bool), np.ones((8, 8), np.float32), PeakFinderParams())
+    with pytest.raises(ValueError, match="frame shape"):
+        finder.find(np.zeros((8, 9), np.float32))

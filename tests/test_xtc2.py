@@ -2,36 +2,85 @@
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from service.xtc2 import RunEvent, read_run, write_run
+from service.xtc2 import (RunEvent, read_experiment_run, read_run, run_path, smalldata_path,
+                          write_run)
+
+MPIRUN = Path(sys.executable).with_name("mpirun")
 
 
-@pytest.mark.parametrize("shape, dtype", [((32, 185, 388), np.int16), ((350, 350), np.int16),
-                                          ((350, 350), np.float32)])
-def test_round_trip_is_bit_identical(tmp_path, shape, dtype):
+def make_events(shape, dtype, n=3, truth=True):
     rng = np.random.default_rng(0)
-    events = [RunEvent(timestamp=(i + 1) << 24, pulse_id=i,
-                       image=rng.integers(-50, 16000, shape).astype(dtype),
-                       truth={"n_crystals": i % 3, "n_strong_spots": 7 * i, "kind": i % 5})
-              for i in range(4)]
-    path = tmp_path / "hitveto-r0003-s000-c000.xtc2"
-    assert write_run(path, events) == 4
-    back = list(read_run(path))
-    assert len(back) == 4
-    for a, b in zip(events, back):
+    return [RunEvent(timestamp=(i + 1) << 24, pulse_id=i,
+                     image=rng.integers(-50, 16000, shape).astype(dtype),
+                     truth={"n_crystals": i % 3, "n_strong_spots": 7 * i, "kind": i % 5} if truth else {})
+            for i in range(n)]
+
+
+def assert_same(written, read):
+    assert len(read) == len(written)
+    for a, b in zip(written, read):
         assert b.image.dtype == a.image.dtype and np.array_equal(a.image, b.image)
         assert (b.timestamp, b.pulse_id, b.truth) == (a.timestamp, a.pulse_id, a.truth)
 
 
+@pytest.mark.parametrize("shape, dtype", [((32, 185, 388), np.int16), ((350, 350), np.int16),
+                                          ((350, 350), np.float32)])
+def test_round_trip_is_bit_identical_in_both_modes(tmp_path, shape, dtype):
+    events = make_events(shape, dtype)
+    path = run_path(tmp_path, "hitveto", 3)
+    assert write_run(path, iter(events)) == 3
+    assert smalldata_path(path).stat().st_size > 0
+    assert_same(events, list(read_run(path)))
+    assert_same(events, list(read_experiment_run(tmp_path, experiment="hitveto", run=3)))
+
+
 def test_real_data_without_truth_reads_with_empty_truth(tmp_path):
-    path = tmp_path / "x-r0001-s000-c000.xtc2"
-    write_run(path, [RunEvent(timestamp=1 << 30, pulse_id=0, image=np.ones((4, 5), np.int16))])
-    (event,) = read_run(path)
-    assert event.truth == {} and event.image.shape == (4, 5)
+    # After a run with truth fields: psana must not carry them over to this one.
+    write_run(tmp_path / "a.xtc2", make_events((4, 5), np.int16))
+    list(read_run(tmp_path / "a.xtc2"))
+    write_run(tmp_path / "b.xtc2", make_events((4, 5), np.int16, truth=False))
+    assert [e.truth for e in read_run(tmp_path / "b.xtc2")] == [{}, {}, {}]
 
 
-def test_empty_run_is_refused(tmp_path):
+def test_bad_runs_are_refused_and_leave_no_file(tmp_path):
     with pytest.raises(ValueError, match="at least one event"):
         write_run(tmp_path / "e.xtc2", [])
+    backwards = make_events((4, 5), np.int16)[::-1]
+    with pytest.raises(ValueError, match="timestamp"):
+        write_run(tmp_path / "x-r0001-s000-c000.xtc2", backwards)
+    with pytest.raises(ValueError, match="names experiment x run 1"):
+        write_run(tmp_path / "x-r0001-s000-c000.xtc2", backwards, run=2)
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_experiment_run_is_shared_among_mpi_ranks(tmp_path):
+    events = make_events((8, 8), np.int16, n=12)
+    write_run(run_path(tmp_path, "hitveto", 7), events)
+    script = ("import json, os, sys; from service.xtc2 import read_experiment_run as r; "
+              f"ids = [e.pulse_id for e in r({str(tmp_path)!r}, experiment='hitveto', run=7, "
+              "batch_size=2)]; open(sys.argv[1] + os.environ['PMI_RANK'], 'w').write(json.dumps(ids))")
+    out = tmp_path / "rank"
+    done = subprocess.run([str(MPIRUN), "-n", "4", sys.executable, "-c", script, str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    shares = [json.loads(tmp_path.joinpath(f"rank{rank}").read_text()) for rank in range(4)]
+    assert sorted(sum(shares, [])) == list(range(12))
+    assert sum(1 for s in shares if s) == 2             # ranks 2 and 3 are the big-data ranks
+
+
+def test_killed_psana_process_leaves_no_shared_memory():
+    script = ("import os, signal; from service.psana_import import import_psana; import_psana(); "
+              "print(os.getpid(), flush=True); os.kill(os.getpid(), signal.SIGKILL)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == -signal.SIGKILL
+    pid = int(done.stdout.split()[0])
+    assert not list(Path("/dev/shm").glob(f"mpich_shm_{pid:x}_*"))
