@@ -34,6 +34,7 @@ class Summary:
     latency_p99_ms: float
     latency_max_ms: float
     files: list[str]
+    rejected: dict[str, int] = field(default_factory=dict)   # malformed messages, by reason
 
     @property
     def kept_fallback(self) -> int:
@@ -55,23 +56,32 @@ class Summary:
             f"({100 * (1 - self.written / max(1, self.sent)):.1f}% data reduction)",
             f"accounting         sent {self.sent} = {self.hits_kept} + {self.misses_dropped} + "
             f"{self.kept_fallback}: {'OK' if self.accounted else 'MISMATCH'}",
+            *([f"rejected           {sum(self.rejected.values())} malformed messages "
+               f"({', '.join(f'{k} {v}' for k, v in sorted(self.rejected.items()))})"]
+              if self.rejected else []),
             f"throughput         {rate:.1f} frames/s over {self.elapsed_s:.2f} s",
             f"verdict latency    p50 {self.latency_p50_ms:.2f} ms, p99 {self.latency_p99_ms:.2f} ms",
             f"output             {', '.join(self.files) or '(nothing kept)'}",
         ]
 
 
-def stream(frames: Iterable[Frame], veto: VetoClient, writer, *, rate_hz: float = 0.0) -> Summary:
+def stream(frames: Iterable[Frame | None], veto: VetoClient, writer, *,
+           rate_hz: float = 0.0) -> Summary:
     """Send each frame, write each kept one to `writer` (a CxiWriter or None); returns the summary.
 
-    rate_hz > 0 paces the stream like a detector; 0 sends as fast as the daemon takes them.
+    rate_hz > 0 paces the stream like a detector; 0 sends as fast as the daemon takes them. A None
+    from `frames` means no frame yet: decisions due meanwhile (verdicts, deadlines) are written.
     """
     truths: dict[tuple, dict[str, int]] = {}
     latencies: list[float] = []
-    written = 0
+    written = i = 0
     t0 = time.monotonic()
-    for i, frame in enumerate(frames):
+    for frame in frames:
+        if frame is None:
+            written += _settle(veto.poll(), writer, truths, latencies)
+            continue
         due = t0 + i / rate_hz if rate_hz > 0 else 0.0
+        i += 1
         while (wait := due - time.monotonic()) > 0:  # pace on verdicts, not on a sleep
             written += _settle(veto.poll(max(1, int(wait * 1000))), writer, truths, latencies)
         truths[frame.key.as_tuple()] = frame.truth

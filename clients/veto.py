@@ -124,14 +124,15 @@ class VetoClient:
             oldest, waiting = self._waiting.popitem(last=False)
             self._fallback(oldest, waiting, Reason.NO_VERDICT)
         self.counts.sent += 1
+        if key.as_tuple() in self._waiting:  # its verdict could not be told from the other's
+            self._keep_unsent(key, image, Reason.DUPLICATE)
+            return
         now = time.monotonic()
         try:
             self._push.send_multipart(encode_frame(key, image, meta=meta), copy=False,
                                       flags=zmq.NOBLOCK)
         except zmq.Again:  # daemon gone or saturated beyond HWM: never stall the DAQ
-            self._ready.append(Decision(key=key, image=image, keep=True, reason=Reason.OVERLOAD,
-                                        verdict=None, latency_s=0.0))
-            self.counts.kept_by_reason[Reason.OVERLOAD] += 1
+            self._keep_unsent(key, image, Reason.OVERLOAD)
             return
         self._waiting[key.as_tuple()] = _Waiting(key=key, image=image, sent_s=now)
 
@@ -201,6 +202,11 @@ class VetoClient:
                 return
             del self._waiting[key]
             self._fallback(key, waiting, Reason.NO_VERDICT)
+
+    def _keep_unsent(self, key: EventKey, image: np.ndarray, reason: Reason) -> None:
+        self.counts.kept_by_reason[reason] += 1
+        self._ready.append(Decision(key=key, image=image, keep=True, reason=reason, verdict=None,
+                                    latency_s=0.0))
 
     def _fallback(self, key: tuple, waiting: _Waiting, reason: Reason) -> None:
         self._expired[key] = None

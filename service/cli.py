@@ -80,11 +80,29 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from service.replay import replay
-    summary = replay(args.runs, frames_endpoint=args.frames, verdicts_endpoint=args.verdicts,
-                     out_dir=args.out, rate_hz=args.rate, deadline_ms=args.deadline_ms,
-                     limit=args.limit)
+    from service.replay import frames_of, live_frames, replay
+    if bool(args.runs) == bool(args.shmem):
+        raise SystemExit("hitveto replay: give run files or --shmem TAG, not both")
+    frames = (live_frames(args.shmem, detector=args.detector, runs=args.live_runs, limit=args.limit)
+              if args.shmem else frames_of(args.runs, detector=args.detector, limit=args.limit))
+    summary = replay(frames, frames_endpoint=args.frames, verdicts_endpoint=args.verdicts,
+                     out_dir=args.out, rate_hz=args.rate, deadline_ms=args.deadline_ms)
     print("\n".join(summary.lines()))
+    return 0 if summary.accounted else 1
+
+
+def _write(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from clients.relay import write_hits
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    summary = write_hits(args.listen, frames_endpoint=args.frames, verdicts_endpoint=args.verdicts,
+                         out_dir=args.out, deadline_ms=args.deadline_ms, max_frames=args.max_frames,
+                         max_bytes=int(args.max_gb * 2**30), count=args.count, stop=stop)
+    print("\n".join(summary.lines()), flush=True)
     return 0 if summary.accounted else 1
 
 
@@ -173,14 +191,28 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_train)
 
     s = sub.add_parser("replay", help="stream runs to a daemon and write the frames it keeps")
-    s.add_argument("runs", type=Path, nargs="+")
+    s.add_argument("runs", type=Path, nargs="*", help="xtc2 or CXI/HDF5 run files")
+    s.add_argument("--shmem", metavar="TAG", help="read psana's live shared memory instead")
+    s.add_argument("--live-runs", type=int, help="with --shmem: stop after this many runs")
+    s.add_argument("--detector", default="cspad", help="the detector's name in the xtc2 run")
     s.add_argument("--frames", default="tcp://127.0.0.1:5550")
     s.add_argument("--verdicts", default="tcp://127.0.0.1:5551")
     s.add_argument("--out", type=Path, help="write kept frames as CXI here")
     s.add_argument("--rate", type=float, default=0.0, help="frames/s; 0 = as fast as possible")
     s.add_argument("--deadline-ms", type=float, default=1000.0)
-    s.add_argument("--limit", type=int)
+    s.add_argument("--limit", type=int, help="at most this many frames (per file)")
     s.set_defaults(func=_replay)
+
+    s = sub.add_parser("write", help="receive frames from a DAQ sender, keep what the daemon keeps")
+    s.add_argument("--listen", default="tcp://127.0.0.1:5560", help="bind here for the DAQ's frames")
+    s.add_argument("--frames", default="tcp://127.0.0.1:5550", help="the daemon's frame endpoint")
+    s.add_argument("--verdicts", default="tcp://127.0.0.1:5551")
+    s.add_argument("--out", type=Path, required=True, help="CXI files go to OUT/hits-NNNN.cxi")
+    s.add_argument("--deadline-ms", type=float, default=1000.0)
+    s.add_argument("--max-frames", type=int, default=10_000, help="frames per file")
+    s.add_argument("--max-gb", type=float, default=4.0, help="pixel data per file")
+    s.add_argument("--count", type=int, help="stop after this many frames (default: at SIGTERM)")
+    s.set_defaults(func=_write)
 
     s = sub.add_parser("tail", help="live view of a daemon's verdicts: rate, hit rate, latency")
     s.add_argument("--verdicts", default="tcp://127.0.0.1:5551")

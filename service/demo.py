@@ -7,7 +7,7 @@ from pathlib import Path
 
 from clients.hitwriter import Summary
 from service.launcher import start_daemon
-from service.replay import replay
+from service.replay import frames_of, replay
 from service.sim.run import simulate_runs
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ def run_demo(workdir: Path, *, n_frames: int = 240, rate_hz: float = 120.0) -> S
     try:
         log.info("daemon READY: frames %s, verdicts %s, metrics :%d", daemon.ingest,
                  daemon.publish, daemon.metrics_port)
-        return replay([run_path], frames_endpoint=daemon.ingest, verdicts_endpoint=daemon.publish,
+        return replay(frames_of([run_path]), frames_endpoint=daemon.ingest, verdicts_endpoint=daemon.publish,
                       out_dir=workdir / "hits", rate_hz=rate_hz)
     finally:
         daemon.stop()

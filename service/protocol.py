@@ -44,6 +44,7 @@ class Reason(enum.StrEnum):
     MODEL_ERROR = "model_error"  # the model raised on this batch
     SHUTDOWN = "shutdown"        # the daemon stopped before judging it
     NO_VERDICT = "no_verdict"    # client side only: no verdict before the deadline
+    DUPLICATE = "duplicate"      # client side only: its key already awaits a verdict; not sent
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

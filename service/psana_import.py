@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import os
 from pathlib import Path
 from types import ModuleType
@@ -32,6 +33,14 @@ def _initialise() -> None:
     importlib.import_module("psana")
     unlink_mpich_segments()
     _scan_dir_offline()
+
+
+def psana_tool(name: str) -> Path:
+    """One of the C++ tools the psana wheel ships in site-packages/bin (not on PATH)."""
+    spec = importlib.util.find_spec("psana")
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError("psana is not installed (pip install psana mpich)")
+    return Path(spec.origin).parents[1] / "bin" / name
 
 
 def mapped_mpich_segments() -> list[Path]:

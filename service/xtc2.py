@@ -19,7 +19,7 @@ not look for SLAC's calibration database.
 
 from __future__ import annotations
 
-import importlib.util
+import logging
 import os
 import re
 import subprocess
@@ -29,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from service.psana_import import import_psana
+from service.psana_import import import_psana, psana_tool
 
+log = logging.getLogger("hitveto.xtc2")
 ALGORITHM = ("xtc1dump", 0, 1, 0)
 RESERVED = frozenset({"config", "image", "pulse_id"})
 DEFAULT_EXPERIMENT, DEFAULT_RUN = "xpptut15", 1
@@ -43,6 +44,7 @@ class RunEvent:
     pulse_id: int                   # 0, 1, 2, ... within the run
     image: np.ndarray               # the detector frame (read-only when read from a file)
     truth: dict[str, int] = field(default_factory=dict)   # simulator truth; {} for real data
+    run: int = 0                    # the run number its BeginRun carries; 0 when unknown
 
 
 def run_path(directory: Path, experiment: str, run: int) -> Path:
@@ -146,8 +148,7 @@ def _check(ev: RunEvent, first: RunEvent, previous_ts: int) -> None:
 
 def _index(bigdata: Path, out: Path) -> None:
     """The smalldata index, by the psana wheel's own `smdwriter` (milliseconds per run)."""
-    spec = importlib.util.find_spec("psana")
-    smdwriter = Path(spec.origin).parents[1] / "bin" / "smdwriter"   # site-packages/bin: not on PATH
+    smdwriter = psana_tool("smdwriter")
     done = subprocess.run([str(smdwriter), "-f", str(bigdata), "-o", str(out)],
                           capture_output=True, text=True)
     if done.returncode != 0 or not out.exists():
@@ -181,8 +182,71 @@ def read_experiment_run(directory: Path, *, experiment: str, run: int, detector:
         yield from _events(r, detector, parallel=parallel)
 
 
+def read_live(tag: str, *, detector: str = "cspad", runs: int | None = None) -> Iterator[RunEvent]:
+    """Events from psana's live shared-memory mode (`DataSource(shmem=tag)`).
+
+    The frames come from a monitoring server on this node (the DAQ's, or the wheel's `shmemServer`
+    replaying a file; see `shmem_server`). This is psana's monitoring path: its reader thread
+    keeps only the newest event, so a consumer slower than the stream sees a sample (see
+    docs/CLIENTS.md). Between runs psana waits for the next one; `runs` stops after that many
+    (None: until the caller stops iterating).
+    """
+    ds = import_psana().DataSource(shmem=tag, skip_calib_load="all")
+    latest, stale = 0, 0
+    try:
+        for n, r in enumerate(ds.runs(), start=1):
+            for ev in _events(r, detector, parallel=False):
+                # The monitor passes transitions and events on separately: a server that starts
+                # over (a replayed file) can show the next run's events before this EndRun.
+                if ev.timestamp <= latest:
+                    stale += 1
+                    continue
+                latest = ev.timestamp
+                yield ev
+            if runs is not None and n >= runs:
+                return
+    finally:
+        if stale:
+            log.warning("live mode: %d events with a timestamp not after the previous one, dropped", stale)
+        # psana's reader thread reconnects, holding the GIL, when the server goes away: stop it
+        # while the server is still there, or this process freezes.
+        ds.dm.close_reader()
+
+
+def shmem_server(path: Path, tag: str, *, rate_hz: float = 0.0, clients: int = 1,
+                 buffers: int = 8, loops: int = 1) -> subprocess.Popen:
+    """Start the psana wheel's `shmemServer` serving one run file under `tag`, as a live DAQ would.
+
+    It waits for `clients` readers and serves the run to each, `loops` times over. Stop it only
+    after its readers stopped (see `read_live`), then call `remove_shmem`: it leaves its shared
+    memory (`/dev/shm/PdsMonitorSharedMemory_<tag>`) behind.
+    """
+    largest = max(_dgram_sizes(Path(path)))
+    cmd = [str(psana_tool("shmemServer")), "-p", tag, "-n", str(buffers), "-s", hex(largest + 4096),
+           "-f", str(path), "-c", str(clients), "-L", str(loops)]
+    if rate_hz > 0:
+        cmd += ["-r", str(int(rate_hz))]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def remove_shmem(tag: str) -> None:
+    """Remove what a stopped shmemServer left under `tag`."""
+    Path(f"/dev/shm/PdsMonitorSharedMemory_{tag}").unlink(missing_ok=True)
+
+
+def _dgram_sizes(path: Path) -> Iterator[int]:
+    """Each dgram's size, from its header: 12 bytes of timestamp and env, then the Xtc, whose
+    extent (bytes 20-23) counts its own 12-byte header."""
+    with open(path, "rb") as f:
+        while len(header := f.read(24)) == 24:
+            extent = int.from_bytes(header[20:24], "little")
+            yield 12 + extent
+            f.seek(extent - 12, 1)
+
+
 def _events(run, detector: str, *, parallel: bool) -> Iterator[RunEvent]:
     fields = _fields(run, detector)
+    number = int(getattr(run, "runnum", 0) or 0)
     det = getattr(run.Detector(detector), ALGORITHM[0])
     truth = [name for name in fields if name not in RESERVED]
     has_pulse_id = "pulse_id" in fields
@@ -192,7 +256,7 @@ def _events(run, detector: str, *, parallel: bool) -> Iterator[RunEvent]:
             continue
         # Without a stored pulse id the count is the id, which holds only when one reader sees all.
         pulse_id = int(det.pulse_id(evt)) if has_pulse_id else (-1 if parallel else i)
-        yield RunEvent(timestamp=int(evt.timestamp), pulse_id=pulse_id, image=image,
+        yield RunEvent(timestamp=int(evt.timestamp), pulse_id=pulse_id, image=image, run=number,
                        truth={name: int(getattr(det, name)(evt)) for name in truth})
 
 

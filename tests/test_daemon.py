@@ -36,6 +36,21 @@ def test_each_frame_gets_exactly_one_model_verdict(tiny_artifact):
     assert counts.sent == counts.decided == 300 and counts.kept_fallback == 0
 
 
+def test_a_key_sent_twice_before_its_verdict_is_kept_not_lost(tiny_artifact):
+    (key, image), (other, image2) = frames(2)
+    with running_daemon(tiny_artifact) as daemon, \
+            VetoClient(daemon.endpoints.ingest, daemon.endpoints.publish) as veto:
+        veto.wait_subscribed()
+        for k, i in ((key, image), (key, image2), (other, image2)):   # no receive in between
+            veto.send(k, i)
+        decisions = veto.flush(timeout_s=10)
+    assert veto.counts.sent == veto.counts.decided == 3
+    assert [(d.key.pulse_id, d.reason) for d in decisions if d.reason is not Reason.MODEL] == \
+        [(0, Reason.DUPLICATE)]
+    assert sorted(d.key.pulse_id for d in decisions) == [0, 0, 1]
+    assert veto.counts.foreign_verdicts == veto.counts.late_verdicts == 0
+
+
 def test_region_and_raw_frames_get_the_same_score(tiny_artifact):
     from service import artifact, preprocess
     spec = artifact.read(tiny_artifact).spec
