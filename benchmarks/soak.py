@@ -19,17 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from clients.veto import VetoClient
-from service.launcher import start_daemon
+from service.launcher import DaemonProcess, start_daemon
 from service.protocol import EventKey, Reason
 
 SHAPES = {"region": (350, 350), "full": (32, 185, 388)}
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def soak(seconds: float, rate_hz: float, shape: tuple[int, ...], window_s: float, log_dir: Path) -> dict:
@@ -54,10 +47,10 @@ def soak(seconds: float, rate_hz: float, shape: tuple[int, ...], window_s: float
                 veto.send(EventKey(run=1, pulse_id=i), images[i % len(images)])
                 i += 1
                 if now >= next_window:
-                    windows.append(_window(now - t0, veto, daemon.process.pid, latencies, fallback))
+                    windows.append(_window(now - t0, veto, daemon, latencies, fallback))
                     latencies, next_window = [], next_window + window_s
             veto.flush()
-            windows.append(_window(time.monotonic() - t0, veto, daemon.process.pid, latencies, fallback))
+            windows.append(_window(time.monotonic() - t0, veto, daemon, latencies, fallback))
             counts = veto.counts
     finally:
         daemon.stop()
@@ -66,10 +59,10 @@ def soak(seconds: float, rate_hz: float, shape: tuple[int, ...], window_s: float
             "fallback_keeps": counts.kept_fallback, "windows": windows}
 
 
-def _window(t: float, veto: VetoClient, pid: int, latencies: list[float], fallback: int) -> dict:
+def _window(t: float, veto: VetoClient, daemon: DaemonProcess, latencies: list[float], fallback: int) -> dict:
     p50, p99 = (np.percentile(latencies, [50, 99]) * 1e3) if latencies else (float("nan"),) * 2
     w = {"t_s": round(t, 1), "sent": veto.counts.sent, "decided": veto.counts.decided,
-         "fallback": fallback, "rss_mb": round(rss_mb(pid), 1), "p50_ms": round(float(p50), 2),
+         "fallback": fallback, "rss_mb": round(daemon.rss_mb(), 1), "p50_ms": round(float(p50), 2),
          "p99_ms": round(float(p99), 2)}
     print(f"t {w['t_s']:7.1f} s  sent {w['sent']:8d}  decided {w['decided']:8d}  fallback {fallback:4d}  "
           f"daemon RSS {w['rss_mb']:7.1f} MB  p50 {w['p50_ms']:6.2f} ms  p99 {w['p99_ms']:6.2f} ms", flush=True)

@@ -39,6 +39,10 @@ from service.sockets import bind
 
 log = logging.getLogger(__name__)
 BACKEND = "inproc://hitveto-frames"
+# Frames between the proxy and the workers. Small, so that a backlog waits in the ingest socket
+# (ingest.rcvhwm, then the senders' own queues) and the daemon's memory stays bounded by the config:
+# (ingest.rcvhwm + 2 * INTERNAL_HWM * workers + batch.max_queue) frames.
+INTERNAL_HWM = 16
 IDLE_BEFORE_CLOSE_S = 0.05   # intake is closed once no frame arrived for this long while draining
 
 
@@ -108,7 +112,7 @@ class Daemon:
         cfg = self.config.ingest
         front, endpoint = bind(self._context, zmq.PULL, cfg.endpoint, hwm=cfg.rcvhwm,
                                options=self._curve)
-        back, _ = bind(self._context, zmq.PUSH, BACKEND)
+        back, _ = bind(self._context, zmq.PUSH, BACKEND, hwm=INTERNAL_HWM)
         self._proxy_control = self._context.socket(zmq.PAIR)
         self._proxy_control.bind("inproc://hitveto-proxy-control")
         steer = self._context.socket(zmq.PAIR)
@@ -134,6 +138,7 @@ class Daemon:
     def _worker(self, i: int) -> IngestWorker:
         sock = self._context.socket(zmq.PULL)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, INTERNAL_HWM)
         sock.connect(BACKEND)
         return IngestWorker(sock=sock, batcher=self.batcher, metrics=self.metrics,
                             publish=self.publisher.put, artifact=lambda: self._artifact,
@@ -250,8 +255,15 @@ class Daemon:
 def _run_proxy(front: zmq.Socket, back: zmq.Socket, steer: zmq.Socket) -> None:
     try:
         zmq.proxy_steerable(front, back, None, steer)
+        # Terminated at shutdown: pass on what already waits in the ingest socket (at most its
+        # HWM), so that the workers answer it rather than the senders' deadlines.
+        for _ in range(front.getsockopt(zmq.RCVHWM)):
+            if not front.poll(0, zmq.POLLIN):
+                break
+            back.send_multipart(front.recv_multipart(copy=False), copy=False)
     except zmq.ContextTerminated:
         pass
     finally:
-        for sock in (front, back, steer):
-            sock.close(linger=0)
+        back.close(linger=1000)             # frames passed on must reach the workers
+        front.close(linger=0)
+        steer.close(linger=0)

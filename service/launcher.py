@@ -5,6 +5,7 @@ Used by the demo, the benchmarks and the fault tests; deploy/ has the systemd un
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -26,12 +27,29 @@ class DaemonProcess:
     control: str
     metrics_port: int
     messages: tuple[str, ...]       # sd_notify messages received up to READY
+    command: tuple[str, ...]
+    log_path: Path | None = None
 
     def stop(self, timeout_s: float = 20.0) -> int:
         """SIGTERM (the daemon drains), then wait; returns the exit code."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout_s)
+
+    def rss_mb(self) -> float:
+        """The process's resident memory now (MB), from /proc; NaN once it has exited."""
+        try:
+            status = Path(f"/proc/{self.process.pid}/status").read_text()
+        except FileNotFoundError:
+            return float("nan")
+        kb = next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))
+        return int(kb) / 1024
+
+    def restart(self, timeout_s: float = 60.0) -> DaemonProcess:
+        """Start the same command on the same endpoints once this process has ended, as systemd's
+        Restart= does; returns the new process, READY."""
+        self.process.wait()
+        return _launch(self.command, self, timeout_s)
 
 
 def start_daemon(*settings: str, artifact: Path | None = None, timeout_s: float = 60.0,
@@ -46,17 +64,21 @@ def start_daemon(*settings: str, artifact: Path | None = None, timeout_s: float 
            "--control", control, "--metrics-port", str(port), *[a for s in settings for a in ("--set", s)]]
     if artifact is not None:
         cmd += ["--artifact", str(artifact)]
+    where = DaemonProcess(process=None, ingest=ingest, publish=publish, control=control,
+                          metrics_port=port, messages=(), command=tuple(cmd), log_path=log_path)
+    return _launch(tuple(cmd), where, timeout_s)
+
+
+def _launch(cmd: tuple[str, ...], where: DaemonProcess, timeout_s: float) -> DaemonProcess:
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "notify")
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.bind(path)
-            log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+            log = open(where.log_path, "ab") if where.log_path else subprocess.DEVNULL
             proc = subprocess.Popen(cmd, env={**os.environ, "NOTIFY_SOCKET": path},
                                     stdout=log, stderr=subprocess.STDOUT)
             messages = _wait_ready(sock, proc, timeout_s)
-    return DaemonProcess(process=proc, ingest=ingest, publish=publish, control=control,
-                         metrics_port=port,
-                         messages=messages)
+    return dataclasses.replace(where, process=proc, messages=messages)
 
 
 def _wait_ready(sock: socket.socket, proc: subprocess.Popen, timeout_s: float) -> tuple[str, ...]:

@@ -71,3 +71,16 @@ def test_random_bytes_never_crash_the_decoder(parts):
         decode_frame(parts)
     except ProtocolError:
         pass
+
+
+def test_atheris_campaign_on_the_daemon_intake_finds_nothing():
+    """tests/fuzz_ingest.py: coverage-guided messages through IngestWorker.handle (see its doc)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    harness = Path(__file__).with_name("fuzz_ingest.py")
+    done = subprocess.run([sys.executable, str(harness), "-runs=60000", "-seed=7"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (last,) = [ln for ln in done.stderr.splitlines() if ln.startswith("outcomes after 60000")]
+    assert "'queued'" in last and "'answered'" in last and "'unanswerable'" in last   # every path

@@ -1,0 +1,193 @@
+"""Overload: a daemon offered 5x what it can judge, then a nominal load again.
+
+    python benchmarks/overload.py                         # 10 s at 0.5x, 60 s at 5x, 30 s at 0.5x
+    python benchmarks/overload.py --quick                 # 3 s / 8 s / 5 s (the test's version)
+
+The daemon serves the study's CNN shape (untrained: the cost is what matters; about 10 ms a frame
+on one core) on 350x350 region frames, so that 5x its capacity is a rate this machine can still
+send. Its capacity C is its engine's rate at full batches, measured first in this process. Three
+phases:
+
+1. nominal: 0.5 C, every frame judged; its largest RSS is the baseline;
+2. overload: 5 C offered; the daemon keeps what it cannot judge in time (`overload`), and its
+   resident memory may grow over the baseline by at most the frames its config lets it hold
+   (service/daemon.py INTERNAL_HWM) plus the model's working set at a full batch;
+3. recovery: 0.5 C again; every frame judged again by the end.
+
+Each second records the offered and judged rates, fallback keeps, the judged frames' p99 latency and
+the daemon's RSS. Prints a table, saves JSON and a PNG; exits non-zero if a frame was lost or the
+memory bound was broken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from clients.veto import VetoClient
+from service.launcher import DaemonProcess, start_daemon
+from service.protocol import EventKey, Reason
+
+SHAPE = (350, 350)
+SETTINGS = {"ingest.rcvhwm": 200, "batch.max_queue": 256, "ingest.workers": 2, "batch.max_batch": 8}
+
+
+def seed_artifact(folder: Path) -> Path:
+    """The study's CNN shape on the CSPAD region, untrained, as an artifact."""
+    import torch
+
+    from service import artifact, geometry, model
+    net = model.build("seed", SHAPE[0], adu_per_photon=35.0).eval()
+    scripted = torch.jit.freeze(torch.jit.script(net))
+    info = artifact.ModelInfo(version="seed-untrained", architecture="seed", detector="cspad",
+                              raw_shape=geometry.RAW_SHAPE, roi_shape=SHAPE, adu_per_photon=35.0,
+                              threshold=0.5)
+    return artifact.save(folder / "seed.pt", scripted, info, geometry.roi_index(SHAPE[0]))
+
+
+def engine_capacity(path: Path) -> tuple[float, float]:
+    """(frames/s of one inference thread at full batches, MB its model and activations take),
+    measured in this process as the daemon's engine runs."""
+    import resource
+
+    from service import artifact
+    from service.engine import Engine
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    loaded = artifact.read(path)
+    engine = Engine(loaded, device="cpu", max_batch=SETTINGS["batch.max_batch"], threads=1)
+    batch = [np.random.default_rng(1).poisson(3.0, SHAPE).astype(np.int16)] * SETTINGS["batch.max_batch"]
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        engine.infer(batch)
+        times.append(time.perf_counter() - t)
+    working_set = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
+    return len(batch) / float(np.median(times)), working_set
+
+
+def memory_bound_mb(frame_bytes: int) -> float:
+    """What the config lets the daemon hold in frames (service/daemon.py INTERNAL_HWM)."""
+    from service.daemon import INTERNAL_HWM
+    frames = (SETTINGS["ingest.rcvhwm"] + 2 * INTERNAL_HWM * SETTINGS["ingest.workers"]
+              + SETTINGS["batch.max_queue"])
+    return frames * frame_bytes / 2**20
+
+
+def drive(veto: VetoClient, daemon: DaemonProcess, images, rate_hz: float | None, seconds: float,
+          phase: str, first_id: int) -> tuple[list[dict], int]:
+    """Send for `seconds` at rate_hz (None: as fast as possible); one record per second."""
+    windows, sent = [], 0
+    t0 = next_window = time.monotonic()
+    latencies, judged, fallback, sent_in_window = [], 0, 0, 0
+    while (now := time.monotonic()) < t0 + seconds:
+        due = t0 + sent / rate_hz if rate_hz else now
+        for d in veto.poll(max(0, int((due - now) * 1000))):
+            if d.reason is Reason.MODEL:
+                judged += 1
+                latencies.append(d.latency_s)
+            else:
+                fallback += 1
+        if time.monotonic() >= due:
+            veto.send(EventKey(run=1, pulse_id=first_id + sent), images[sent % len(images)])
+            sent, sent_in_window = sent + 1, sent_in_window + 1
+        if now >= next_window + 1.0:
+            p99 = float(np.percentile(latencies, 99)) * 1e3 if latencies else float("nan")
+            windows.append({"phase": phase, "offered_hz": sent_in_window / (now - next_window),
+                            "judged_hz": judged / (now - next_window), "fallback": fallback,
+                            "p99_ms": round(p99, 1), "rss_mb": round(daemon.rss_mb(), 1)})
+            next_window, latencies, judged, fallback, sent_in_window = now, [], 0, 0, 0
+    return windows, sent
+
+
+def run(probe_s: float, overload_s: float, recover_s: float, out: Path) -> dict:
+    rng = np.random.default_rng(0)
+    images = [rng.poisson(3.0, SHAPE).astype(np.int16) for _ in range(16)]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = seed_artifact(Path(tmp))
+        capacity, working_set = engine_capacity(path)
+        print(f"engine: {capacity:.0f} frames/s at batch {SETTINGS['batch.max_batch']}, "
+              f"{working_set:.0f} MB model and activations", flush=True)
+        sets = [f"{k}={v}" for k, v in SETTINGS.items()] + ["model.device=cpu", "model.threads=1"]
+        daemon = start_daemon(*sets, artifact=path, log_path=out / "overload-daemon.log")
+    try:
+        with VetoClient(daemon.ingest, daemon.publish, deadline_ms=3000, max_pending=100_000) as veto:
+            veto.wait_subscribed()
+            nominal, n = drive(veto, daemon, images, 0.5 * capacity, probe_s, "nominal", 0)
+            over, m = drive(veto, daemon, images, 5 * capacity, overload_s, "overload", n)
+            calm, _ = drive(veto, daemon, images, 0.5 * capacity, recover_s, "recovery", n + m)
+            veto.flush()
+            counts = veto.counts
+    finally:
+        daemon.stop()
+    windows = nominal + over + calm
+    rss_nominal = max(w["rss_mb"] for w in nominal)
+    bound = memory_bound_mb(images[0].nbytes) + working_set
+    result = {"capacity_hz": round(capacity, 1),
+              "offered_overload_hz": round(float(np.median([w["offered_hz"] for w in over])), 1),
+              "judged_overload_hz": round(float(np.median([w["judged_hz"] for w in over])), 1),
+              "p99_overload_ms": round(float(np.nanmax([w["p99_ms"] for w in over])), 1),
+              "sent": counts.sent, "decided": counts.decided, "lost": counts.sent - counts.decided,
+              "kept_by_reason": {str(r): v for r, v in counts.kept_by_reason.items()},
+              "rss_nominal_mb": rss_nominal, "rss_max_mb": max(w["rss_mb"] for w in windows),
+              "memory_bound_mb": round(bound, 1), "frames_bound_mb": round(bound - working_set, 1),
+              "working_set_mb": round(working_set, 1), "settings": SETTINGS, "windows": windows,
+              "recovered": calm[-1]["fallback"] == 0 if calm else False}
+    result["memory_ok"] = result["rss_max_mb"] - rss_nominal <= bound
+    for w in windows:
+        print(f"{w['phase']:9s} offered {w['offered_hz']:7.1f}/s  judged {w['judged_hz']:6.1f}/s  "
+              f"fallback {w['fallback']:5d}  p99 {w['p99_ms']:7.1f} ms  RSS {w['rss_mb']:7.1f} MB")
+    return result
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    w = result["windows"]
+    t = np.arange(len(w))
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(14, 3.8))
+    a.plot(t, [x["offered_hz"] for x in w], label="offered")
+    a.plot(t, [x["judged_hz"] for x in w], label="judged")
+    a.plot(t, [x["fallback"] for x in w], label="kept by fallback")
+    a.set(xlabel="time (s)", ylabel="frames/s", title="rates")
+    a.legend()
+    b.plot(t, [x["p99_ms"] for x in w], "o-")
+    b.set(xlabel="time (s)", ylabel="ms", title="p99 latency of judged frames")
+    c.plot(t, [x["rss_mb"] for x in w], "o-", label="daemon RSS")
+    c.axhline(result["rss_nominal_mb"] + result["memory_bound_mb"], color="r", ls="--", label="bound")
+    c.set(xlabel="time (s)", ylabel="MB", title="memory")
+    c.legend()
+    for ax in (a, b, c):
+        for x in np.flatnonzero(np.diff([["nominal", "overload", "recovery"].index(v["phase"]) for v in w])):
+            ax.axvline(x + 0.5, color="grey", lw=0.8)
+    fig.suptitle(f"overload: capacity {result['capacity_hz']:.0f}/s, offered "
+                 f"{result['offered_overload_hz']:.0f}/s, {result['sent']} sent, {result['lost']} lost")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="3 s nominal, 8 s overload, 5 s recovery")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = run(*((3, 8, 5) if args.quick else (10, 60, 30)), args.out)
+    (args.out / "overload.json").write_text(json.dumps(result, indent=1))
+    plot(result, args.out / "overload.png")
+    ok = result["lost"] == 0 and result["memory_ok"] and result["recovered"]
+    print(f"overload {'OK' if ok else 'FAILED'}: capacity {result['capacity_hz']}/s, offered "
+          f"{result['offered_overload_hz']}/s, {result['sent']} sent, {result['lost']} lost, kept "
+          f"{result['kept_by_reason']}, RSS {result['rss_nominal_mb']:.0f} -> max {result['rss_max_mb']:.0f} MB "
+          f"(bound +{result['memory_bound_mb']:.0f} MB), recovered: {result['recovered']}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
