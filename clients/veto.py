@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -83,23 +84,31 @@ class _Waiting:
 class VetoClient:
     """Client of one veto daemon; a context manager. Not thread-safe: one DAQ thread uses it."""
 
-    def __init__(self, frames_endpoint: str, verdicts_endpoint: str, *, deadline_ms: float = 1000.0,
-                 max_pending: int = 10_000, sndhwm: int = 1000, curve: CurveKeys | None = None,
-                 context: zmq.Context | None = None) -> None:
+    def __init__(self, frames_endpoint: str | Sequence[str], verdicts_endpoint: str | Sequence[str],
+                 *, deadline_ms: float = 1000.0, max_pending: int = 10_000, sndhwm: int = 1000,
+                 curve: CurveKeys | None = None, context: zmq.Context | None = None) -> None:
+        frames_to, verdicts_from = _endpoints(frames_endpoint), _endpoints(verdicts_endpoint)
         self._own_context = context is None
         self._context = context or zmq.Context()
         self._push = self._context.socket(zmq.PUSH)
         self._push.setsockopt(zmq.SNDHWM, sndhwm)
         self._push.setsockopt(zmq.LINGER, 0)
+        if len(frames_to) > 1:
+            # Many daemons: PUSH deals frames round-robin among connected ones only, so a dead
+            # daemon's share goes to the others instead of queueing for its return.
+            self._push.setsockopt(zmq.IMMEDIATE, 1)
         self._sub = self._context.socket(zmq.SUB)
         self._sub.setsockopt(zmq.LINGER, 0)
         if curve is not None:
             curve.apply(self._push)
             curve.apply(self._sub)
-        self._push.connect(frames_endpoint)
+        for endpoint in frames_to:
+            self._push.connect(endpoint)
         self._sub.setsockopt(zmq.SUBSCRIBE, b"")
-        self._sub.connect(verdicts_endpoint)
-        self.endpoints = (frames_endpoint, verdicts_endpoint)
+        for endpoint in verdicts_from:
+            self._sub.connect(endpoint)
+        self.endpoints = (frames_to, verdicts_from)
+        self._welcomes = 0
         self.deadline_s = deadline_ms / 1000.0
         self.max_pending = max_pending
         self.counts = ClientCounts()
@@ -109,7 +118,7 @@ class VetoClient:
         self.subscribed = False
 
     def wait_subscribed(self, timeout_s: float = 10.0) -> None:
-        """Block until the daemon's verdict socket has welcomed this client (TimeoutError if not)."""
+        """Block until every daemon's verdict socket has welcomed this client (TimeoutError if not)."""
         end = time.monotonic() + timeout_s
         while not self.subscribed:
             left_ms = int((end - time.monotonic()) * 1000)
@@ -169,7 +178,8 @@ class VetoClient:
 
     def _on_message(self, raw: bytes) -> None:
         if raw == WELCOME:
-            self.subscribed = True
+            self._welcomes += 1
+            self.subscribed = self._welcomes >= len(self.endpoints[1])
             return
         try:
             verdict = decode_verdict(raw)
@@ -228,3 +238,12 @@ class VetoClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _endpoints(given: str | Sequence[str]) -> list[str]:
+    """One endpoint, several, or a comma-separated list (as the command line gives them)."""
+    items = given.split(",") if isinstance(given, str) else list(given)
+    endpoints = [e.strip() for e in items if e.strip()]
+    if not endpoints:
+        raise ValueError(f"no endpoint in {given!r}")
+    return endpoints

@@ -91,6 +91,16 @@ def _replay(args: argparse.Namespace) -> int:
     return 0 if summary.accounted else 1
 
 
+def _reprocess(args: argparse.Namespace) -> int:
+    from service.reprocess import read_verdicts, reprocess
+    path = reprocess(args.directory, experiment=args.experiment, run=args.run, out=args.out,
+                     model=args.model, detector=args.detector, batch_size=args.batch_size)
+    if path is not None:                              # rank 0 (or a serial run)
+        rows = read_verdicts(path)
+        print(f"{len(rows)} events judged, {sum(r.hit for r in rows)} hits: {path}")
+    return 0
+
+
 def _write(args: argparse.Namespace) -> int:
     import signal
     import threading
@@ -202,6 +212,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--deadline-ms", type=float, default=1000.0)
     s.add_argument("--limit", type=int, help="at most this many frames (per file)")
     s.set_defaults(func=_replay)
+
+    s = sub.add_parser("reprocess", help="a model over a recorded xtc2 run (parallel under mpirun)")
+    s.add_argument("directory", type=Path, help="the experiment directory (with smalldata/)")
+    s.add_argument("--experiment", required=True)
+    s.add_argument("--run", type=int, required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--model", type=Path, help="artifact; default: the shipped model")
+    s.add_argument("--detector", default="cspad")
+    s.add_argument("--batch-size", type=int, default=10, help="events psana hands a rank at a time")
+    s.set_defaults(func=_reprocess)
 
     s = sub.add_parser("write", help="receive frames from a DAQ sender, keep what the daemon keeps")
     s.add_argument("--listen", default="tcp://127.0.0.1:5560", help="bind here for the DAQ's frames")

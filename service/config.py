@@ -39,7 +39,8 @@ class BatchConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelConfig:
     artifact: str = ""                      # model file; empty = the shipped default model
-    device: str = "auto"                    # auto, cpu, cuda, cuda:N
+    device: str = "auto"                    # auto, cpu, cuda, cuda:N, or a list: one engine each
+                                            # ("cuda:0,cuda:1", "cuda:all", "cpu,cpu")
     threads: int = 1                        # torch intra-op threads on CPU (0 = torch's default);
                                             # 1 measured fastest on 2 cores beside the ingest threads
     precision: str = "fp32"                 # fp32, or fp16/bf16 autocast (for GPUs)

@@ -27,7 +27,7 @@ from service.artifact import Artifact
 from service.batcher import Batcher
 from service.config import ServeConfig
 from service.control import ControlServer
-from service.engine import Engine
+from service.engine import Engine, resolve_devices
 from service.inference import InferenceLoop
 from service.ingest import IngestWorker
 from service.metrics import Metrics
@@ -77,8 +77,8 @@ class Daemon:
         cfg = self.config
         self._auth = start_authenticator(self._context, cfg.security, self.metrics.auth_failures.inc)
         self._curve = server_options(cfg.security)
-        engine = self._engine(self._artifact)
-        warm_s = engine.warm_up()
+        engines = self._engines(self._artifact)
+        warm_s = sum(e.warm_up() for e in engines)
         self.batcher = Batcher(max_batch=cfg.batch.max_batch, max_delay_ms=cfg.batch.max_delay_ms,
                                max_queue=cfg.batch.max_queue)
         pub, pub_endpoint = bind(self._context, zmq.XPUB, cfg.publish.endpoint,
@@ -86,27 +86,34 @@ class Daemon:
                                  options={zmq.XPUB_WELCOME_MSG: WELCOME, **self._curve})
         self.publisher = Publisher(pub, self.metrics)
         self._pub = pub
-        self.inference = InferenceLoop(engine=engine, batcher=self.batcher, metrics=self.metrics,
-                                       publish=self.publisher.put,
-                                       latency_budget_ms=cfg.batch.latency_budget_ms)
+        # One inference thread per engine, all taking batches from the one batcher: a free
+        # device takes the next due batch.
+        self.inference = [InferenceLoop(engine=e, batcher=self.batcher, metrics=self.metrics,
+                                        publish=self.publisher.put, name=f"hitveto-infer-{i}",
+                                        latency_budget_ms=cfg.batch.latency_budget_ms)
+                          for i, e in enumerate(engines)]
         ingest_endpoint = self._start_intake()
         self.publisher.start()
-        self.inference.thread.start()
+        for loop in self.inference:
+            loop.thread.start()
         port = self.metrics.serve(cfg.metrics.address, cfg.metrics.port) if cfg.metrics.enabled else None
         control_endpoint = self._start_control()
-        self._announce_model(engine)
+        self._announce_model(engines)
         self.endpoints = Endpoints(ingest=ingest_endpoint, publish=pub_endpoint,
                                    control=control_endpoint, metrics_port=port)
         log.info("serving %s (sha256 %s) on %s (%s, warm-up %.2f s); verdicts on %s; control %s; "
-                 "metrics port %s", engine.version, self._artifact.sha256[:12], ingest_endpoint,
-                 engine.device, warm_s, pub_endpoint, control_endpoint, port)
-        notify(f"READY=1\nSTATUS=serving {engine.version} on {engine.device}")
+                 "metrics port %s", self._artifact.info.version, self._artifact.sha256[:12],
+                 ingest_endpoint, ",".join(e.device for e in engines), warm_s, pub_endpoint,
+                 control_endpoint, port)
+        notify(f"READY=1\nSTATUS=serving {self._artifact.info.version} on "
+               f"{','.join(e.device for e in engines)}")
         return self.endpoints
 
-    def _engine(self, artifact: Artifact) -> Engine:
+    def _engines(self, artifact: Artifact) -> list[Engine]:
         m = self.config.model
-        return Engine(artifact, device=m.device, max_batch=self.config.batch.max_batch,
-                      threads=m.threads, precision=m.precision)
+        return [Engine(artifact, device=device, max_batch=self.config.batch.max_batch,
+                       threads=m.threads, precision=m.precision)
+                for device in resolve_devices(m.device)]
 
     def _start_intake(self) -> str:
         cfg = self.config.ingest
@@ -144,18 +151,19 @@ class Daemon:
                             publish=self.publisher.put, artifact=lambda: self._artifact,
                             draining=self._draining, name=f"hitveto-ingest-{i}")
 
-    def _announce_model(self, engine: Engine) -> None:
+    def _announce_model(self, engines: list[Engine]) -> None:
         info = self._artifact.info
-        self.metrics.set_model(info.version, info.architecture, info.detector, engine.device,
-                               self._artifact.sha256, info.threshold)
-        self.metrics.gpu_memory.set(engine.gpu_memory_bytes())
+        self.metrics.set_model(info.version, info.architecture, info.detector,
+                               ",".join(e.device for e in engines), self._artifact.sha256, info.threshold)
+        self.metrics.gpu_memory.set(sum(e.gpu_memory_bytes() for e in engines))
         self.metrics.ready.set(1)
 
     def status(self) -> dict[str, Any]:
         """What is being served, where, and how full the queue is."""
         info = self._artifact.info
         return {"version": info.version, "sha256": self._artifact.sha256, "detector": info.detector,
-                "threshold": info.threshold, "device": self.inference.engine.device,
+                "threshold": info.threshold,
+                "device": ",".join(loop.engine.device for loop in self.inference),
                 "artifact": str(self._artifact.path), "queue_depth": self.batcher.depth(),
                 "uptime_s": round(time.monotonic() - self._started_s, 1),
                 "draining": self._draining.is_set(),
@@ -180,11 +188,12 @@ class Daemon:
                     f"{new.path}: model {new.info.version} takes {new.spec.detector} "
                     f"{new.spec.raw_shape}/{new.spec.roi_shape}, the stream is {old.spec.detector} "
                     f"{old.spec.raw_shape}/{old.spec.roi_shape}; still serving {old.info.version}")
-            engine = self._engine(new)
-            engine.warm_up()
-            self.inference.swap(engine)
+            engines = self._engines(new)
+            for loop, engine in zip(self.inference, engines):
+                engine.warm_up()
+                loop.swap(engine)
             self._artifact = new
-            self._announce_model(engine)
+            self._announce_model(engines)
             log.info("reloaded: %s (sha256 %s) replaces %s", new.info.version, new.sha256[:12],
                      old.info.version)
             return {"version": new.info.version, "sha256": new.sha256, "previous": old.info.version}
@@ -232,8 +241,10 @@ class Daemon:
         for w in self.workers:
             w.stop.set()
             w.thread.join(max(0.1, end - time.monotonic()))
-        self.inference.stop.set()
-        self.inference.thread.join(max(0.1, end - time.monotonic()))
+        for loop in self.inference:
+            loop.stop.set()
+        for loop in self.inference:
+            loop.thread.join(max(0.1, end - time.monotonic()))
         self.publisher.close(max(0.1, end - time.monotonic()))
         if self.control is not None:
             self.control.stop()

@@ -22,6 +22,22 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def resolve_devices(spec: str) -> list[str]:
+    """One engine per entry of a comma-separated list: 'cuda:0,cuda:1', 'cpu,cpu' (two CPU
+    engines), 'cuda:all' (every visible GPU), or one device as `resolve_device` takes it."""
+    devices = []
+    for item in (part.strip() for part in spec.split(",")):
+        if item == "cuda:all":
+            if not torch.cuda.is_available():
+                raise ValueError("model.device cuda:all: no CUDA device is visible")
+            devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        elif item:
+            devices.append(resolve_device(item))
+    if not devices:
+        raise ValueError(f"model.device {spec!r}: no device")
+    return devices
+
+
 class Engine:
     """Runs an artifact's model on batches of regions; thread: one inference thread owns it."""
 

@@ -1,4 +1,5 @@
-"""The inference thread: takes due batches, judges them with the current engine, emits verdicts.
+"""An inference thread: takes due batches, judges them with its engine, emits verdicts. A daemon
+runs one per engine (device), all fed by the same batcher.
 
 Frames that waited longer than the latency budget are kept (overload) instead of judged, so the
 latency of judged frames stays bounded whatever the offered load. A model that raises gets its whole
@@ -23,15 +24,17 @@ TICK_S = 0.1
 
 class InferenceLoop:
     def __init__(self, *, engine: Engine, batcher: Batcher, metrics: Metrics,
-                 publish: Callable[[Verdict], None], latency_budget_ms: float) -> None:
+                 publish: Callable[[Verdict], None], latency_budget_ms: float,
+                 name: str = "hitveto-infer") -> None:
         self.engine = engine
         self._next_engine: Engine | None = None
         self._batcher = batcher
         self._metrics = metrics
         self._publish = publish
         self._budget_s = latency_budget_ms / 1000.0
+        self.judged = 0                    # frames this loop's engines scored
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="hitveto-infer", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def swap(self, engine: Engine) -> None:
         """Serve `engine` from the next batch on (thread-safe)."""
@@ -70,6 +73,7 @@ class InferenceLoop:
                 self._keep(p, Reason.MODEL_ERROR)
             return
         seconds = time.perf_counter() - t0
+        self.judged += len(batch)
         self._metrics.inference.observe(seconds)
         self._metrics.batch_size.observe(len(batch))
         for p, score in zip(batch, scores.tolist()):

@@ -51,6 +51,17 @@ def test_a_key_sent_twice_before_its_verdict_is_kept_not_lost(tiny_artifact):
     assert veto.counts.foreign_verdicts == veto.counts.late_verdicts == 0
 
 
+def test_two_engines_share_one_batcher(tiny_artifact):
+    with running_daemon(tiny_artifact, **{"model.device": "cpu,cpu", "batch.max_batch": 4,
+                                          "batch.max_delay_ms": 0.5}) as daemon:
+        counts, decisions = stream(daemon, frames(2000))
+        per_engine = [loop.judged for loop in daemon.inference]
+        device = daemon.status()["device"]
+    assert device == "cpu,cpu" and sum(per_engine) == 2000 and min(per_engine) > 0
+    assert sorted(d.key.pulse_id for d in decisions) == list(range(2000))
+    assert {d.reason for d in decisions} == {Reason.MODEL}
+
+
 def test_region_and_raw_frames_get_the_same_score(tiny_artifact):
     from service import artifact, preprocess
     spec = artifact.read(tiny_artifact).spec
