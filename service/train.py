@@ -118,8 +118,15 @@ def _peak_cache(path: Path, params: PeakFinderParams, limit: int | None) -> Path
 
 
 def fit(net: model.HitClassifier, x: np.ndarray, y: np.ndarray, cfg: TrainConfig) -> list[float]:
-    """Minimise binary cross-entropy with the config's recipe; returns the mean loss per epoch."""
+    """Minimise binary cross-entropy with the config's recipe; returns the mean loss per epoch.
+
+    Under torchrun every process draws the same batches (same seed) and takes its share of each;
+    the gradients are averaged over the processes before each step, so they step as one: the
+    same steps as one process, up to the order of floating-point sums (and uneven last shares).
+    """
     torch.manual_seed(cfg.seed)
+    rank, world = _rank_and_world()
+    _sync_parameters(net)
     r = cfg.recipe
     optimiser = (torch.optim.SGD(net.parameters(), lr=r.lr, momentum=r.momentum)
                  if r.optimiser == "sgd" else torch.optim.AdamW(net.parameters(), lr=r.lr))
@@ -133,16 +140,55 @@ def fit(net: model.HitClassifier, x: np.ndarray, y: np.ndarray, cfg: TrainConfig
                    unit="batch", leave=False, mininterval=1.0)
         for start in bar:
             idx = order[start:start + r.batch_size]
-            batch = augment(x[idx], rng) if r.augment else x[idx]
+            # Every process augments the whole batch (the random stream stays the one process's)
+            # and keeps its share: with equal shares the averaged gradient is the whole batch's.
+            batch = (augment(x[idx], rng) if r.augment else x[idx])[rank::world]
+            idx = idx[rank::world]
             optimiser.zero_grad()
             loss = loss_fn(net.logits(torch.from_numpy(batch)), torch.from_numpy(y[idx]).float())
             loss.backward()
+            _average_gradients(net, world)
             optimiser.step()
             total += loss.item() * len(idx)
             bar.set_postfix(loss=f"{loss.item():.4f}")
-        losses.append(total / len(x))
+        losses.append(_sum_over_processes(total, world) / len(x))
         log.info("epoch %d: loss %.4f", epoch + 1, losses[-1])
     return losses
+
+
+def _rank_and_world() -> tuple[int, int]:
+    dist = torch.distributed
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def _sync_parameters(net: torch.nn.Module) -> None:
+    if torch.distributed.is_initialized():
+        for p in net.parameters():
+            torch.distributed.broadcast(p.data, src=0)
+
+
+def _average_gradients(net: torch.nn.Module, world: int) -> None:
+    if world > 1:
+        for p in net.parameters():
+            if p.grad is not None:
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= world
+
+
+def _sum_over_processes(value: float, world: int) -> float:
+    if world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return float(t.item())
+
+
+def start_distributed() -> tuple[int, int]:
+    """Join torchrun's process group when launched by it (gloo on CPU, nccl on GPU); (rank, world)."""
+    import os
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return _rank_and_world()
 
 
 def augment(regions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -179,13 +225,22 @@ def protocol_labels(peaks: np.ndarray, cfg: TrainConfig) -> np.ndarray:
     raise ValueError(f"unknown label protocol {cfg.protocol!r}")
 
 
-def train(cfg: TrainConfig) -> tuple[Path, str]:
-    """Train and validate; writes the artifact; returns its path and the printed report."""
+def train(cfg: TrainConfig) -> tuple[Path | None, str]:
+    """Train and validate; writes the artifact; returns its path and the printed report.
+
+    Under `torchrun --nproc-per-node N` the N processes train data-parallel; rank 0 validates and
+    writes the artifact (the others return None).
+    """
     t0 = time.monotonic()
+    rank, world = start_distributed()
     adu = cfg.adu_per_photon or _adu_from_runs(cfg.train_runs)
     spec = input_spec(cfg.roi_size, adu)
+    if rank > 0:
+        torch.distributed.barrier()      # rank 0 labels first and caches the peak counts
     train_data = load_runs(cfg.train_runs, spec, cfg.peaks, cfg.limit_per_run)
     val_data = load_runs(cfg.val_runs, spec, cfg.peaks, cfg.limit_per_run)
+    if rank == 0 and world > 1:
+        torch.distributed.barrier()
     t_data = time.monotonic() - t0
     q = protocol_labels(train_data.peaks, cfg)
     x, y = train_data.regions[q != labels.UNUSED], q[q != labels.UNUSED]
@@ -193,6 +248,8 @@ def train(cfg: TrainConfig) -> tuple[Path, str]:
     net = model.build(cfg.architecture, cfg.roi_size, adu)
     losses = fit(net, x, y, cfg)
     t_fit = time.monotonic() - t0 - t_data
+    if rank > 0:
+        return None, f"rank {rank} of {world}: trained; rank 0 validates and writes the artifact"
     val_scores = predict(net, val_data.regions)
     threshold, calibration = cfg.threshold, {}
     if cfg.target_sensitivity is not None:
@@ -217,6 +274,7 @@ def train(cfg: TrainConfig) -> tuple[Path, str]:
                              else f"peakfinder8 >= {cfg.min_peaks} peaks, every frame"),
                   "threshold_calibration": calibration,
                   "recipe": {"name": cfg.recipe_name, **dataclasses.asdict(cfg.recipe), "seed": cfg.seed},
+                  "processes": world,
                   "loss_per_epoch": losses, "peakfinder8": dataclasses.asdict(cfg.peaks),
                   "seconds": {"data_and_labels": round(t_data, 1), "fit": round(t_fit, 1)}},
         validation={"runs": [str(p) for p in cfg.val_runs], **val})

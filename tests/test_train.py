@@ -40,3 +40,28 @@ def test_evaluate_reports_model_beside_peakfinder8_with_plots(tmp_path):
     assert result["frames"] == 40 and 0 < result["kept_fraction"] < 1
     assert sum(v["frames"] for v in result["by_kind"].values()) == 40
     assert (tmp_path / "eval" / "evaluation.png").stat().st_size > 10_000
+
+
+def test_torchrun_two_processes_train_as_well_as_one(tmp_path):
+    """`torchrun --nproc-per-node 2 hitveto train`: gloo on CPU, the gradients averaged each step,
+    so the two processes take the steps one process takes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    runs = simulate_runs(tmp_path / "runs", runs=[1, 2], n_frames=200, layout="roi", fmt="cxi", seed=4)
+    args = ["-m", "service.cli", "train", "--train", str(runs[0]), "--val", str(runs[1]), "--arch",
+            "compact", "--recipe", "fast", "--epochs", "30", "--labels", "min-peaks",
+            "--target-sensitivity", "0.99", "--seed", "1"]
+    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one.pt")],
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    torchrun = Path(sys.executable).with_name("torchrun")
+    two = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", *args, "--out",
+                          str(tmp_path / "two.pt")], capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    single, parallel = (artifact.read(tmp_path / f"{n}.pt").info for n in ("one", "two"))
+    assert parallel.training["processes"] == 2 and single.training["processes"] == 1
+    a, b = (i.validation["min_peaks"] for i in (single, parallel))
+    balanced = [(v["sensitivity"] + v["specificity"]) / 2 for v in (a, b)]
+    assert b["sensitivity"] >= 0.99 and balanced[0] > 0.9          # a model, not a coin
+    assert abs(balanced[1] - balanced[0]) <= 0.02
