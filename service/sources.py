@@ -1,7 +1,10 @@
 """Runs on disk as a stream of events, whatever the format: psana xtc2 or CXI/HDF5.
 
 One interface for the trainer, the replay client and the evaluation: `events(path)` yields
-`RunEvent`s (key fields, the detector frame, and simulator truth when the file has it).
+`RunEvent`s (key fields, the detector frame, and simulator truth when the file has it). A run is
+named by its file (`.xtc2`, `.cxi`, `.h5`), or, as psana names it, by a dataset string
+`exp=EXP:run=N:dir=FOLDER` read through `DataSource(exp=, run=, dir=)` (the experiment directory
+with its smalldata index).
 """
 
 from __future__ import annotations
@@ -18,8 +21,13 @@ CXI_SUFFIXES = (".cxi", ".h5", ".hdf5")
 
 def events(path: Path, *, detector: str = "cspad", limit: int | None = None) -> Iterator[RunEvent]:
     """Events of one run file, in order; at most `limit`."""
+    dataset = _dataset(path)
     path = Path(path)
-    if path.suffix == ".xtc2":
+    if dataset is not None:
+        from service.xtc2 import read_experiment_run
+        folder, experiment, run = dataset
+        stream = read_experiment_run(folder, experiment=experiment, run=run, detector=detector)
+    elif path.suffix == ".xtc2":
         from service.xtc2 import read_run
         stream = read_run(path, detector=detector)
     elif path.suffix in CXI_SUFFIXES:
@@ -34,8 +42,30 @@ def events(path: Path, *, detector: str = "cspad", limit: int | None = None) -> 
 
 def run_info(path: Path) -> dict[str, Any]:
     """The run's sidecar description (`<file>.json`, written by the simulator), or {}."""
-    sidecar = Path(path).with_suffix(Path(path).suffix + ".json")
+    path = run_file(path)
+    sidecar = path.with_suffix(path.suffix + ".json")
     return json.loads(sidecar.read_text()) if sidecar.exists() else {}
+
+
+def run_file(path: Path | str) -> Path:
+    """The file that holds a run: the path itself, or a dataset string's xtc2 file."""
+    dataset = _dataset(path)
+    if dataset is None:
+        return Path(path)
+    from service.xtc2 import run_path
+    return run_path(*dataset)
+
+
+def _dataset(path: Path | str) -> tuple[Path, str, int] | None:
+    """(dir, experiment, run) of a dataset string `exp=EXP:run=N:dir=FOLDER`, else None."""
+    text = str(path)
+    if not text.startswith("exp="):
+        return None
+    fields = dict(part.split("=", 1) for part in text.split(":") if "=" in part)
+    missing = {"exp", "run", "dir"} - fields.keys()
+    if missing:
+        raise ValueError(f"{text}: dataset string needs exp=, run= and dir= (missing {sorted(missing)})")
+    return Path(fields["dir"]), fields["exp"], int(fields["run"])
 
 
 def _cxi_events(path: Path) -> Iterator[RunEvent]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,26 +90,63 @@ def region_peak_finder(spec: preprocess.InputSpec, params: PeakFinderParams) -> 
 
 
 def load_runs(paths: tuple[Path, ...], spec: preprocess.InputSpec, params: PeakFinderParams,
-              limit: int | None = None) -> LabelledFrames:
-    """Regions, peak counts and truth of every event of the runs (progress bar per run)."""
+              limit: int | None = None, spill: Path | None = None) -> LabelledFrames:
+    """Regions, peak counts and truth of every event of the runs (progress bar per run).
+
+    With `spill` (a folder) the regions go to a file there and come back memory-mapped, so runs
+    larger than memory train: only the batches in use are read in.
+    """
     finder = region_peak_finder(spec, params)
-    regions, peaks, crystals, kinds = [], [], [], []
+    regions = _Regions(spill)
+    peaks, crystals, kinds = [], [], []
     for path in paths:
-        cache = _peak_cache(Path(path), params, limit)
+        cache = _peak_cache(sources.run_file(path), params, limit)
         counted = list(np.load(cache)) if cache.exists() else None
         start = len(peaks)
-        for i, ev in enumerate(tqdm(sources.events(path, limit=limit), desc=f"label {Path(path).name}",
+        for i, ev in enumerate(tqdm(sources.events(path, limit=limit), desc=f"label {sources.run_file(path).name}",
                                     unit="frame", leave=False, mininterval=1.0)):
-            roi = np.array(preprocess.region(ev.image, spec))
-            regions.append(roi)
+            roi = preprocess.region(ev.image, spec)
+            regions.add(roi)
             peaks.append(counted[i] if counted is not None else finder.count(roi))
             crystals.append(ev.truth.get("n_crystals", -1))
             kinds.append(ev.truth.get("kind", -1))
         if counted is None:
             np.save(cache, np.array(peaks[start:]))
-    return LabelledFrames(regions=np.stack(regions), peaks=np.array(peaks),
+    return LabelledFrames(regions=regions.array(), peaks=np.array(peaks),
                           n_crystals=np.array(crystals), kinds=np.array(kinds),
                           runs=tuple(str(p) for p in paths))
+
+
+class _Regions:
+    """Model inputs gathered in memory, or written to a file and memory-mapped."""
+
+    def __init__(self, spill: Path | None) -> None:
+        self._file = tempfile.NamedTemporaryFile(dir=spill, suffix=".regions", delete=False) \
+            if spill is not None else None
+        self._kept: list[np.ndarray] = []
+        self._first: np.ndarray | None = None
+        self.n = 0
+
+    def add(self, roi: np.ndarray) -> None:
+        if self._first is None:
+            self._first = np.array(roi)
+        elif roi.shape != self._first.shape or roi.dtype != self._first.dtype:
+            raise ValueError(f"region {roi.dtype}{roi.shape} differs from the first, "
+                             f"{self._first.dtype}{self._first.shape}")
+        if self._file is not None:
+            self._file.write(np.ascontiguousarray(roi).tobytes())
+        else:
+            self._kept.append(np.array(roi))
+        self.n += 1
+
+    def array(self) -> np.ndarray:
+        if self._file is None:
+            return np.stack(self._kept)
+        self._file.close()
+        if self._first is None:
+            raise ValueError("no frames in these runs")
+        return np.memmap(self._file.name, dtype=self._first.dtype, mode="r",
+                         shape=(self.n, *self._first.shape))
 
 
 def _peak_cache(path: Path, params: PeakFinderParams, limit: int | None) -> Path:
@@ -117,8 +155,11 @@ def _peak_cache(path: Path, params: PeakFinderParams, limit: int | None) -> Path
     return path.with_name(f"{path.name}.pf8-{key.hexdigest()[:12]}.npy")
 
 
-def fit(net: model.HitClassifier, x: np.ndarray, y: np.ndarray, cfg: TrainConfig) -> list[float]:
+def fit(net: model.HitClassifier, x: np.ndarray, y: np.ndarray, cfg: TrainConfig,
+        rows: np.ndarray | None = None) -> list[float]:
     """Minimise binary cross-entropy with the config's recipe; returns the mean loss per epoch.
+
+    Trains on x[rows] (default: all of x) with labels y (one per row); x may be memory-mapped.
 
     Under torchrun every process draws the same batches (same seed) and takes its share of each;
     the gradients are averaged over the processes before each step, so they step as one: the
@@ -132,17 +173,19 @@ def fit(net: model.HitClassifier, x: np.ndarray, y: np.ndarray, cfg: TrainConfig
                  if r.optimiser == "sgd" else torch.optim.AdamW(net.parameters(), lr=r.lr))
     loss_fn = torch.nn.BCEWithLogitsLoss()
     rng = np.random.default_rng(cfg.seed)
+    rows = np.arange(len(x)) if rows is None else rows
     losses = []
     net.train()
     for epoch in range(r.epochs):
-        order, total = rng.permutation(len(x)), 0.0
-        bar = tqdm(range(0, len(x), r.batch_size), desc=f"epoch {epoch + 1}/{r.epochs}",
+        order, total = rng.permutation(len(rows)), 0.0
+        bar = tqdm(range(0, len(rows), r.batch_size), desc=f"epoch {epoch + 1}/{r.epochs}",
                    unit="batch", leave=False, mininterval=1.0)
         for start in bar:
             idx = order[start:start + r.batch_size]
             # Every process augments the whole batch (the random stream stays the one process's)
             # and keeps its share: with equal shares the averaged gradient is the whole batch's.
-            batch = (augment(x[idx], rng) if r.augment else x[idx])[rank::world]
+            whole = x[rows[idx]]
+            batch = (augment(whole, rng) if r.augment else whole)[rank::world]
             idx = idx[rank::world]
             optimiser.zero_grad()
             loss = loss_fn(net.logits(torch.from_numpy(batch)), torch.from_numpy(y[idx]).float())
@@ -151,7 +194,7 @@ def fit(net: model.HitClassifier, x: np.ndarray, y: np.ndarray, cfg: TrainConfig
             optimiser.step()
             total += loss.item() * len(idx)
             bar.set_postfix(loss=f"{loss.item():.4f}")
-        losses.append(_sum_over_processes(total, world) / len(x))
+        losses.append(_sum_over_processes(total, world) / len(rows))
         log.info("epoch %d: loss %.4f", epoch + 1, losses[-1])
     return losses
 
@@ -208,12 +251,14 @@ def augment(regions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def predict(net: torch.nn.Module, x: np.ndarray, batch: int = 128) -> np.ndarray:
-    """P(hit) for each region."""
+def predict(net: torch.nn.Module, x: np.ndarray, rows: np.ndarray | None = None,
+            batch: int = 128) -> np.ndarray:
+    """P(hit) for each region of x[rows] (default: all of x; x may be memory-mapped)."""
     net.eval()
+    rows = np.arange(len(x)) if rows is None else rows
     with torch.inference_mode():
-        return np.concatenate([net(torch.from_numpy(x[i:i + batch])).numpy()
-                               for i in range(0, len(x), batch)])
+        return np.concatenate([net(torch.from_numpy(np.array(x[rows[i:i + batch]]))).numpy()
+                               for i in range(0, len(rows), batch)])
 
 
 def protocol_labels(peaks: np.ndarray, cfg: TrainConfig) -> np.ndarray:
@@ -229,24 +274,31 @@ def train(cfg: TrainConfig) -> tuple[Path | None, str]:
     """Train and validate; writes the artifact; returns its path and the printed report.
 
     Under `torchrun --nproc-per-node N` the N processes train data-parallel; rank 0 validates and
-    writes the artifact (the others return None).
+    writes the artifact (the others return None). The regions are spilled to a temporary folder
+    beside the output and memory-mapped, so runs larger than memory train.
     """
+    Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=Path(cfg.out).parent, prefix=".hitveto-regions-") as spill:
+        return _train(cfg, Path(spill))
+
+
+def _train(cfg: TrainConfig, spill: Path) -> tuple[Path | None, str]:
     t0 = time.monotonic()
     rank, world = start_distributed()
     adu = cfg.adu_per_photon or _adu_from_runs(cfg.train_runs)
     spec = input_spec(cfg.roi_size, adu)
     if rank > 0:
         torch.distributed.barrier()      # rank 0 labels first and caches the peak counts
-    train_data = load_runs(cfg.train_runs, spec, cfg.peaks, cfg.limit_per_run)
-    val_data = load_runs(cfg.val_runs, spec, cfg.peaks, cfg.limit_per_run)
+    train_data = load_runs(cfg.train_runs, spec, cfg.peaks, cfg.limit_per_run, spill)
+    val_data = load_runs(cfg.val_runs, spec, cfg.peaks, cfg.limit_per_run, spill)
     if rank == 0 and world > 1:
         torch.distributed.barrier()
     t_data = time.monotonic() - t0
     q = protocol_labels(train_data.peaks, cfg)
-    x, y = train_data.regions[q != labels.UNUSED], q[q != labels.UNUSED]
+    labelled, y = np.flatnonzero(q != labels.UNUSED), q[q != labels.UNUSED]
     torch.manual_seed(cfg.seed)
     net = model.build(cfg.architecture, cfg.roi_size, adu)
-    losses = fit(net, x, y, cfg)
+    losses = fit(net, train_data.regions, y, cfg, rows=labelled)
     t_fit = time.monotonic() - t0 - t_data
     if rank > 0:
         return None, f"rank {rank} of {world}: trained; rank 0 validates and writes the artifact"
@@ -260,7 +312,7 @@ def train(cfg: TrainConfig) -> tuple[Path | None, str]:
         calibration = {"target_sensitivity": cfg.target_sensitivity, "on": "validation runs",
                        "labels": cfg.protocol}
     val = summarise(val_scores, val_data, threshold, cfg.min_peaks)
-    trn = labels.confusion(y == labels.HIT, predict(net, x) >= threshold)
+    trn = labels.confusion(y == labels.HIT, predict(net, train_data.regions, labelled) >= threshold)
     net.eval()
     scripted = torch.jit.freeze(torch.jit.script(net))
     digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in net.parameters()))

@@ -11,8 +11,10 @@ import pytest
 
 from clients.cxi import read_frames
 from service.reprocess import read_verdicts, reprocess
-from service.xtc2 import RunEvent, run_path, write_run
-from tests.conftest import RAW, median_threshold_artifact
+from service import geometry, sources
+from service.sim.run import simulate_runs
+from service.xtc2 import run_path
+from tests.conftest import median_threshold_artifact
 
 MPIRUN = Path(sys.executable).with_name("mpirun")
 N = 40
@@ -20,18 +22,20 @@ N = 40
 
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
+    """A simulated run (350x350 regions) in an experiment directory, with its smalldata index."""
     folder = tmp_path_factory.mktemp("exp")
-    rng = np.random.default_rng(8)
-    images = [rng.poisson(0.5 + i % 6, RAW).astype(np.int16) * 10 for i in range(N)]
-    write_run(run_path(folder, "hvtest", 5), [RunEvent(timestamp=(i + 1) << 20, pulse_id=i, image=im)
-                                              for i, im in enumerate(images)])
-    model = median_threshold_artifact(folder / "m.pt", images)
+    (path,) = simulate_runs(folder, runs=[5], n_frames=N, preset="lysozyme", layout="roi",
+                            fmt="xtc2", seed=8)
+    assert path == run_path(folder, "hitveto", 5)
+    images = [ev.image for ev in sources.events(path)]
+    model = median_threshold_artifact(folder / "m.pt", images, roi_index=geometry.roi_index(350),
+                                      raw_shape=geometry.RAW_SHAPE)
     return folder, model, images
 
 
 def test_serial_reprocess_judges_every_event_and_writes_the_hits(experiment, tmp_path):
     folder, model, images = experiment
-    path = reprocess(folder, experiment="hvtest", run=5, out=tmp_path, model=model)
+    path = reprocess(folder, experiment="hitveto", run=5, out=tmp_path, model=model)
     rows = read_verdicts(path)
     assert [r.pulse_id for r in rows] == list(range(N)) and 0 < sum(r.hit for r in rows) < N
     (cxi,) = tmp_path.glob("hits-r0005-rank000-*.cxi")
@@ -43,10 +47,10 @@ def test_serial_reprocess_judges_every_event_and_writes_the_hits(experiment, tmp
 @pytest.mark.parametrize("ranks", [3, 4])
 def test_mpirun_gives_the_serial_verdicts(experiment, tmp_path, ranks):
     folder, model, _ = experiment
-    serial = read_verdicts(reprocess(folder, experiment="hvtest", run=5, out=tmp_path / "one",
+    serial = read_verdicts(reprocess(folder, experiment="hitveto", run=5, out=tmp_path / "one",
                                      model=model))
     cmd = [str(MPIRUN), "-n", str(ranks), sys.executable, "-m", "service.cli", "reprocess", str(folder),
-           "--experiment", "hvtest", "--run", "5", "--out", str(tmp_path / "mpi"), "--model", str(model),
+           "--experiment", "hitveto", "--run", "5", "--out", str(tmp_path / "mpi"), "--model", str(model),
            "--batch-size", "4"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -65,3 +65,16 @@ def test_torchrun_two_processes_train_as_well_as_one(tmp_path):
     balanced = [(v["sensitivity"] + v["specificity"]) / 2 for v in (a, b)]
     assert b["sensitivity"] >= 0.99 and balanced[0] > 0.9          # a model, not a coin
     assert abs(balanced[1] - balanced[0]) <= 0.02
+
+
+def test_regions_spill_to_a_memory_mapped_file(tmp_path):
+    """Runs larger than memory: the regions live in a file and are read in batch by batch."""
+    from service.peaks import PeakFinderParams
+    from service.train import input_spec, load_runs
+    (run,) = simulate_runs(tmp_path / "runs", runs=[1], n_frames=12, layout="raw", fmt="xtc2", seed=2)
+    spec = input_spec(350, 35.0)
+    in_memory = load_runs((run,), spec, PeakFinderParams())
+    spilled = load_runs((run,), spec, PeakFinderParams(), spill=tmp_path)
+    assert isinstance(spilled.regions, np.memmap) and not isinstance(in_memory.regions, np.memmap)
+    assert np.array_equal(spilled.regions, in_memory.regions) and spilled.regions.shape == (12, 350, 350)
+    assert np.array_equal(spilled.peaks, in_memory.peaks)

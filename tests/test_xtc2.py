@@ -84,3 +84,19 @@ def test_killed_psana_process_leaves_no_shared_memory():
     assert done.returncode == -signal.SIGKILL
     pid = int(done.stdout.split()[0])
     assert not list(Path("/dev/shm").glob(f"mpich_shm_{pid:x}_*"))
+
+
+def test_a_dataset_string_reads_the_run_through_its_experiment_directory(tmp_path):
+    from service import sources
+    events = make_events((6, 7), np.int16, n=4)
+    write_run(run_path(tmp_path, "hitveto", 9), events)
+    assert_same(events, list(sources.events(f"exp=hitveto:run=9:dir={tmp_path}")))
+    with pytest.raises(ValueError, match="missing"):
+        list(sources.events(f"exp=hitveto:dir={tmp_path}"))
+    from service.peaks import PeakFinderParams
+    from service.train import input_spec, load_runs
+    spec = input_spec(350, 35.0)
+    write_run(run_path(tmp_path, "hitveto", 10), make_events((350, 350), np.int16, n=3))
+    data = load_runs((f"exp=hitveto:run=10:dir={tmp_path}",), spec, PeakFinderParams())
+    assert data.regions.shape == (3, 350, 350)                  # labelled, peak counts cached
+    assert list(tmp_path.glob("hitveto-r0010-s000-c000.xtc2.pf8-*.npy"))
