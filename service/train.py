@@ -188,7 +188,9 @@ def fit(net: model.HitClassifier, x: np.ndarray, y: np.ndarray, cfg: TrainConfig
             batch = (augment(whole, rng) if r.augment else whole)[rank::world]
             idx = idx[rank::world]
             optimiser.zero_grad()
-            loss = loss_fn(net.logits(torch.from_numpy(batch)), torch.from_numpy(y[idx]).float())
+            device = next(net.parameters()).device
+            loss = loss_fn(net.logits(torch.from_numpy(batch).to(device)),
+                           torch.from_numpy(y[idx]).float().to(device))
             loss.backward()
             _average_gradients(net, world)
             optimiser.step()
@@ -221,15 +223,25 @@ def _average_gradients(net: torch.nn.Module, world: int) -> None:
 def _sum_over_processes(value: float, world: int) -> float:
     if world == 1:
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=_device())
     torch.distributed.all_reduce(t)
     return float(t.item())
+
+
+def _device() -> torch.device:
+    """The GPU this process trains on (torchrun: one per local rank), else the CPU."""
+    import os
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
 
 
 def start_distributed() -> tuple[int, int]:
     """Join torchrun's process group when launched by it (gloo on CPU, nccl on GPU); (rank, world)."""
     import os
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(_device())
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return _rank_and_world()
 
@@ -255,9 +267,10 @@ def predict(net: torch.nn.Module, x: np.ndarray, rows: np.ndarray | None = None,
             batch: int = 128) -> np.ndarray:
     """P(hit) for each region of x[rows] (default: all of x; x may be memory-mapped)."""
     net.eval()
+    device = next(net.parameters()).device
     rows = np.arange(len(x)) if rows is None else rows
     with torch.inference_mode():
-        return np.concatenate([net(torch.from_numpy(np.array(x[rows[i:i + batch]]))).numpy()
+        return np.concatenate([net(torch.from_numpy(np.array(x[rows[i:i + batch]])).to(device)).cpu().numpy()
                                for i in range(0, len(rows), batch)])
 
 
@@ -297,7 +310,7 @@ def _train(cfg: TrainConfig, spill: Path) -> tuple[Path | None, str]:
     q = protocol_labels(train_data.peaks, cfg)
     labelled, y = np.flatnonzero(q != labels.UNUSED), q[q != labels.UNUSED]
     torch.manual_seed(cfg.seed)
-    net = model.build(cfg.architecture, cfg.roi_size, adu)
+    net = model.build(cfg.architecture, cfg.roi_size, adu).to(_device())
     losses = fit(net, train_data.regions, y, cfg, rows=labelled)
     t_fit = time.monotonic() - t0 - t_data
     if rank > 0:
@@ -313,7 +326,7 @@ def _train(cfg: TrainConfig, spill: Path) -> tuple[Path | None, str]:
                        "labels": cfg.protocol}
     val = summarise(val_scores, val_data, threshold, cfg.min_peaks)
     trn = labels.confusion(y == labels.HIT, predict(net, train_data.regions, labelled) >= threshold)
-    net.eval()
+    net = net.cpu().eval()                 # the artifact is device-neutral; the daemon places it
     scripted = torch.jit.freeze(torch.jit.script(net))
     digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in net.parameters()))
     info = artifact.ModelInfo(
