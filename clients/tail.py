@@ -60,7 +60,8 @@ def tail(endpoint: str, *, interval_s: float = 1.0, windows: int | None = None,
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect(endpoint)
+    for one in endpoint.split(","):              # one daemon, or several: "tcp://a:5551,tcp://b:5551"
+        sub.connect(one.strip())
     try:
         done = 0
         while windows is None or done < windows:
