@@ -32,7 +32,7 @@ import numpy as np
 
 from clients.veto import VetoClient
 from service.launcher import DaemonProcess, start_daemon
-from service.protocol import EventKey, Reason
+from service.protocol import JUDGED, EventKey
 
 SHAPE = (350, 350)
 SETTINGS = {"ingest.rcvhwm": 200, "batch.max_queue": 256, "ingest.workers": 2, "batch.max_batch": 8}
@@ -88,7 +88,7 @@ def drive(veto: VetoClient, daemon: DaemonProcess, images, rate_hz: float | None
     while (now := time.monotonic()) < t0 + seconds:
         due = t0 + sent / rate_hz if rate_hz else now
         for d in veto.poll(max(0, int((due - now) * 1000))):
-            if d.reason is Reason.MODEL:
+            if d.reason in JUDGED:
                 judged += 1
                 latencies.append(d.latency_s)
             else:

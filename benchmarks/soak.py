@@ -20,7 +20,7 @@ import numpy as np
 
 from clients.veto import VetoClient
 from service.launcher import DaemonProcess, start_daemon
-from service.protocol import EventKey, Reason
+from service.protocol import JUDGED, EventKey
 
 SHAPES = {"region": (350, 350), "full": (32, 185, 388)}
 
@@ -38,7 +38,7 @@ def soak(seconds: float, rate_hz: float, shape: tuple[int, ...], window_s: float
             while (now := time.monotonic()) < t0 + seconds:
                 due = t0 + i / rate_hz
                 for d in veto.poll(max(0, int((due - now) * 1000))):
-                    if d.reason is Reason.MODEL:
+                    if d.reason in JUDGED:
                         latencies.append(d.latency_s)
                     else:
                         fallback += 1

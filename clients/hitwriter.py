@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from clients.veto import Decision, VetoClient
-from service.protocol import EventKey, Reason
+from service.protocol import JUDGED, EventKey
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -27,7 +27,8 @@ class Summary:
     sent: int
     hits_kept: int
     misses_dropped: int
-    kept_by_reason: dict[str, int]
+    kept_by_reason: dict[str, int]   # fail-open keeps
+    audited: int
     written: int
     elapsed_s: float
     latency_p50_ms: float
@@ -42,20 +43,21 @@ class Summary:
 
     @property
     def accounted(self) -> bool:
-        return self.sent == self.hits_kept + self.misses_dropped + self.kept_fallback
+        return self.sent == self.hits_kept + self.misses_dropped + self.audited + self.kept_fallback
 
     def lines(self) -> list[str]:
         rate = self.sent / self.elapsed_s if self.elapsed_s else 0.0
         fallback = ", ".join(f"{k} {v}" for k, v in sorted(self.kept_by_reason.items())) or "none"
         return [
             f"frames sent        {self.sent}",
-            f"verdicts (model)   {self.hits_kept + self.misses_dropped}: "
-            f"{self.hits_kept} hits kept, {self.misses_dropped} misses dropped",
+            f"verdicts (model)   {self.hits_kept + self.misses_dropped + self.audited}: "
+            f"{self.hits_kept} hits kept, {self.misses_dropped} misses dropped, "
+            f"{self.audited} misses kept for audit",
             f"kept by fallback   {self.kept_fallback} ({fallback})",
             f"frames written     {self.written} "
             f"({100 * (1 - self.written / max(1, self.sent)):.1f}% data reduction)",
             f"accounting         sent {self.sent} = {self.hits_kept} + {self.misses_dropped} + "
-            f"{self.kept_fallback}: {'OK' if self.accounted else 'MISMATCH'}",
+            f"{self.audited} + {self.kept_fallback}: {'OK' if self.accounted else 'MISMATCH'}",
             *([f"rejected           {sum(self.rejected.values())} malformed messages "
                f"({', '.join(f'{k} {v}' for k, v in sorted(self.rejected.items()))})"]
               if self.rejected else []),
@@ -92,7 +94,7 @@ def stream(frames: Iterable[Frame | None], veto: VetoClient, writer, *,
     c = veto.counts
     p50, p99, pmax = (np.percentile(latencies, [50, 99, 100]) * 1e3 if latencies
                       else (float("nan"),) * 3)
-    return Summary(sent=c.sent, hits_kept=c.hits, misses_dropped=c.misses,
+    return Summary(sent=c.sent, hits_kept=c.hits, misses_dropped=c.misses, audited=c.audited,
                    kept_by_reason={str(k): v for k, v in c.kept_by_reason.items()}, written=written,
                    elapsed_s=elapsed, latency_p50_ms=float(p50), latency_p99_ms=float(p99),
                    latency_max_ms=float(pmax),
@@ -103,7 +105,7 @@ def _settle(decisions: list[Decision], writer, truths: dict, latencies: list[flo
     written = 0
     for d in decisions:
         truth = truths.pop(d.key.as_tuple(), {})
-        if d.reason is Reason.MODEL:
+        if d.reason in JUDGED:
             latencies.append(d.latency_s)
         if d.keep and writer is not None:
             v = d.verdict

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import zmq
 
-from service.protocol import WELCOME, ProtocolError, Reason, Verdict, decode_verdict
+from service.protocol import JUDGED, WELCOME, ProtocolError, Verdict, decode_verdict
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -32,7 +32,7 @@ class Window:
     def line(self) -> str:
         rate = self.verdicts / self.seconds if self.seconds else 0.0
         hit_rate = self.hits / self.judged if self.judged else float("nan")
-        fallback = {k: v for k, v in self.by_reason.items() if k != Reason.MODEL.value}
+        fallback = {k: v for k, v in self.by_reason.items() if k not in JUDGED}
         return (f"{time.strftime('%H:%M:%S')} {rate:8.1f} verdicts/s  hit rate {100 * hit_rate:5.1f}%  "
                 f"kept w/o model {sum(fallback.values()):5d} {fallback or ''}  "
                 f"latency p50 {self.latency_p50_ms:6.2f} ms p99 {self.latency_p99_ms:6.2f} ms  "
@@ -41,7 +41,7 @@ class Window:
 
 def summarise(verdicts: list[Verdict], seconds: float) -> Window:
     reasons = Counter(v.reason.value for v in verdicts)
-    judged = [v for v in verdicts if v.reason is Reason.MODEL]
+    judged = [v for v in verdicts if v.reason in JUDGED]
     lat = [(v.published_ns - v.sent_ns) / 1e6 for v in verdicts if v.sent_ns]
     p50, p99 = np.percentile(lat, [50, 99]) if lat else (float("nan"), float("nan"))
     return Window(seconds=seconds, verdicts=len(verdicts), hits=sum(v.hit for v in judged),

@@ -50,7 +50,7 @@ class Decision:
     key: EventKey
     image: np.ndarray
     keep: bool
-    reason: Reason                 # Reason.MODEL when judged; anything else is a fail-open keep
+    reason: Reason                 # MODEL or AUDIT when judged; anything else is a fail-open keep
     verdict: Verdict | None        # None when kept without a verdict
     latency_s: float               # send to decision
 
@@ -60,6 +60,7 @@ class ClientCounts:
     sent: int = 0
     hits: int = 0                  # kept because the model called a hit
     misses: int = 0                # dropped because the model called a miss
+    audited: int = 0               # called a miss, kept for the audit sample
     kept_by_reason: Counter = field(default_factory=Counter)  # fail-open keeps, by reason
     late_verdicts: int = 0         # verdicts for frames already kept by the deadline
     foreign_verdicts: int = 0      # verdicts for frames this client did not send
@@ -71,7 +72,7 @@ class ClientCounts:
 
     @property
     def decided(self) -> int:
-        return self.hits + self.misses + self.kept_fallback
+        return self.hits + self.misses + self.audited + self.kept_fallback
 
 
 @dataclass(slots=True)
@@ -194,6 +195,8 @@ class VetoClient:
         if verdict.reason is Reason.MODEL:
             self.counts.hits += verdict.keep
             self.counts.misses += not verdict.keep
+        elif verdict.reason is Reason.AUDIT:
+            self.counts.audited += 1
         else:
             self.counts.kept_by_reason[verdict.reason] += 1
         self._ready.append(Decision(key=verdict.key, image=waiting.image, keep=verdict.keep,

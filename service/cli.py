@@ -101,6 +101,13 @@ def _reprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from service.audit import estimate
+    loss = estimate(args.files, fraction=args.fraction, min_peaks=args.min_peaks)
+    print("\n".join(loss.lines()))
+    return 0
+
+
 def _write(args: argparse.Namespace) -> int:
     import signal
     import threading
@@ -222,6 +229,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--detector", default="cspad")
     s.add_argument("--batch-size", type=int, default=10, help="events psana hands a rank at a time")
     s.set_defaults(func=_reprocess)
+
+    s = sub.add_parser("audit", help="the veto's hit loss, estimated from the audit frames kept")
+    s.add_argument("files", type=Path, nargs="+", help="CXI files written by replay/write/demo")
+    s.add_argument("--fraction", type=float, default=0.02, help="the daemon's audit.fraction")
+    s.add_argument("--min-peaks", type=int, default=10,
+                   help="without truth: peakfinder8 peaks that make a hit")
+    s.set_defaults(func=_audit)
 
     s = sub.add_parser("write", help="receive frames from a DAQ sender, keep what the daemon keeps")
     s.add_argument("--listen", default="tcp://127.0.0.1:5560", help="bind here for the DAQ's frames")

@@ -37,6 +37,12 @@ class BatchConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AuditConfig:
+    fraction: float = 0.02                  # share of the model's misses kept anyway (reason audit)
+    seed: int = 0                           # picks hash (seed, run, pulse id): reproducible
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ModelConfig:
     artifact: str = ""                      # model file; empty = the shipped default model
     device: str = "auto"                    # auto, cpu, cuda, cuda:N, or a list: one engine each
@@ -75,6 +81,7 @@ class SecurityConfig:
 class ServeConfig:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from service import artifact as artifacts
 from service.artifact import Artifact
+from service.audit import AuditSample
 from service.batcher import Batcher
 from service.config import ServeConfig
 from service.control import ControlServer
@@ -90,7 +91,8 @@ class Daemon:
         # device takes the next due batch.
         self.inference = [InferenceLoop(engine=e, batcher=self.batcher, metrics=self.metrics,
                                         publish=self.publisher.put, name=f"hitveto-infer-{i}",
-                                        latency_budget_ms=cfg.batch.latency_budget_ms)
+                                        latency_budget_ms=cfg.batch.latency_budget_ms,
+                                        audit=AuditSample(cfg.audit.fraction, cfg.audit.seed))
                           for i, e in enumerate(engines)]
         ingest_endpoint = self._start_intake()
         self.publisher.start()

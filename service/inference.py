@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from service.audit import AuditSample
 from service.batcher import Batcher, Pending
 from service.engine import Engine
 from service.metrics import Metrics
@@ -25,13 +26,14 @@ TICK_S = 0.1
 class InferenceLoop:
     def __init__(self, *, engine: Engine, batcher: Batcher, metrics: Metrics,
                  publish: Callable[[Verdict], None], latency_budget_ms: float,
-                 name: str = "hitveto-infer") -> None:
+                 audit: AuditSample = AuditSample(0.0), name: str = "hitveto-infer") -> None:
         self.engine = engine
         self._next_engine: Engine | None = None
         self._batcher = batcher
         self._metrics = metrics
         self._publish = publish
         self._budget_s = latency_budget_ms / 1000.0
+        self._audit = audit
         self.judged = 0                    # frames this loop's engines scored
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -78,9 +80,11 @@ class InferenceLoop:
         self._metrics.batch_size.observe(len(batch))
         for p, score in zip(batch, scores.tolist()):
             hit = score >= engine.threshold
-            self._publish(Verdict(key=p.key, keep=hit, hit=hit, score=score,
+            audited = not hit and self._audit.picks(p.key)
+            self._publish(Verdict(key=p.key, keep=hit or audited, hit=hit, score=score,
                                   threshold=engine.threshold, model_version=engine.version,
-                                  reason=Reason.MODEL, sent_ns=p.sent_ns, received_ns=p.received_ns,
+                                  reason=Reason.AUDIT if audited else Reason.MODEL,
+                                  sent_ns=p.sent_ns, received_ns=p.received_ns,
                                   inference_ms=seconds * 1e3))
 
     def _keep(self, p: Pending, reason: Reason) -> None:

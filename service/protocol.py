@@ -36,15 +36,20 @@ class ProtocolError(ValueError):
 
 
 class Reason(enum.StrEnum):
-    """Why a verdict says what it says. Everything but MODEL is a fail-open keep."""
+    """Why a verdict says what it says. MODEL and AUDIT are judged; everything else is a
+    fail-open keep."""
 
     MODEL = "model"              # judged by the model: keep == hit
+    AUDIT = "audit"              # judged a miss, kept anyway: the audit sample (service/audit.py)
     OVERLOAD = "overload"        # not judged in time: backlog over the latency budget or queue full
     MALFORMED = "malformed"      # header readable, frame not usable (shape, dtype, size, detector)
     MODEL_ERROR = "model_error"  # the model raised on this batch
     SHUTDOWN = "shutdown"        # the daemon stopped before judging it
     NO_VERDICT = "no_verdict"    # client side only: no verdict before the deadline
     DUPLICATE = "duplicate"      # client side only: its key already awaits a verdict; not sent
+
+
+JUDGED = frozenset({Reason.MODEL, Reason.AUDIT})   # verdicts the model gave (with a score)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -10,7 +10,7 @@ import numpy as np
 
 from clients.veto import VetoClient
 from service.launcher import start_daemon
-from service.protocol import EventKey, Reason
+from service.protocol import JUDGED, EventKey, Reason
 from tests.conftest import RAW, make_artifact
 
 N, KILL_AT = 900, 300
@@ -38,14 +38,14 @@ def test_three_daemons_share_the_stream_and_one_dying_loses_nothing(tmp_path):
             d.process.kill()
     assert veto.counts.sent == veto.counts.decided == N
     assert sorted(d.key.pulse_id for d in decisions) == list(range(N))         # once each
-    judged_by = Counter(d.verdict.model_version for d in decisions if d.reason is Reason.MODEL)
+    judged_by = Counter(d.verdict.model_version for d in decisions if d.reason in JUDGED)
     before = Counter(d.verdict.model_version for d in decisions
-                     if d.reason is Reason.MODEL and d.key.pulse_id < KILL_AT)
+                     if d.reason in JUDGED and d.key.pulse_id < KILL_AT)
     assert set(before) == {"daemon-0", "daemon-1", "daemon-2"}                  # all three dealt to
     assert min(before.values()) > KILL_AT / 6
     late = [d for d in decisions if d.key.pulse_id >= KILL_AT + 50]
-    assert all(d.reason is Reason.MODEL and d.verdict.model_version != "daemon-1" for d in late)
-    fallback = [d for d in decisions if d.reason is not Reason.MODEL]
+    assert all(d.reason in JUDGED and d.verdict.model_version != "daemon-1" for d in late)
+    fallback = [d for d in decisions if d.reason not in JUDGED]
     # Only the frames the dead daemon held (at most its queues) were kept by the deadline.
     assert all(d.reason is Reason.NO_VERDICT for d in fallback) and len(fallback) < 100
     assert sum(judged_by.values()) + len(fallback) == N

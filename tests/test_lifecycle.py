@@ -28,7 +28,7 @@ def test_process_reports_ready_and_drains_on_sigterm(tiny_artifact, tmp_path):
         daemon.process.kill()
     assert veto.counts.decided == veto.counts.sent == n
     reasons = {d.reason for d in decisions}
-    assert reasons <= {Reason.MODEL, Reason.SHUTDOWN}      # judged, or answered at shutdown
+    assert reasons <= {Reason.MODEL, Reason.AUDIT, Reason.SHUTDOWN}   # judged, or answered at shutdown
     assert Reason.NO_VERDICT not in reasons                # nothing left unanswered
 
 

@@ -84,4 +84,4 @@ def test_writer_keeps_everything_when_the_daemon_is_gone(tmp_path):
     assert sorted(columns["event/pulse_id"].tolist()) == list(range(12))
     assert set(columns["result_1/keep_reason"].astype(str)) <= {Reason.NO_VERDICT.value,
                                                                  Reason.OVERLOAD.value}
-    assert "accounting         sent 12 = 0 + 0 + 12: OK" in out
+    assert "accounting         sent 12 = 0 + 0 + 0 + 12: OK" in out
