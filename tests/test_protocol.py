@@ -73,13 +73,14 @@ def test_random_bytes_never_crash_the_decoder(parts):
         pass
 
 
-def test_atheris_campaign_on_the_daemon_intake_finds_nothing():
+def test_atheris_campaign_on_the_daemon_intake_finds_nothing(tmp_path):
     """tests/fuzz_ingest.py: coverage-guided messages through IngestWorker.handle (see its doc)."""
     import subprocess
     import sys
     from pathlib import Path
     harness = Path(__file__).with_name("fuzz_ingest.py")
-    done = subprocess.run([sys.executable, str(harness), "-runs=60000", "-seed=7"],
+    done = subprocess.run([sys.executable, str(harness), "-runs=60000", "-seed=7",
+                           f"-artifact_prefix={tmp_path}/"],          # a crash input lands there
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     (last,) = [ln for ln in done.stderr.splitlines() if ln.startswith("outcomes after 60000")]
