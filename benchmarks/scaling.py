@@ -115,6 +115,7 @@ def main() -> None:
     tuning = [] if args.no_tuning else [
         {"config": name, **sustained("region", 1, seconds, None, args.out, DAEMON + extra)}
         for name, extra in TUNING.items()]
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         roi64 = small_roi_artifact(Path(tmp))
         for kind in args.kinds:
