@@ -29,8 +29,9 @@ from e2e import measure
 from service.launcher import start_daemon
 
 KINDS = {"region": (350, 350), "full": (32, 185, 388), "roi64": (64, 64)}
-RATES = {"region": [250, 500, 750, 1000, 1500, 2000, 3000], "full": [60, 120, 180, 240, 320, 400],
-         "roi64": [1000, 2000, 3000, 4000, 6000, 8000]}
+RATES = {"region": [250, 500, 750, 1000, 1500, 2000, 3000],
+         "full": [60, 120, 180, 240, 320, 400, 500, 600, 800],
+         "roi64": [1000, 2000, 4000, 6000, 8000, 12000, 16000, 24000]}
 DAEMON = ["model.device=cpu", "model.threads=1", "ingest.workers=1", "batch.max_batch=64",
           "batch.max_delay_ms=5", "batch.latency_budget_ms=500"]
 # One daemon, region frames: how to spend this machine's cores inside a daemon.
