@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,14 +29,19 @@ from service.protocol import ProtocolError, decode_frame
 
 log = logging.getLogger("hitveto.write")
 IDLE_MS = 50       # how often the writer checks deadlines and the stop flag while no frame arrives
+STOP_GRACE_S = 2.0  # after SIGTERM, frames still arriving are taken this long at most
 
 
 def receive_frames(sock: zmq.Socket, stop: threading.Event, rejected: Counter, *,
                    count: int | None = None) -> Iterator[Frame | None]:
     """Frames from a PULL socket until `count` came, or `stop` is set and no frame came for
-    IDLE_MS (frames on their way are taken); None while idle."""
-    received = 0
+    IDLE_MS (frames on their way are taken, for at most STOP_GRACE_S); None while idle."""
+    received, stopping_since = 0, None
     while count is None or received < count:
+        if stop.is_set():
+            stopping_since = stopping_since or time.monotonic()
+            if time.monotonic() - stopping_since > STOP_GRACE_S:   # a sender that never pauses
+                return
         if not sock.poll(IDLE_MS, zmq.POLLIN):
             if stop.is_set():
                 return
