@@ -7,7 +7,7 @@ so a frame without a verdict in time is written anyway (fail-open) with its reas
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 import numpy as np
 
@@ -67,12 +67,13 @@ class Summary:
         ]
 
 
-def stream(frames: Iterable[Frame | None], veto: VetoClient, writer, *,
-           rate_hz: float = 0.0) -> Summary:
+def stream(frames: Iterable[Frame | None], veto: VetoClient, writer, *, rate_hz: float = 0.0,
+           on_decision: Callable[[Decision], None] | None = None) -> Summary:
     """Send each frame, write each kept one to `writer` (a CxiWriter or None); returns the summary.
 
     rate_hz > 0 paces the stream like a detector; 0 sends as fast as the daemon takes them. A None
     from `frames` means no frame yet: decisions due meanwhile (verdicts, deadlines) are written.
+    `on_decision` sees every decision, kept or not (e.g. to log every verdict).
     """
     truths: dict[tuple, dict[str, int]] = {}
     latencies: list[float] = []
@@ -80,16 +81,17 @@ def stream(frames: Iterable[Frame | None], veto: VetoClient, writer, *,
     t0 = time.monotonic()
     for frame in frames:
         if frame is None:
-            written += _settle(veto.poll(), writer, truths, latencies)
+            written += _settle(veto.poll(), writer, truths, latencies, on_decision)
             continue
         due = t0 + i / rate_hz if rate_hz > 0 else 0.0
         i += 1
         while (wait := due - time.monotonic()) > 0:  # pace on verdicts, not on a sleep
-            written += _settle(veto.poll(max(1, int(wait * 1000))), writer, truths, latencies)
+            written += _settle(veto.poll(max(1, int(wait * 1000))), writer, truths, latencies,
+                              on_decision)
         truths[frame.key.as_tuple()] = frame.truth
         veto.send(frame.key, frame.image)
-        written += _settle(veto.poll(), writer, truths, latencies)
-    written += _settle(veto.flush(), writer, truths, latencies)
+        written += _settle(veto.poll(), writer, truths, latencies, on_decision)
+    written += _settle(veto.flush(), writer, truths, latencies, on_decision)
     elapsed = time.monotonic() - t0
     c = veto.counts
     p50, p99, pmax = (np.percentile(latencies, [50, 99, 100]) * 1e3 if latencies
@@ -101,9 +103,12 @@ def stream(frames: Iterable[Frame | None], veto: VetoClient, writer, *,
                    files=[str(p) for p in getattr(writer, "files", [])])
 
 
-def _settle(decisions: list[Decision], writer, truths: dict, latencies: list[float]) -> int:
+def _settle(decisions: list[Decision], writer, truths: dict, latencies: list[float],
+            on_decision: Callable[[Decision], None] | None) -> int:
     written = 0
     for d in decisions:
+        if on_decision is not None:
+            on_decision(d)
         truth = truths.pop(d.key.as_tuple(), {})
         if d.reason in JUDGED:
             latencies.append(d.latency_s)

@@ -80,13 +80,21 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from service.replay import frames_of, live_frames, replay
+    import contextlib
+
+    from service.replay import frames_of, live_frames, private_daemon, replay
     if bool(args.runs) == bool(args.shmem):
         raise SystemExit("hitveto replay: give run files or --shmem TAG, not both")
     frames = (live_frames(args.shmem, detector=args.detector, runs=args.live_runs, limit=args.limit)
               if args.shmem else frames_of(args.runs, detector=args.detector, limit=args.limit))
-    summary = replay(frames, frames_endpoint=args.frames, verdicts_endpoint=args.verdicts,
-                     out_dir=args.out, rate_hz=args.rate, deadline_ms=args.deadline_ms)
+    with contextlib.ExitStack() as stack:
+        frames_to, verdicts_from = args.frames, args.verdicts
+        if args.model:                                    # a daemon of our own, reproducible
+            daemon = stack.enter_context(private_daemon(args.model))
+            frames_to, verdicts_from = daemon.ingest, daemon.publish
+        summary = replay(frames, frames_endpoint=frames_to, verdicts_endpoint=verdicts_from,
+                         out_dir=args.out, rate_hz=args.rate, deadline_ms=args.deadline_ms,
+                         verdict_log=args.verdict_log)
     print("\n".join(summary.lines()))
     return 0 if summary.accounted else 1
 
@@ -218,6 +226,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--rate", type=float, default=0.0, help="frames/s; 0 = as fast as possible")
     s.add_argument("--deadline-ms", type=float, default=1000.0)
     s.add_argument("--limit", type=int, help="at most this many frames (per file)")
+    s.add_argument("--model", type=Path, help="replay through a daemon of its own serving this "
+                   "artifact on CPU, one frame per batch: the same verdicts at every replay")
+    s.add_argument("--verdict-log", type=Path, help="every verdict to this CSV "
+                   "(pulse_id, timestamp, score, hit)")
     s.set_defaults(func=_replay)
 
     s = sub.add_parser("reprocess", help="a model over a recorded xtc2 run (parallel under mpirun)")

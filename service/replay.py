@@ -3,6 +3,7 @@ a DAQ writer stand-in."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Iterator
 from itertools import islice
@@ -10,9 +11,11 @@ from pathlib import Path
 
 from clients.cxi import CxiWriter
 from clients.hitwriter import Frame, Summary, stream
-from clients.veto import VetoClient
+from clients.veto import Decision, VetoClient
 from service import sources, xtc2
+from service.launcher import DaemonProcess, start_daemon
 from service.protocol import EventKey
+from service.reprocess import Row, write_verdicts
 
 log = logging.getLogger("hitveto.replay")
 
@@ -44,16 +47,40 @@ def live_frames(tag: str, *, detector: str = "cspad", runs: int | None = None,
 
 
 def replay(frames: Iterable[Frame], *, frames_endpoint: str, verdicts_endpoint: str,
-           out_dir: Path | None = None, rate_hz: float = 0.0, deadline_ms: float = 1000.0) -> Summary:
-    """Stream the frames through the daemon; kept frames go to CXI files under out_dir (if given)."""
+           out_dir: Path | None = None, rate_hz: float = 0.0, deadline_ms: float = 1000.0,
+           verdict_log: Path | None = None) -> Summary:
+    """Stream the frames through the daemon; kept frames go to CXI files under out_dir (if given),
+    every verdict to the `verdict_log` CSV (if given)."""
+    rows: list[Row] = []
+
+    def log_verdict(d: Decision) -> None:
+        v = d.verdict
+        rows.append(Row(d.key.pulse_id, d.key.timestamp, v.score if v else float("nan"),
+                        bool(v and v.hit)))
     with VetoClient(frames_endpoint, verdicts_endpoint, deadline_ms=deadline_ms) as veto:
         veto.wait_subscribed()
         writer = CxiWriter(Path(out_dir) / "hits") if out_dir else None
         try:
-            return stream(frames, veto, writer, rate_hz=rate_hz)
+            summary = stream(frames, veto, writer, rate_hz=rate_hz,
+                             on_decision=log_verdict if verdict_log else None)
         finally:
             if writer is not None:
                 writer.close()
+    if verdict_log:
+        write_verdicts(Path(verdict_log), rows)
+    return summary
+
+
+@contextlib.contextmanager
+def private_daemon(model: Path, log_path: Path | None = None) -> Iterator[DaemonProcess]:
+    """A daemon of our own on loopback serving `model` on CPU, one frame per batch: a frame's
+    score then depends on the frame and the model only, so every replay gives the same verdicts."""
+    daemon = start_daemon("model.device=cpu", "batch.max_batch=1", "model.threads=1",
+                          artifact=model, log_path=log_path)
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
 
 
 def _frame(ev: xtc2.RunEvent, run: int, detector: str) -> Frame:

@@ -106,3 +106,24 @@ def test_live_shared_memory_run_streams_through_the_daemon(run_file, cspad_model
     source = source_frames(run_file)
     assert all(np.array_equal(img, source[int(p)]) for img, p in zip(data, columns["event/pulse_id"]))
     assert not list(Path("/dev/shm").glob(f"*{tag}*"))
+
+
+def test_replay_with_a_model_gives_the_same_verdicts_every_time(run_file, cspad_model, tmp_path):
+    """`hitveto replay --model`: a daemon of its own, one frame per batch; twice, and beside
+    `hitveto reprocess` on the same run, every score is the same to the last bit."""
+    import subprocess
+    import sys
+
+    from service.reprocess import read_verdicts, reprocess
+    logs = []
+    for i in range(2):
+        log = tmp_path / f"verdicts-{i}.csv"
+        done = subprocess.run([sys.executable, "-m", "service.cli", "replay", str(run_file), "--model",
+                               str(cspad_model), "--verdict-log", str(log), "--out", str(tmp_path / f"o{i}")],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        logs.append(read_verdicts(log))
+    assert len(logs[0]) == 24 and logs[0] == logs[1]
+    offline = read_verdicts(reprocess(run_file.parent, experiment="hitveto", run=3, out=tmp_path / "r",
+                                      model=cspad_model))
+    assert offline == logs[0]
