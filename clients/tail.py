@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import zmq
 
+from clients.veto import endpoint_list
 from service.protocol import JUDGED, WELCOME, ProtocolError, Verdict, decode_verdict
 
 
@@ -60,8 +61,8 @@ def tail(endpoint: str, *, interval_s: float = 1.0, windows: int | None = None,
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
-    for one in endpoint.split(","):              # one daemon, or several: "tcp://a:5551,tcp://b:5551"
-        sub.connect(one.strip())
+    for one in endpoint_list(endpoint):          # one daemon, or several: "tcp://a:5551,tcp://b:5551"
+        sub.connect(one)
     try:
         done = 0
         while windows is None or done < windows:

@@ -88,7 +88,7 @@ class VetoClient:
     def __init__(self, frames_endpoint: str | Sequence[str], verdicts_endpoint: str | Sequence[str],
                  *, deadline_ms: float = 1000.0, max_pending: int = 10_000, sndhwm: int = 1000,
                  curve: CurveKeys | None = None, context: zmq.Context | None = None) -> None:
-        frames_to, verdicts_from = _endpoints(frames_endpoint), _endpoints(verdicts_endpoint)
+        frames_to, verdicts_from = endpoint_list(frames_endpoint), endpoint_list(verdicts_endpoint)
         self._own_context = context is None
         self._context = context or zmq.Context()
         self._push = self._context.socket(zmq.PUSH)
@@ -243,7 +243,7 @@ class VetoClient:
         self.close()
 
 
-def _endpoints(given: str | Sequence[str]) -> list[str]:
+def endpoint_list(given: str | Sequence[str]) -> list[str]:
     """One endpoint, several, or a comma-separated list (as the command line gives them)."""
     items = given.split(",") if isinstance(given, str) else list(given)
     endpoints = [e.strip() for e in items if e.strip()]

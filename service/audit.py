@@ -84,11 +84,11 @@ def estimate(files: list[Path], *, fraction: float, min_peaks: int = 10) -> HitL
         audited += int(audit.sum())
         audited_hits += int((audit & hit).sum())
         kept_hits += int(((reasons == Reason.MODEL.value) & hit).sum())
-    misses = audited / fraction if fraction > 0 else 0.0        # the misses the audit sampled
+    scale = 1.0 / fraction if fraction > 0 else 0.0             # misses per audited miss
     lo, hi = wilson(audited_hits, audited)
     return HitLoss(audited=audited, audited_hits=audited_hits, kept_hits=kept_hits, fraction=fraction,
-                   labels=labels, lost=audited_hits / fraction if fraction > 0 else 0.0,
-                   lost_low=lo * misses, lost_high=hi * misses)
+                   labels=labels, lost=audited_hits * scale, lost_low=lo * audited * scale,
+                   lost_high=hi * audited * scale)
 
 
 def _true_hits(data: np.ndarray, columns: dict, min_peaks: int) -> tuple[np.ndarray, str]:
@@ -99,5 +99,5 @@ def _true_hits(data: np.ndarray, columns: dict, min_peaks: int) -> tuple[np.ndar
     from service.train import input_spec, region_peak_finder
     spec = input_spec(350, 35.0)
     finder = region_peak_finder(spec, PeakFinderParams())
-    counts = [finder.count(np.asarray(region(frame, spec), np.float32)) for frame in data]
+    counts = [finder.count(region(frame, spec)) for frame in data]
     return np.array(counts) >= min_peaks, f"peakfinder8 >= {min_peaks}"

@@ -105,10 +105,9 @@ class Daemon:
                                    control=control_endpoint, metrics_port=port)
         log.info("serving %s (sha256 %s) on %s (%s, warm-up %.2f s); verdicts on %s; control %s; "
                  "metrics port %s", self._artifact.info.version, self._artifact.sha256[:12],
-                 ingest_endpoint, ",".join(e.device for e in engines), warm_s, pub_endpoint,
+                 ingest_endpoint, _devices(engines), warm_s, pub_endpoint,
                  control_endpoint, port)
-        notify(f"READY=1\nSTATUS=serving {self._artifact.info.version} on "
-               f"{','.join(e.device for e in engines)}")
+        notify(f"READY=1\nSTATUS=serving {self._artifact.info.version} on {_devices(engines)}")
         return self.endpoints
 
     def _engines(self, artifact: Artifact) -> list[Engine]:
@@ -155,8 +154,8 @@ class Daemon:
 
     def _announce_model(self, engines: list[Engine]) -> None:
         info = self._artifact.info
-        self.metrics.set_model(info.version, info.architecture, info.detector,
-                               ",".join(e.device for e in engines), self._artifact.sha256, info.threshold)
+        self.metrics.set_model(info.version, info.architecture, info.detector, _devices(engines),
+                               self._artifact.sha256, info.threshold)
         self.metrics.gpu_memory.set(sum(e.gpu_memory_bytes() for e in engines))
         self.metrics.ready.set(1)
 
@@ -165,7 +164,7 @@ class Daemon:
         info = self._artifact.info
         return {"version": info.version, "sha256": self._artifact.sha256, "detector": info.detector,
                 "threshold": info.threshold,
-                "device": ",".join(loop.engine.device for loop in self.inference),
+                "device": _devices([loop.engine for loop in self.inference]),
                 "artifact": str(self._artifact.path), "queue_depth": self.batcher.depth(),
                 "uptime_s": round(time.monotonic() - self._started_s, 1),
                 "draining": self._draining.is_set(),
@@ -263,6 +262,11 @@ class Daemon:
 
     def __exit__(self, *exc: Any) -> None:
         self.shutdown()
+
+
+def _devices(engines: list[Engine]) -> str:
+    """The engines' devices as the config writes them, e.g. "cuda:0,cuda:1"."""
+    return ",".join(e.device for e in engines)
 
 
 def _run_proxy(front: zmq.Socket, back: zmq.Socket, steer: zmq.Socket) -> None:

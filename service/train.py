@@ -100,10 +100,11 @@ def load_runs(paths: tuple[Path, ...], spec: preprocess.InputSpec, params: PeakF
     regions = _Regions(spill)
     peaks, crystals, kinds = [], [], []
     for path in paths:
-        cache = _peak_cache(sources.run_file(path), params, limit)
+        stored = sources.run_file(path)
+        cache = _peak_cache(stored, params, limit)
         counted = list(np.load(cache)) if cache.exists() else None
         start = len(peaks)
-        for i, ev in enumerate(tqdm(sources.events(path, limit=limit), desc=f"label {sources.run_file(path).name}",
+        for i, ev in enumerate(tqdm(sources.events(path, limit=limit), desc=f"label {stored.name}",
                                     unit="frame", leave=False, mininterval=1.0)):
             roi = preprocess.region(ev.image, spec)
             regions.add(roi)
