@@ -43,6 +43,7 @@ class ModelInfo:
     created: str = ""
     training: dict[str, Any] = field(default_factory=dict)    # runs, frames, labels, recipe
     validation: dict[str, Any] = field(default_factory=dict)  # held-out confusion and rates
+    profile: dict[str, Any] = field(default_factory=dict)     # training data statistics (drift.py)
     format: str = FORMAT
 
     def to_json(self) -> str:
@@ -99,6 +100,12 @@ def read(path: Path) -> Artifact:
     spec = InputSpec(detector=info.detector, raw_shape=info.raw_shape, roi_shape=info.roi_shape,
                      roi_index=index, adu_per_photon=info.adu_per_photon)
     return Artifact(info=info, spec=spec, sha256=hashlib.sha256(data).hexdigest(), path=path)
+
+
+def rewrite(artifact: Artifact, out: Path, **changes: Any) -> Path:
+    """The same network saved with changed metadata (e.g. a training profile, another threshold)."""
+    info = dataclasses.replace(artifact.info, **changes)
+    return save(out, load_module(artifact, "cpu"), info, artifact.spec.roi_index)
 
 
 def load_module(artifact: Artifact, device: str) -> Any:

@@ -94,9 +94,9 @@ def estimate(files: list[Path], *, fraction: float, min_peaks: int = 10) -> HitL
 def _true_hits(data: np.ndarray, columns: dict, min_peaks: int) -> tuple[np.ndarray, str]:
     if "truth/n_crystals" in columns:
         return columns["truth/n_crystals"] > 0, "truth"
-    from service.peaks import PeakFinderParams
+    from service.peaks import PeakFinderParams, region_peak_finder
     from service.preprocess import region
-    from service.train import input_spec, region_peak_finder
+    from service.train import input_spec
     spec = input_spec(350, 35.0)
     finder = region_peak_finder(spec, PeakFinderParams())
     counts = [finder.count(region(frame, spec)) for frame in data]

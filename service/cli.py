@@ -153,6 +153,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _profile(args: argparse.Namespace) -> int:
+    from service import artifact
+    from service.drift import profile_runs
+    art = artifact.read(args.artifact)
+    path = artifact.rewrite(art, args.out or args.artifact,
+                            profile=profile_runs(art, tuple(args.runs)).to_dict())
+    print(f"training profile of {len(args.runs)} runs added: {path}")
+    return 0
+
+
 def _inspect(args: argparse.Namespace) -> int:
     from service import artifact
     a = artifact.read(args.artifact)
@@ -278,6 +288,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--min-peaks", type=int, default=3)
     s.add_argument("--out", type=Path, help="write evaluation.json and evaluation.png here")
     s.set_defaults(func=_evaluate)
+
+    s = sub.add_parser("profile", help="add the training data profile (for drift alarms) to a model "
+                       "made without one")
+    s.add_argument("artifact", type=Path)
+    s.add_argument("runs", type=Path, nargs="+", help="the runs it was trained on")
+    s.add_argument("--out", type=Path, help="write here (default: replace the artifact)")
+    s.set_defaults(func=_profile)
 
     s = sub.add_parser("inspect", help="print a model artifact's metadata")
     s.add_argument("artifact", type=Path)

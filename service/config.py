@@ -43,6 +43,23 @@ class AuditConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ShadowConfig:
+    workers: int = -1                       # peakfinder8 processes beside the model; -1 = the cores
+                                            # the daemon leaves free, 0 = off
+    min_peaks: int = 10                     # a peakfinder8 hit has at least this many peaks
+    window: int = 2000                      # shadowed frames the live estimates cover
+    target_sensitivity: float = 0.99        # the alert fires when the upper bound falls below it
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DriftConfig:
+    enabled: bool = True                    # needs the artifact's training profile
+    sample_hz: float = 50.0                 # frames per second measured at most
+    window: int = 1000                      # measured frames the drift scores cover
+    min_frames: int = 200                   # no score before this many
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ModelConfig:
     artifact: str = ""                      # model file; empty = the shipped default model
     device: str = "auto"                    # auto, cpu, cuda, cuda:N, or a list: one engine each
@@ -82,6 +99,8 @@ class ServeConfig:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    shadow: ShadowConfig = field(default_factory=ShadowConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -168,5 +187,6 @@ def _coerce(kind: type, value: Any, where: str) -> Any:
     raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
 
 
-__all__ = ["ServeConfig", "IngestConfig", "BatchConfig", "ModelConfig", "PublishConfig",
+__all__ = ["ServeConfig", "IngestConfig", "BatchConfig", "AuditConfig", "ShadowConfig",
+           "DriftConfig", "ModelConfig", "PublishConfig",
            "MetricsConfig", "ControlConfig", "SecurityConfig", "ConfigError", "load", "keys"]

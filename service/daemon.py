@@ -28,6 +28,7 @@ from service.audit import AuditSample
 from service.batcher import Batcher
 from service.config import ServeConfig
 from service.control import ControlServer
+from service.drift import DriftMonitor, Profile
 from service.engine import Engine, resolve_devices
 from service.inference import InferenceLoop
 from service.ingest import IngestWorker
@@ -35,6 +36,7 @@ from service.metrics import Metrics
 from service.notify import notify, watchdog_interval_s
 from service.publisher import Publisher
 from service.security import server_options, start_authenticator
+from service.shadow import ShadowPeakfinder, spare_cores
 from service.protocol import WELCOME
 from service.sockets import bind
 
@@ -87,12 +89,14 @@ class Daemon:
                                  options={zmq.XPUB_WELCOME_MSG: WELCOME, **self._curve})
         self.publisher = Publisher(pub, self.metrics)
         self._pub = pub
+        watchers = self._start_watchers(engines)
         # One inference thread per engine, all taking batches from the one batcher: a free
         # device takes the next due batch.
         self.inference = [InferenceLoop(engine=e, batcher=self.batcher, metrics=self.metrics,
                                         publish=self.publisher.put, name=f"hitveto-infer-{i}",
                                         latency_budget_ms=cfg.batch.latency_budget_ms,
-                                        audit=AuditSample(cfg.audit.fraction, cfg.audit.seed))
+                                        audit=AuditSample(cfg.audit.fraction, cfg.audit.seed),
+                                        watchers=watchers)
                           for i, e in enumerate(engines)]
         ingest_endpoint = self._start_intake()
         self.publisher.start()
@@ -115,6 +119,28 @@ class Daemon:
         return [Engine(artifact, device=device, max_batch=self.config.batch.max_batch,
                        threads=m.threads, precision=m.precision)
                 for device in resolve_devices(m.device)]
+
+    def _start_watchers(self, engines: list[Engine]) -> list:
+        """The shadow peakfinder8 (on spare cores) and the drift monitor (with a training profile)."""
+        cfg, info, spec = self.config, self._artifact.info, self._artifact.spec
+        workers = cfg.shadow.workers if cfg.shadow.workers >= 0 else spare_cores(
+            ingest_workers=cfg.ingest.workers, cpu_threads=cfg.model.threads,
+            cpu_engines=sum(e.device == "cpu" for e in engines))
+        self.shadow = ShadowPeakfinder(
+            workers=workers, spec=spec, min_peaks=cfg.shadow.min_peaks, window=cfg.shadow.window,
+            target_sensitivity=cfg.shadow.target_sensitivity, metrics=self.metrics) if workers else None
+        self.drift = None
+        if cfg.drift.enabled and info.profile:
+            self.drift = DriftMonitor(prof=Profile.from_dict(info.profile), spec=spec,
+                                      threshold=info.threshold, metrics=self.metrics,
+                                      sample_hz=cfg.drift.sample_hz, window=cfg.drift.window,
+                                      min_frames=cfg.drift.min_frames)
+            self.drift.thread.start()
+        elif cfg.drift.enabled:
+            log.warning("model %s carries no training profile: no drift scores", info.version)
+        log.info("shadow peakfinder8: %s; drift monitor: %s",
+                 f"{workers} processes" if workers else "off", "on" if self.drift else "off")
+        return [w for w in (self.shadow, self.drift) if w is not None]
 
     def _start_intake(self) -> str:
         cfg = self.config.ingest
@@ -194,6 +220,10 @@ class Daemon:
                 engine.warm_up()
                 loop.swap(engine)
             self._artifact = new
+            if self.drift is not None and new.info.profile:
+                self.drift.use(Profile.from_dict(new.info.profile), new.spec, new.info.threshold)
+            if self.shadow is not None:
+                self.shadow.use(new.spec)
             self._announce_model(engines)
             log.info("reloaded: %s (sha256 %s) replaces %s", new.info.version, new.sha256[:12],
                      old.info.version)
@@ -247,6 +277,10 @@ class Daemon:
         for loop in self.inference:
             loop.thread.join(max(0.1, end - time.monotonic()))
         self.publisher.close(max(0.1, end - time.monotonic()))
+        if self.drift is not None:
+            self.drift.stop.set()
+        if self.shadow is not None:
+            self.shadow.close()
         if self.control is not None:
             self.control.stop()
         self._pub.close(linger=500)

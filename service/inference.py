@@ -11,7 +11,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import numpy as np
 
 from service.audit import AuditSample
 from service.batcher import Batcher, Pending
@@ -23,10 +26,17 @@ log = logging.getLogger(__name__)
 TICK_S = 0.1
 
 
+class Watcher(Protocol):
+    """Sees each judged frame after its verdict is out (shadow peakfinder8, drift); never blocks."""
+
+    def offer(self, region: np.ndarray, score: float, hit: bool) -> None: ...
+
+
 class InferenceLoop:
     def __init__(self, *, engine: Engine, batcher: Batcher, metrics: Metrics,
                  publish: Callable[[Verdict], None], latency_budget_ms: float,
-                 audit: AuditSample = AuditSample(0.0), name: str = "hitveto-infer") -> None:
+                 audit: AuditSample = AuditSample(0.0), watchers: Sequence[Watcher] = (),
+                 name: str = "hitveto-infer") -> None:
         self.engine = engine
         self._next_engine: Engine | None = None
         self._batcher = batcher
@@ -34,6 +44,7 @@ class InferenceLoop:
         self._publish = publish
         self._budget_s = latency_budget_ms / 1000.0
         self._audit = audit
+        self._watchers = watchers
         self.judged = 0                    # frames this loop's engines scored
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -86,6 +97,15 @@ class InferenceLoop:
                                   reason=Reason.AUDIT if audited else Reason.MODEL,
                                   sent_ns=p.sent_ns, received_ns=p.received_ns,
                                   inference_ms=seconds * 1e3))
+        for p, score in zip(batch, scores.tolist()):
+            self._watch(p.region, score, score >= engine.threshold)
+
+    def _watch(self, region: np.ndarray, score: float, hit: bool) -> None:
+        for watcher in self._watchers:
+            try:
+                watcher.offer(region, score, hit)
+            except Exception:     # a watcher's failure must not reach the verdicts
+                log.exception("watcher %s failed; the frame's verdict is out", type(watcher).__name__)
 
     def _keep(self, p: Pending, reason: Reason) -> None:
         self._publish(Verdict.fail_open(p.key, reason, model_version=self.engine.version,

@@ -39,6 +39,32 @@ class Metrics:
         self.ready = Gauge("hitveto_ready", "1 once the model is loaded and warm", registry=registry)
         self.gpu_memory = Gauge("hitveto_gpu_memory_bytes", "CUDA memory allocated by the engine",
                                 registry=registry)
+        self.shadow_frames = Counter("hitveto_shadow_frames_total",
+                                     "Frames judged by the shadow peakfinder8, by both verdicts",
+                                     ["model", "peakfinder8"], registry=registry)
+        self.shadow_errors = Counter("hitveto_shadow_errors_total",
+                                     "Frames the shadow peakfinder8 failed on", registry=registry)
+        self.shadow_workers = Gauge("hitveto_shadow_workers", "Shadow peakfinder8 processes",
+                                    registry=registry)
+        self.shadow_target = Gauge("hitveto_shadow_sensitivity_target",
+                                   "Sensitivity the veto must keep (the alert's floor)",
+                                   registry=registry)
+        self.shadow_window = Gauge("hitveto_shadow_window_frames",
+                                   "Shadowed frames the estimates below cover", registry=registry)
+        self.shadow_sensitivity = Gauge("hitveto_shadow_sensitivity",
+                                        "Model sensitivity against peakfinder8 labels, 95% Wilson bounds",
+                                        ["bound"], registry=registry)
+        self.shadow_specificity = Gauge("hitveto_shadow_specificity",
+                                        "Model specificity against peakfinder8 labels, 95% Wilson bounds",
+                                        ["bound"], registry=registry)
+        self.shadow_hit_rate = Gauge("hitveto_shadow_hit_rate",
+                                     "Hit rate on the shadowed frames by method, 95% Wilson bounds",
+                                     ["method", "bound"], registry=registry)
+        self.drift_score = Gauge("hitveto_drift_score",
+                                 "Population stability index of the stream vs the training data",
+                                 ["statistic"], registry=registry)
+        self.drift_window = Gauge("hitveto_drift_window_frames",
+                                  "Measured frames the drift scores cover", registry=registry)
         ProcessCollector(registry=registry)
 
     def count_verdict(self, keep: bool, reason: str) -> None:
@@ -49,6 +75,17 @@ class Metrics:
         self.model_info.clear()
         self.model_info.labels(version, architecture, detector, device, sha256[:12]).set(1)
         self.threshold.set(threshold)
+
+    def set_shadow(self, estimates: dict, frames: int) -> None:
+        """Gauges from ShadowWindow.estimates()."""
+        gauges = {"sensitivity": self.shadow_sensitivity.labels,
+                  "specificity": self.shadow_specificity.labels,
+                  "hit_rate_model": lambda b: self.shadow_hit_rate.labels("model", b),
+                  "hit_rate_peakfinder8": lambda b: self.shadow_hit_rate.labels("peakfinder8", b)}
+        for name, e in estimates.items():
+            for bound in ("value", "lower", "upper"):
+                gauges[name](bound).set(getattr(e, bound))
+        self.shadow_window.set(frames)
 
     def accounting(self) -> dict:
         """Counts read back from the registry: received, verdicts by outcome/reason, bad frames."""

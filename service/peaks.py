@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.preprocess import InputSpec
+
 PHOTONS_AT_THRESHOLD = 150.0 / 35.0   # the default threshold, in photons
 
 
@@ -74,6 +76,13 @@ class PeakFinder:
 
     def count(self, frame: np.ndarray) -> int:
         return len(self.find(frame))
+
+
+def region_peak_finder(spec: InputSpec, params: PeakFinderParams) -> PeakFinder:
+    """peakfinder8 on a model's region: real pixels only, radii from the CSPAD geometry."""
+    from service import geometry
+    pixels = geometry.pixel_map("roi", distance_m=0.1, roi_size=spec.roi_shape[0])
+    return PeakFinder(spec.roi_index >= 0, geometry.radius_px(pixels), params)
 
 
 def find_peaks(frame: np.ndarray, mask: np.ndarray | None, params: PeakFinderParams,

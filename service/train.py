@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from service import artifact, labels, model, preprocess, sources
+from service import artifact, drift, labels, model, preprocess, sources
 from service.evaluate import summarise
-from service.peaks import PeakFinder, PeakFinderParams
+from service.peaks import PeakFinderParams, region_peak_finder
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +80,6 @@ def input_spec(roi_size: int, adu_per_photon: float) -> preprocess.InputSpec:
     return preprocess.InputSpec(detector="cspad", raw_shape=geometry.RAW_SHAPE,
                                 roi_shape=(roi_size, roi_size), roi_index=geometry.roi_index(roi_size),
                                 adu_per_photon=adu_per_photon)
-
-
-def region_peak_finder(spec: preprocess.InputSpec, params: PeakFinderParams) -> PeakFinder:
-    """peakfinder8 on the model's region: real pixels only, radii from the CSPAD geometry."""
-    from service import geometry
-    pixels = geometry.pixel_map("roi", distance_m=0.1, roi_size=spec.roi_shape[0])
-    return PeakFinder(spec.roi_index >= 0, geometry.radius_px(pixels), params)
 
 
 def load_runs(paths: tuple[Path, ...], spec: preprocess.InputSpec, params: PeakFinderParams,
@@ -156,9 +149,9 @@ def _peak_cache(path: Path, params: PeakFinderParams, limit: int | None) -> Path
     return path.with_name(f"{path.name}.pf8-{key.hexdigest()[:12]}.npy")
 
 
-def fit(net: model.HitClassifier, x: np.ndarray, y: np.ndarray, cfg: TrainConfig,
+def fit(net: model.HitClassifier, x: np.ndarray, y: np.ndarray, recipe: Recipe, *, seed: int,
         rows: np.ndarray | None = None) -> list[float]:
-    """Minimise binary cross-entropy with the config's recipe; returns the mean loss per epoch.
+    """Minimise binary cross-entropy with the recipe; returns the mean loss per epoch.
 
     Trains on x[rows] (default: all of x) with labels y (one per row); x may be memory-mapped.
 
@@ -166,14 +159,14 @@ def fit(net: model.HitClassifier, x: np.ndarray, y: np.ndarray, cfg: TrainConfig
     the gradients are averaged over the processes before each step, so they step as one: the
     same steps as one process, up to the order of floating-point sums (and uneven last shares).
     """
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(seed)
     rank, world = _rank_and_world()
     _sync_parameters(net)
-    r = cfg.recipe
+    r = recipe
     optimiser = (torch.optim.SGD(net.parameters(), lr=r.lr, momentum=r.momentum)
                  if r.optimiser == "sgd" else torch.optim.AdamW(net.parameters(), lr=r.lr))
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(seed)
     rows = np.arange(len(x)) if rows is None else rows
     losses = []
     net.train()
@@ -312,7 +305,7 @@ def _train(cfg: TrainConfig, spill: Path) -> tuple[Path | None, str]:
     labelled, y = np.flatnonzero(q != labels.UNUSED), q[q != labels.UNUSED]
     torch.manual_seed(cfg.seed)
     net = model.build(cfg.architecture, cfg.roi_size, adu).to(_device())
-    losses = fit(net, train_data.regions, y, cfg, rows=labelled)
+    losses = fit(net, train_data.regions, y, cfg.recipe, seed=cfg.seed, rows=labelled)
     t_fit = time.monotonic() - t0 - t_data
     if rank > 0:
         return None, f"rank {rank} of {world}: trained; rank 0 validates and writes the artifact"
@@ -326,7 +319,9 @@ def _train(cfg: TrainConfig, spill: Path) -> tuple[Path | None, str]:
         calibration = {"target_sensitivity": cfg.target_sensitivity, "on": "validation runs",
                        "labels": cfg.protocol}
     val = summarise(val_scores, val_data, threshold, cfg.min_peaks)
-    trn = labels.confusion(y == labels.HIT, predict(net, train_data.regions, labelled) >= threshold)
+    train_scores = predict(net, train_data.regions)
+    trn = labels.confusion(y == labels.HIT, train_scores[labelled] >= threshold)
+    prof = drift.profile(drift.frame_statistics(train_data.regions, train_scores, threshold, spec))
     net = net.cpu().eval()                 # the artifact is device-neutral; the daemon places it
     scripted = torch.jit.freeze(torch.jit.script(net))
     digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in net.parameters()))
@@ -343,7 +338,7 @@ def _train(cfg: TrainConfig, spill: Path) -> tuple[Path | None, str]:
                   "processes": world,
                   "loss_per_epoch": losses, "peakfinder8": dataclasses.asdict(cfg.peaks),
                   "seconds": {"data_and_labels": round(t_data, 1), "fit": round(t_fit, 1)}},
-        validation={"runs": [str(p) for p in cfg.val_runs], **val})
+        validation={"runs": [str(p) for p in cfg.val_runs], **val}, profile=prof.to_dict())
     path = artifact.save(cfg.out, scripted, info, spec.roi_index)
     report = "\n\n".join([
         labels.study_table(trn, f"Training data ({cfg.protocol} protocol)"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,7 @@ def tiny_roi_index() -> np.ndarray:
 
 def make_artifact(path: Path, *, threshold: float = 0.5, version: str = "test-1",
                   bias: float = 0.0, detector: str = "cspad", roi_index: np.ndarray | None = None,
-                  raw_shape: tuple[int, ...] = RAW) -> Path:
+                  raw_shape: tuple[int, ...] = RAW, profile: dict | None = None) -> Path:
     """A scripted, untrained CompactCNN artifact; `bias` shifts its logits (large: all hits).
 
     By default it takes the small test layout; pass a roi_index and raw_shape for real CSPAD frames.
@@ -41,18 +42,24 @@ def make_artifact(path: Path, *, threshold: float = 0.5, version: str = "test-1"
     scripted = torch.jit.freeze(torch.jit.script(net))
     info = artifact.ModelInfo(version=version, architecture="compact", detector=detector,
                               raw_shape=raw_shape, roi_shape=index.shape, adu_per_photon=10.0,
-                              threshold=threshold)
+                              threshold=threshold, profile=profile or {})
     return artifact.save(path, scripted, info, index)
 
 
 def median_threshold_artifact(path: Path, images: list[np.ndarray], **kw) -> Path:
-    """An artifact whose threshold is the median score of `images`: about half hits, half misses."""
-    from service import artifact
+    """An artifact whose threshold is the median score of `images`: about half hits, half misses.
+
+    Its training profile (drift) is that of `images`, as if it had been trained on them.
+    """
+    from service import artifact, drift
     from service.engine import Engine
     from service.preprocess import region
     probe = artifact.read(make_artifact(path, **kw))
-    scores = Engine(probe, device="cpu").infer([region(i, probe.spec) for i in images])
-    return make_artifact(path, threshold=float(np.median(scores)), **kw)
+    regions = [region(i, probe.spec) for i in images]
+    scores = Engine(probe, device="cpu").infer(regions)
+    threshold = float(np.median(scores))
+    prof = drift.profile(drift.frame_statistics(regions, scores, threshold, probe.spec))
+    return make_artifact(path, threshold=threshold, profile=prof.to_dict(), **kw)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -94,3 +101,35 @@ def running_daemon(artifact_path: Path, **overrides) -> Iterator:
     from service.daemon import Daemon
     with Daemon(loopback_config(artifact_path, **overrides), registry=CollectorRegistry()) as d:
         yield d
+
+
+@functools.cache
+def simulated_regions(seed: int, n: int, preset: str = "lysozyme",
+                      distance_m: float | None = None) -> tuple[np.ndarray, ...]:
+    """n simulated 350x350 CSPAD regions (ADU) of a preset, optionally at another detector distance."""
+    import dataclasses
+
+    from service.sim.params import PRESETS
+    from service.sim.run import frames
+    params = dataclasses.replace(PRESETS[preset], seed=seed, n_frames=n)
+    if distance_m is not None:
+        params = dataclasses.replace(params, detector=dataclasses.replace(params.detector,
+                                                                          distance_m=distance_m))
+    return tuple(ev.image for ev in frames(params, "roi"))
+
+
+def paced_stream(daemon, images, rate_hz: float, run: int = 1):
+    """Send images at about rate_hz (as a DAQ would), then wait for every decision."""
+    import time
+
+    from clients.veto import VetoClient
+    from service.protocol import EventKey
+    with VetoClient(daemon.endpoints.ingest, daemon.endpoints.publish) as veto:
+        veto.wait_subscribed()
+        start = time.monotonic()
+        for i, image in enumerate(images):
+            time.sleep(max(0.0, start + i / rate_hz - time.monotonic()))
+            veto.send(EventKey(run=run, pulse_id=i), image)
+            veto.poll()
+        veto.flush(timeout_s=10)
+        return veto.counts

@@ -56,12 +56,13 @@ def test_launcher_entries_start_the_same_command():
 
 
 @contextlib.contextmanager
-def prometheus(tmp_path: Path, target_port: int):
+def prometheus(tmp_path: Path, *target_ports: int, rules: Path = DEPLOY / "prometheus" / "hitveto.rules.yml"):
     port = int(free_tcp_endpoint().rsplit(":", 1)[1])
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
-    config["rule_files"] = [str(DEPLOY / "prometheus" / "hitveto.rules.yml")]
-    config["scrape_configs"][0]["static_configs"] = [{"targets": [f"127.0.0.1:{target_port}"]}]
+    config["rule_files"] = [str(rules)]
+    config["scrape_configs"][0]["static_configs"] = [
+        {"targets": [f"127.0.0.1:{p}" for p in target_ports]}]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     proc = subprocess.Popen(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
                              f"--storage.tsdb.path={tmp_path / 'tsdb'}",
@@ -109,7 +110,9 @@ def rules() -> tuple[list[str], list[str]]:
 def test_dashboard_and_rules_return_data_from_a_real_prometheus(tmp_path):
     images = [img for _, img in frames(40)]
     model = median_threshold_artifact(tmp_path / "m.pt", images)   # hits and misses both
-    with running_daemon(model) as daemon, prometheus(tmp_path, daemon.endpoints.metrics_port) as prom:
+    watched = {"shadow.workers": 1, "drift.sample_hz": 1000.0, "drift.min_frames": 20}
+    with running_daemon(model, **watched) as daemon, \
+            prometheus(tmp_path, daemon.endpoints.metrics_port) as prom:
         wait_for(prom, 'up{job="hitveto"} == 1')
         end = time.monotonic() + 8           # a replay at ~100 Hz for several scrapes
         batch = 0
@@ -127,3 +130,20 @@ def test_dashboard_and_rules_return_data_from_a_real_prometheus(tmp_path):
     assert not empty, f"dashboard panels without data: {empty}"
     assert not missing, f"recording rules without data: {missing}"
     assert alert_types == {"vector"}
+
+
+def rules_firing_at_once(tmp_path: Path) -> Path:
+    """The shipped rules without their `for:` waits (promtool's tests check those)."""
+    groups = yaml.safe_load((DEPLOY / "prometheus" / "hitveto.rules.yml").read_text())
+    for group in groups["groups"]:
+        for rule in group["rules"]:
+            rule.pop("for", None)
+    path = tmp_path / "rules-at-once.yml"
+    path.write_text(yaml.safe_dump(groups))
+    return path
+
+
+def firing(base: str, alertname: str) -> set[str]:
+    """Instances (host:port) on which the alert fires now."""
+    result = query(base, f'ALERTS{{alertname="{alertname}", alertstate="firing"}}')["result"]
+    return {r["metric"]["instance"] for r in result}
