@@ -2,6 +2,7 @@
 
     python benchmarks/overload.py                         # 10 s at 0.5x, 60 s at 5x, 30 s at 0.5x
     python benchmarks/overload.py --quick                 # 3 s / 8 s / 5 s (the test's version)
+    python benchmarks/overload.py --watchers              # with a shadow peakfinder8 and drift on
 
 The daemon serves the study's CNN shape (untrained: the cost is what matters; about 10 ms a frame
 on one core) on 350x350 region frames, so that 5x its capacity is a rate this machine can still
@@ -16,7 +17,8 @@ phases:
 
 Each second records the offered and judged rates, fallback keeps, the judged frames' p99 latency and
 the daemon's RSS. Prints a table, saves JSON and a PNG; exits non-zero if a frame was lost or the
-memory bound was broken.
+memory bound was broken. The audit sample is on (its default, 2 % of misses); `--watchers` adds a
+shadow peakfinder8 process and the drift monitor (docs/TRUST.md), whose work must not cost a frame.
 """
 
 from __future__ import annotations
@@ -105,7 +107,30 @@ def drive(veto: VetoClient, daemon: DaemonProcess, images, rate_hz: float | None
     return windows, sent
 
 
-def run(probe_s: float, overload_s: float, recover_s: float, out: Path) -> dict:
+def watched(path: Path, images: list[np.ndarray]) -> Path:
+    """The artifact with its threshold at the median score of `images` (half misses, for the
+    audit sample to pick from) and their training profile (for the drift monitor)."""
+    from service import artifact, drift
+    from service.engine import Engine
+    art = artifact.read(path)
+    scores = Engine(art, device="cpu").infer(images)
+    threshold = float(np.median(scores))
+    stats = drift.frame_statistics(images, scores, threshold, art.spec)
+    return artifact.rewrite(art, path, threshold=threshold, profile=drift.profile(stats).to_dict())
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Sample name (with labels) -> value from a daemon's /metrics."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {s.name + str(sorted(s.labels.items())): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def run(probe_s: float, overload_s: float, recover_s: float, out: Path, watchers: bool) -> dict:
     rng = np.random.default_rng(0)
     images = [rng.poisson(3.0, SHAPE).astype(np.int16) for _ in range(16)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,6 +139,9 @@ def run(probe_s: float, overload_s: float, recover_s: float, out: Path) -> dict:
         print(f"engine: {capacity:.0f} frames/s at batch {SETTINGS['batch.max_batch']}, "
               f"{working_set:.0f} MB model and activations", flush=True)
         sets = [f"{k}={v}" for k, v in SETTINGS.items()] + ["model.device=cpu", "model.threads=1"]
+        if watchers:
+            path = watched(path, images)
+            sets += ["shadow.workers=1", "drift.min_frames=20"]
         daemon = start_daemon(*sets, artifact=path, log_path=out / "overload-daemon.log")
     try:
         with VetoClient(daemon.ingest, daemon.publish, deadline_ms=3000, max_pending=100_000) as veto:
@@ -123,6 +151,7 @@ def run(probe_s: float, overload_s: float, recover_s: float, out: Path) -> dict:
             calm, _ = drive(veto, daemon, images, 0.5 * capacity, recover_s, "recovery", n + m)
             veto.flush()
             counts = veto.counts
+        metrics = scrape(daemon.metrics_port)
     finally:
         daemon.stop()
     windows = nominal + over + calm
@@ -137,7 +166,10 @@ def run(probe_s: float, overload_s: float, recover_s: float, out: Path) -> dict:
               "rss_nominal_mb": rss_nominal, "rss_max_mb": max(w["rss_mb"] for w in windows),
               "memory_bound_mb": round(bound, 1), "frames_bound_mb": round(bound - working_set, 1),
               "working_set_mb": round(working_set, 1), "settings": SETTINGS, "windows": windows,
-              "recovered": calm[-1]["fallback"] == 0 if calm else False}
+              "recovered": calm[-1]["fallback"] == 0 if calm else False,
+              "audited": counts.audited, "watchers": watchers,
+              "shadowed": sum(v for k, v in metrics.items() if k.startswith("hitveto_shadow_frames_total")),
+              "drift_measured": metrics.get("hitveto_drift_window_frames[]", 0.0)}
     result["memory_ok"] = result["rss_max_mb"] - rss_nominal <= bound
     for w in windows:
         print(f"{w['phase']:9s} offered {w['offered_hz']:7.1f}/s  judged {w['judged_hz']:6.1f}/s  "
@@ -176,16 +208,19 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="3 s nominal, 8 s overload, 5 s recovery")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--watchers", action="store_true", help="shadow peakfinder8 and drift monitor on")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    result = run(*((3, 8, 5) if args.quick else (10, 60, 30)), args.out)
+    result = run(*((3, 8, 5) if args.quick else (10, 60, 30)), args.out, args.watchers)
     (args.out / "overload.json").write_text(json.dumps(result, indent=1))
     plot(result, args.out / "overload.png")
     ok = result["lost"] == 0 and result["memory_ok"] and result["recovered"]
     print(f"overload {'OK' if ok else 'FAILED'}: capacity {result['capacity_hz']}/s, offered "
           f"{result['offered_overload_hz']}/s, {result['sent']} sent, {result['lost']} lost, kept "
           f"{result['kept_by_reason']}, RSS {result['rss_nominal_mb']:.0f} -> max {result['rss_max_mb']:.0f} MB "
-          f"(bound +{result['memory_bound_mb']:.0f} MB), recovered: {result['recovered']}")
+          f"(bound +{result['memory_bound_mb']:.0f} MB), recovered: {result['recovered']}; "
+          f"{result['audited']} audited, {result['shadowed']:.0f} shadowed, "
+          f"{result['drift_measured']:.0f} in the drift window")
     return 0 if ok else 1
 
 

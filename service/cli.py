@@ -42,6 +42,8 @@ def _ctl(args: argparse.Namespace) -> int:
 
     from service.control import request
     params = {"artifact": args.artifact} if args.artifact else {}
+    if args.command == "learn":
+        params["on"] = args.state != "off"
     reply = request(args.endpoint, args.command, **params)
     print(json.dumps(reply, indent=1, default=str))
     return 0 if reply.get("ok") else 1
@@ -153,6 +155,29 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _adapt(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from service.adapt import AdaptConfig, adapt
+    from service.control import request
+    cfg = AdaptConfig(sources=tuple(args.sources), model=args.model, out=args.out,
+                      frames=args.frames, min_peaks=args.min_peaks,
+                      target_sensitivity=args.target_sensitivity,
+                      min_specificity=args.min_specificity, adu_per_photon=args.adu_per_photon, workers=args.workers, seed=args.seed)
+    if args.epochs:
+        cfg = dataclasses.replace(cfg, recipe=dataclasses.replace(cfg.recipe, epochs=args.epochs))
+    result = adapt(cfg)
+    print("\n".join(result.lines()))
+    if result.path is None:
+        return 2
+    if args.reload:
+        reply = request(args.reload, "reload", artifact=str(result.path.resolve()))
+        print(f"reload on {args.reload}: " + (f"serving {reply['result']['version']}" if reply.get("ok")
+                                              else f"refused: {reply.get('error')}"))
+        return 0 if reply.get("ok") else 1
+    return 0
+
+
 def _profile(args: argparse.Namespace) -> int:
     from service import artifact
     from service.drift import profile_runs
@@ -187,8 +212,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--control", help="control endpoint to bind ('' = off)")
     s.set_defaults(func=_serve)
 
-    s = sub.add_parser("ctl", help="send a control command (status, stats, reload) to a daemon")
-    s.add_argument("command", choices=["status", "stats", "reload"])
+    s = sub.add_parser("ctl", help="send a control command (status, stats, reload, learn) to a daemon")
+    s.add_argument("command", choices=["status", "stats", "reload", "learn"])
+    s.add_argument("state", nargs="?", choices=["on", "off"], default="on",
+                   help="for learn: keep every frame (on) or the configured audit share (off)")
     s.add_argument("--endpoint", default="tcp://127.0.0.1:5552")
     s.add_argument("--artifact", help="for reload: the model file to swap in")
     s.set_defaults(func=_ctl)
@@ -288,6 +315,26 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--min-peaks", type=int, default=3)
     s.add_argument("--out", type=Path, help="write evaluation.json and evaluation.png here")
     s.set_defaults(func=_evaluate)
+
+    s = sub.add_parser("adapt", help="fine-tune the serving model on a new experiment's first "
+                       "frames; write it only if it meets the sensitivity target")
+    s.add_argument("sources", type=Path, nargs="+",
+                   help="run files, or CXI files written in learn mode, in time order")
+    s.add_argument("--model", type=Path, required=True, help="the model serving now")
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--frames", type=int, default=3000, help="the window: this many first frames")
+    s.add_argument("--min-peaks", type=int, default=3,
+                   help="peakfinder8 peaks in the model's region that make a hit")
+    s.add_argument("--target-sensitivity", type=float, default=0.99)
+    s.add_argument("--min-specificity", type=float, default=0.9,
+                   help="and it must veto this share of the misses")
+    s.add_argument("--adu-per-photon", type=float, default=0.0,
+                   help="the new experiment's gain (default: the runs' sidecar, else the model's)")
+    s.add_argument("--epochs", type=int, help="fine-tuning epochs (default 4)")
+    s.add_argument("--workers", type=int, default=2, help="peakfinder8 processes")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--reload", metavar="CONTROL", help="swap the new model into the daemon there")
+    s.set_defaults(func=_adapt)
 
     s = sub.add_parser("profile", help="add the training data profile (for drift alarms) to a model "
                        "made without one")

@@ -1,4 +1,4 @@
-"""The control channel: a REP socket with a closed set of commands (status, stats, reload).
+"""The control channel: a REP socket with a closed set of commands (status, stats, reload, learn).
 
 Request: msgpack map {"command": str, "params": map}. Reply: {"ok": true, "result": ...} or
 {"ok": false, "error": str}. Bound to loopback by default; an unknown command gets an error reply.
@@ -22,18 +22,21 @@ class Command(enum.StrEnum):
     STATUS = "status"
     STATS = "stats"
     RELOAD = "reload"
+    LEARN = "learn"
 
 
 class Controlled(Protocol):
     def status(self) -> dict[str, Any]: ...
     def stats(self) -> dict[str, Any]: ...
     def reload(self, artifact: str | None = None) -> dict[str, Any]: ...
+    def learn(self, on: bool) -> dict[str, Any]: ...
 
 
 HANDLERS: dict[Command, Callable[[Controlled, Mapping[str, Any]], dict[str, Any]]] = {
     Command.STATUS: lambda d, _: d.status(),
     Command.STATS: lambda d, _: d.stats(),
     Command.RELOAD: lambda d, p: d.reload(p.get("artifact")),
+    Command.LEARN: lambda d, p: d.learn(bool(p.get("on", True))),
 }
 
 

@@ -194,6 +194,7 @@ class Daemon:
                 "artifact": str(self._artifact.path), "queue_depth": self.batcher.depth(),
                 "uptime_s": round(time.monotonic() - self._started_s, 1),
                 "draining": self._draining.is_set(),
+                "learning": self.inference[0].audit.fraction == 1.0,
                 "endpoints": dataclasses.asdict(self.endpoints) if self.endpoints else {}}
 
     def stats(self) -> dict[str, Any]:
@@ -228,6 +229,18 @@ class Daemon:
             log.info("reloaded: %s (sha256 %s) replaces %s", new.info.version, new.sha256[:12],
                      old.info.version)
             return {"version": new.info.version, "sha256": new.sha256, "previous": old.info.version}
+
+    def learn(self, on: bool) -> dict[str, Any]:
+        """Learn mode keeps every frame, the model's misses as `audit`, so that the hit writer
+        stores a new experiment's first minutes whole for `hitveto adapt`; off: the configured
+        audit share again. Verdicts, scores and the accounting are as always."""
+        audit = self.config.audit
+        fraction = 1.0 if on else audit.fraction
+        for loop in self.inference:
+            loop.audit = AuditSample(fraction, audit.seed)
+        self.metrics.learning.set(int(on))
+        log.info("learn mode %s: %g of the misses kept", "on" if on else "off", fraction)
+        return {"learning": on, "audit_fraction": fraction}
 
     def serve_forever(self) -> None:
         """Run until SIGTERM/SIGINT (main thread only), pinging the watchdog; then drain and stop.

@@ -43,7 +43,7 @@ class InferenceLoop:
         self._metrics = metrics
         self._publish = publish
         self._budget_s = latency_budget_ms / 1000.0
-        self._audit = audit
+        self.audit = audit                 # replaced whole by learn mode
         self._watchers = watchers
         self.judged = 0                    # frames this loop's engines scored
         self.stop = threading.Event()
@@ -91,7 +91,7 @@ class InferenceLoop:
         self._metrics.batch_size.observe(len(batch))
         for p, score in zip(batch, scores.tolist()):
             hit = score >= engine.threshold
-            audited = not hit and self._audit.picks(p.key)
+            audited = not hit and self.audit.picks(p.key)
             self._publish(Verdict(key=p.key, keep=hit or audited, hit=hit, score=score,
                                   threshold=engine.threshold, model_version=engine.version,
                                   reason=Reason.AUDIT if audited else Reason.MODEL,

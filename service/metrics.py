@@ -60,6 +60,8 @@ class Metrics:
         self.shadow_hit_rate = Gauge("hitveto_shadow_hit_rate",
                                      "Hit rate on the shadowed frames by method, 95% Wilson bounds",
                                      ["method", "bound"], registry=registry)
+        self.learning = Gauge("hitveto_learn_mode", "1 while every frame is kept for `hitveto adapt`",
+                              registry=registry)
         self.drift_score = Gauge("hitveto_drift_score",
                                  "Population stability index of the stream vs the training data",
                                  ["statistic"], registry=registry)

@@ -9,8 +9,11 @@ wrapper (psana/peakFinder/peakfinder8.pyx); it returns at most max_num_peaks pea
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
+import multiprocessing
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,6 +86,33 @@ def region_peak_finder(spec: InputSpec, params: PeakFinderParams) -> PeakFinder:
     from service import geometry
     pixels = geometry.pixel_map("roi", distance_m=0.1, roi_size=spec.roi_shape[0])
     return PeakFinder(spec.roi_index >= 0, geometry.radius_px(pixels), params)
+
+
+def region_counter_pool(spec: InputSpec, params: PeakFinderParams, workers: int,
+                        nice: int = 0) -> concurrent.futures.ProcessPoolExecutor:
+    """Processes counting peaks in regions (submit `count_in_region`): peakfinder8 holds the GIL,
+    so threads would not run it in parallel. Started, with psana imported, before this returns."""
+    # spawn, not fork: a daemon has threads and ZMQ sockets that a fork would copy half-alive
+    pool = concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_counter,
+        initargs=(spec, params, nice))
+    for started in [pool.submit(os.getpid) for _ in range(workers)]:
+        started.result(timeout=120)
+    return pool
+
+
+_counter: PeakFinder | None = None
+
+
+def _start_counter(spec: InputSpec, params: PeakFinderParams, nice: int) -> None:
+    global _counter
+    os.nice(nice)
+    _counter = region_peak_finder(spec, params)
+
+
+def count_in_region(region: np.ndarray) -> int:
+    """Peaks in one region, in a region_counter_pool process."""
+    return _counter.count(region)
 
 
 def find_peaks(frame: np.ndarray, mask: np.ndarray | None, params: PeakFinderParams,

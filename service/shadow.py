@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import multiprocessing
 import os
 import threading
 from collections import deque
@@ -26,18 +25,22 @@ import numpy as np
 
 from service.audit import wilson
 from service.metrics import Metrics
-from service.peaks import PeakFinder, PeakFinderParams, region_peak_finder
+from service.peaks import PeakFinderParams, count_in_region, region_counter_pool
 from service.preprocess import InputSpec
 
 log = logging.getLogger(__name__)
 WAITING_PER_WORKER = 2
 NICE = 10                        # below the daemon's threads when cores are short
-STARTUP_TIMEOUT_S = 120.0
+
+
+AUTO_MAX_WORKERS = 4             # 400-800 shadowed frames/s: ample for the estimates
 
 
 def spare_cores(*, ingest_workers: int, cpu_engines: int, cpu_threads: int) -> int:
-    """Cores left once the ingest workers, the CPU engines and one for proxy+publisher have theirs."""
-    return max(0, len(os.sched_getaffinity(0)) - ingest_workers - cpu_engines * max(1, cpu_threads) - 1)
+    """Cores left once the ingest workers, the CPU engines and one for proxy+publisher have theirs
+    (at most AUTO_MAX_WORKERS)."""
+    left = len(os.sched_getaffinity(0)) - ingest_workers - cpu_engines * max(1, cpu_threads) - 1
+    return min(AUTO_MAX_WORKERS, max(0, left))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -98,14 +101,8 @@ class ShadowPeakfinder:
         metrics.shadow_workers.set(workers)
 
     def _start_pool(self, spec: InputSpec) -> concurrent.futures.ProcessPoolExecutor:
-        """Workers started and psana imported before this returns, not on the first frames' time."""
-        # spawn, not fork: the daemon has threads and ZMQ sockets a fork would copy half-alive
-        pool = concurrent.futures.ProcessPoolExecutor(
-            self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
-            initargs=(spec, PeakFinderParams.for_gain(spec.adu_per_photon)))
-        for started in [pool.submit(os.getpid) for _ in range(self.workers)]:
-            started.result(timeout=STARTUP_TIMEOUT_S)
-        return pool
+        return region_counter_pool(spec, PeakFinderParams.for_gain(spec.adu_per_photon),
+                                   self.workers, nice=NICE)
 
     def use(self, spec: InputSpec) -> None:
         """Label for a new model's region and gain from now on (a reload); the window starts afresh."""
@@ -118,7 +115,7 @@ class ShadowPeakfinder:
         if not self._waiting.acquire(blocking=False):
             return
         try:
-            future = self._pool.submit(_count_peaks, np.array(region))
+            future = self._pool.submit(count_in_region, np.array(region))
         except RuntimeError:              # the pool is shut down (daemon stopping)
             self._waiting.release()
             return
@@ -140,16 +137,3 @@ class ShadowPeakfinder:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-_finder: PeakFinder | None = None
-
-
-def _start_worker(spec: InputSpec, params: PeakFinderParams) -> None:
-    global _finder
-    os.nice(NICE)
-    _finder = region_peak_finder(spec, params)
-
-
-def _count_peaks(region: np.ndarray) -> int:
-    return _finder.count(region)
