@@ -83,12 +83,13 @@ def tiny_artifact(tmp_path: Path) -> Path:
 def loopback_config(artifact_path: Path, **overrides):
     """Daemon config on free loopback ports. Overload is off unless a test asks for it (a small
     batch.max_queue): a busy CI machine must not turn slowness into keeps in tests of other things.
-    The audit sample is off too, unless asked for (`audit.fraction`)."""
+    The audit sample and the shadow peakfinder8 are off too, unless asked for (`audit.fraction`,
+    `shadow.workers`): on a machine with spare cores the shadow would start by itself."""
     from service import config
     values = {"model.artifact": str(artifact_path), "model.device": "cpu",
               "batch.latency_budget_ms": 60_000.0, "batch.max_queue": 100_000,
               "ingest.endpoint": "tcp://127.0.0.1:*", "publish.endpoint": "tcp://127.0.0.1:*",
-              "metrics.port": 0, "model.threads": 1, "audit.fraction": 0.0,
+              "metrics.port": 0, "model.threads": 1, "audit.fraction": 0.0, "shadow.workers": 0,
               "control.endpoint": "tcp://127.0.0.1:*"}
     values.update(overrides)
     return config.load(overrides=values)
