@@ -41,7 +41,8 @@ def run(frames: int, out: Path) -> dict:
         print("\n".join([f"== {preset}", *adapted.lines()]), flush=True)
         row = {"window_frames": frames, "window_seconds_at_120hz": frames / 120,
                "adapt_seconds": adapted.seconds, "written": adapted.path is not None,
-               "validation_part": {"before": adapted.before, "after": adapted.after}}
+               "chosen": adapted.chosen,
+               "validation_part": {"before": adapted.before, **adapted.candidates}}
         for name, model in (("shipped", artifact.DEFAULT_ARTIFACT), ("adapted", adapted.path)):
             if model is not None:
                 evaluate_runs(model, (evaluation,), out_dir=out / f"{preset}-{name}")

@@ -7,11 +7,14 @@
 3. Split in time, as the run goes on: the first 60 % fine-tunes, the next 20 % calibrates the
    threshold for the target sensitivity, the last 20 % validates. Later frames stand for the rest
    of the run, so a model that only learnt the window's first minutes shows it there.
-4. Fine-tune the current model's weights with the trainer's recipe and augmentation, at the new
-   experiment's detector gain where it differs.
-5. Write the artifact only if, on the validation part, its sensitivity meets the target and its
-   specificity the floor (a model that keeps everything meets any sensitivity); optionally
-   swap it into a running daemon through the control socket (its reload path drops nothing).
+4. Candidates: the current model's weights fine-tuned with the trainer's recipe and augmentation,
+   at the new experiment's detector gain; and, where the gain differs, the current weights at
+   the new gain alone (a gain switch is often all that changed). Each gets its threshold on the
+   calibration part and its figures on the validation part.
+5. Of those meeting the sensitivity target and the specificity floor there (a model that keeps
+   everything meets any sensitivity), the one with the best balanced accuracy is written; none
+   meeting them, nothing is. Optionally it is swapped into a running daemon through the control
+   socket (its reload path drops nothing).
 """
 
 from __future__ import annotations
@@ -62,10 +65,12 @@ class AdaptResult:
     path: Path | None                  # None: the new model missed the target; nothing written
     previous: str
     version: str
+    chosen: str                        # "fine-tuned", or "new gain only" (the same weights)
     threshold: float
     frames: dict[str, int]             # fit, calibration, validation
     before: dict                       # the serving model on the validation part
-    after: dict                        # the adapted model there
+    after: dict                        # the chosen candidate there
+    candidates: dict[str, dict]        # every candidate there
     seconds: dict[str, float]
 
     def lines(self) -> list[str]:
@@ -79,12 +84,13 @@ class AdaptResult:
                 f"calibrate, {f['validation']} validate (in time order)",
                 "validation part          sensitivity (95%)      specificity  vs truth: sens. / spec.",
                 row(f"before: {self.previous}", self.before),
-                row(f"after:  {self.version}", self.after),
+                *[row(f"{'chosen' if n == self.chosen else '      '}: {n}", c)
+                  for n, c in self.candidates.items()],
                 f"threshold {self.threshold:.4f} for target sensitivity; time: read {s['read']:.1f} s, "
                 f"label {s['label']:.1f} s, fine-tune {s['fit']:.1f} s, total {s['total']:.1f} s",
-                f"written: {self.path}" if self.path else
-                "NOT written: the adapted model misses the sensitivity target or the specificity "
-                "floor on the validation part"]
+                f"written: {self.path} ({self.version}, {self.chosen})" if self.path else
+                "NOT written: no candidate meets the sensitivity target and the specificity floor "
+                "on the validation part"]
 
 
 def adapt(cfg: AdaptConfig) -> AdaptResult:
@@ -94,34 +100,60 @@ def adapt(cfg: AdaptConfig) -> AdaptResult:
     spec = dataclasses.replace(current.spec, adu_per_photon=adu)
     regions, truth = _window(cfg.sources, spec, cfg.frames)
     t_read = time.monotonic() - t0
-    params = PeakFinderParams.for_gain(adu)
-    with region_counter_pool(spec, params, cfg.workers) as pool:
-        counts = pool.map(count_in_region, regions, chunksize=16)
-        peaks = np.fromiter(tqdm(counts, total=len(regions), desc="label (peakfinder8)", unit="frame",
-                                 mininterval=1.0, leave=False), dtype=np.int64)
-    y = labels.min_peak_labels(peaks, cfg.min_peaks)
+    y = labels.min_peak_labels(_peak_counts(regions, spec, cfg.workers), cfg.min_peaks)
     t_label = time.monotonic() - t0 - t_read
     parts = _split(len(regions))
-    net = trainable(current, adu)
     before = _figures(predict(trainable(current, current.info.adu_per_photon), regions, parts["validation"]),
                       current.info.threshold, y, truth, parts["validation"])
-    torch.manual_seed(cfg.seed)
+    candidates = {"new gain only": trainable(current, adu)} if adu != current.info.adu_per_photon else {}
+    net = trainable(current, adu)
     rows = _balanced(parts["fit"], y)
     losses = fit(net, regions, y[rows], cfg.recipe, seed=cfg.seed, rows=rows)
+    candidates["fine-tuned"] = net
     t_fit = time.monotonic() - t0 - t_read - t_label
-    scores = predict(net, regions)
-    threshold = min(MAX_THRESHOLD, labels.calibrate_threshold(
-        scores[parts["calibration"]], y[parts["calibration"]] == 1, cfg.target_sensitivity))
-    after = _figures(scores[parts["validation"]], threshold, y, truth, parts["validation"])
-    version = f"{current.info.architecture}-{_digest(net)}"
+    judged = {name: _judge(c, regions, y, truth, parts, cfg.target_sensitivity)
+              for name, c in candidates.items()}
+    passing = [n for n, j in judged.items() if j.figures["sensitivity"] >= cfg.target_sensitivity
+               and j.figures["specificity"] >= cfg.min_specificity]
+    chosen = max(passing or judged, key=lambda n: _balanced_accuracy(judged[n].figures))
+    best = judged[chosen]
+    version = f"{current.info.architecture}-{_digest(candidates[chosen])}"
     seconds = {"read": t_read, "label": t_label, "fit": t_fit, "total": time.monotonic() - t0}
-    accepted = (after["sensitivity"] >= cfg.target_sensitivity
-                and after["specificity"] >= cfg.min_specificity)
-    path = _save(cfg, current, net, spec, threshold, version, scores, regions, losses, before, after,
-                 seconds) if accepted else None
-    return AdaptResult(path=path, previous=current.info.version, version=version, threshold=threshold,
-                       frames={k: len(v) for k, v in parts.items()}, before=before, after=after,
+    path = _save(cfg, current, candidates[chosen], chosen, spec, best, version, regions, losses,
+                 before, seconds) if passing else None
+    return AdaptResult(path=path, previous=current.info.version, version=version, chosen=chosen,
+                       threshold=best.threshold, frames={k: len(v) for k, v in parts.items()},
+                       before=before, after=best.figures,
+                       candidates={n: j.figures for n, j in judged.items()},
                        seconds={k: round(v, 1) for k, v in seconds.items()})
+
+
+def _peak_counts(regions: np.ndarray, spec: preprocess.InputSpec, workers: int) -> np.ndarray:
+    """peakfinder8 on every region, on worker processes, thresholds in photons of this gain."""
+    with region_counter_pool(spec, PeakFinderParams.for_gain(spec.adu_per_photon), workers) as pool:
+        counts = pool.map(count_in_region, regions, chunksize=16)
+        return np.fromiter(tqdm(counts, total=len(regions), desc="label (peakfinder8)", unit="frame",
+                                mininterval=1.0, leave=False), dtype=np.int64)
+
+
+@dataclass(frozen=True, slots=True)
+class _Judged:
+    scores: np.ndarray                 # every frame of the window
+    threshold: float                   # calibrated on the calibration part
+    figures: dict                      # on the validation part
+
+
+def _judge(net: model.HitClassifier, regions: np.ndarray, y: np.ndarray, truth: np.ndarray | None,
+           parts: dict[str, np.ndarray], target: float) -> _Judged:
+    scores = predict(net, regions)
+    cal = parts["calibration"]
+    threshold = min(MAX_THRESHOLD, labels.calibrate_threshold(scores[cal], y[cal] == 1, target))
+    return _Judged(scores, threshold, _figures(scores[parts["validation"]], threshold, y, truth,
+                                               parts["validation"]))
+
+
+def _balanced_accuracy(c: dict) -> float:
+    return (c["sensitivity"] + c["specificity"]) / 2
 
 
 def trainable(art: Artifact, adu_per_photon: float) -> model.HitClassifier:
@@ -193,8 +225,10 @@ def _figures(scores: np.ndarray, threshold: float, y: np.ndarray, truth: np.ndar
     return c
 
 
-def _digest(net: torch.nn.Module) -> str:
-    return hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in net.parameters())).hexdigest()[:8]
+def _digest(net: model.HitClassifier) -> str:
+    """Of the weights and the gain: the same weights at another gain are another model."""
+    weights = b"".join(p.detach().numpy().tobytes() for p in net.parameters())
+    return hashlib.sha256(weights + np.float64(net.normalise.scale).tobytes()).hexdigest()[:8]
 
 
 def _sidecar_gain(paths: tuple[Path, ...]) -> float:
@@ -202,9 +236,10 @@ def _sidecar_gain(paths: tuple[Path, ...]) -> float:
     return float(gains.pop()) if len(gains) == 1 and None not in gains else 0.0
 
 
-def _save(cfg: AdaptConfig, current: Artifact, net: model.HitClassifier, spec, threshold: float,
-          version: str, scores: np.ndarray, regions: np.ndarray, losses: list[float], before: dict,
-          after: dict, seconds: dict) -> Path:
+def _save(cfg: AdaptConfig, current: Artifact, net: model.HitClassifier, chosen: str, spec,
+          judged: _Judged, version: str, regions: np.ndarray, losses: list[float], before: dict,
+          seconds: dict) -> Path:
+    threshold, scores, after = judged.threshold, judged.scores, judged.figures
     net = net.cpu().eval()
     scripted = torch.jit.freeze(torch.jit.script(net))
     prof = drift.profile(drift.frame_statistics(regions, scores, threshold, spec))
@@ -212,7 +247,8 @@ def _save(cfg: AdaptConfig, current: Artifact, net: model.HitClassifier, spec, t
         version=version, architecture=current.info.architecture, detector=spec.detector,
         raw_shape=spec.raw_shape, roi_shape=spec.roi_shape, adu_per_photon=spec.adu_per_photon,
         threshold=threshold, profile=prof.to_dict(),
-        training={"adapted_from": current.info.version, "runs": [str(p) for p in cfg.sources],
+        training={"adapted_from": current.info.version, "candidate": chosen,
+                  "runs": [str(p) for p in cfg.sources],
                   "frames": len(regions), "labels": f"peakfinder8 >= {cfg.min_peaks} peaks, every frame",
                   "threshold_calibration": {"target_sensitivity": cfg.target_sensitivity,
                                             "on": "the window's calibration part"},
