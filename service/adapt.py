@@ -84,7 +84,7 @@ class AdaptResult:
                 f"calibrate, {f['validation']} validate (in time order)",
                 "validation part          sensitivity (95%)      specificity  vs truth: sens. / spec.",
                 row(f"before: {self.previous}", self.before),
-                *[row(f"{'chosen' if n == self.chosen else '      '}: {n}", c)
+                *[row(f"{'best' if n == self.chosen else '    '}: {n}", c)
                   for n, c in self.candidates.items()],
                 f"threshold {self.threshold:.4f} for target sensitivity; time: read {s['read']:.1f} s, "
                 f"label {s['label']:.1f} s, fine-tune {s['fit']:.1f} s, total {s['total']:.1f} s",
