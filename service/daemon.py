@@ -223,6 +223,9 @@ class Daemon:
             self._artifact = new
             if self.drift is not None and new.info.profile:
                 self.drift.use(Profile.from_dict(new.info.profile), new.spec, new.info.threshold)
+            elif self.drift is not None:
+                log.warning("model %s carries no training profile: drift is still scored against "
+                            "%s's (hitveto profile adds one)", new.info.version, old.info.version)
             if self.shadow is not None:
                 self.shadow.use(new.spec)
             self._announce_model(engines)
