@@ -239,8 +239,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--val", type=Path, nargs="+", required=True)
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--arch", choices=["seed", "compact"], default="seed")
-    s.add_argument("--recipe", choices=["seed", "fast"], default="seed",
-                   help="seed: the study's SGD recipe; fast: AdamW, 8 epochs")
+    s.add_argument("--recipe", choices=["seed", "fast", "fast-gain"], default="seed",
+                   help="seed: the study's SGD recipe; fast: AdamW, 8 epochs; fast-gain: fast with "
+                   "gains down to 1/8 of the runs'")
     s.add_argument("--epochs", type=int, help="override the recipe's epochs")
     s.add_argument("--labels", choices=["quartile", "min-peaks"], default="quartile",
                    help="quartile: the study's protocol; min-peaks: every frame, hit = >= N peaks")

@@ -37,11 +37,16 @@ class Recipe:
     batch_size: int = 100
     epochs: int = 3
     augment: bool = False   # fresh hot and dead pixels per sample (see augment())
+    gain_range: float = 1.0  # and each sample's ADU scaled by a factor in [1/g, 1] (see augment())
 
 
 RECIPES = {
     "seed": Recipe(optimiser="sgd", lr=0.002, momentum=0.9, batch_size=100, epochs=3),  # the study's
     "fast": Recipe(optimiser="adamw", lr=0.003, batch_size=64, epochs=8, augment=True),
+    # fast, and gains down to 1/8 of the runs': a detector in a lower gain mode (CSPAD low gain:
+    # 1/6.9) looks like these, so the model need not be told the gain
+    "fast-gain": Recipe(optimiser="adamw", lr=0.003, batch_size=64, epochs=8, augment=True,
+                        gain_range=8.0),
 }
 HOT_PIXELS_PER_FRAME = 40        # ~3e-4 of a 350x350 region: more than a CSPAD's, on purpose
 HOT_PIXEL_MEAN_ADU = 2000.0
@@ -179,7 +184,7 @@ def fit(net: model.HitClassifier, x: np.ndarray, y: np.ndarray, recipe: Recipe, 
             # Every process augments the whole batch (the random stream stays the one process's)
             # and keeps its share: with equal shares the averaged gradient is the whole batch's.
             whole = x[rows[idx]]
-            batch = (augment(whole, rng) if r.augment else whole)[rank::world]
+            batch = (augment(whole, rng, r.gain_range) if r.augment else whole)[rank::world]
             idx = idx[rank::world]
             optimiser.zero_grad()
             device = next(net.parameters()).device
@@ -240,8 +245,9 @@ def start_distributed() -> tuple[int, int]:
     return _rank_and_world()
 
 
-def augment(regions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A copy with fresh hot and dead pixels in each frame.
+def augment(regions: np.ndarray, rng: np.random.Generator, gain_range: float = 1.0) -> np.ndarray:
+    """A copy with fresh hot and dead pixels in each frame, and with gain_range > 1 each frame's
+    ADU scaled by a log-uniform factor in [1 / gain_range, 1] (rounded, as a lower gain reads).
 
     Every run has its own fixed hot pixels; a model that saw only the training runs' ones takes a
     new run's for Bragg peaks (the study's drop in held-out specificity). Single bright pixels in
@@ -249,6 +255,9 @@ def augment(regions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """
     out = regions.copy()
     n, h, w = out.shape
+    if gain_range > 1.0:
+        gains = np.exp(-rng.uniform(0.0, np.log(gain_range), n))
+        out = np.rint(out * gains[:, None, None]).astype(regions.dtype)
     for i in range(n):
         k = rng.poisson(HOT_PIXELS_PER_FRAME)
         flat = out[i].reshape(-1)

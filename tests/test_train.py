@@ -78,3 +78,15 @@ def test_regions_spill_to_a_memory_mapped_file(tmp_path):
     assert isinstance(spilled.regions, np.memmap) and not isinstance(in_memory.regions, np.memmap)
     assert np.array_equal(spilled.regions, in_memory.regions) and spilled.regions.shape == (12, 350, 350)
     assert np.array_equal(spilled.peaks, in_memory.peaks)
+
+
+def test_augmentation_adds_hot_pixels_and_scales_gain_only_when_asked():
+    from service.train import augment
+    flat = np.full((200, 30, 30), 800, np.int16)
+    same_gain = augment(flat, np.random.default_rng(0))
+    assert np.median(same_gain, axis=(1, 2)).tolist() == [800.0] * 200
+    assert (same_gain > 800).any() and (same_gain == 0).any()          # hot and dead pixels
+    medians = np.median(augment(flat, np.random.default_rng(0), gain_range=8.0), axis=(1, 2))
+    assert medians.min() >= 100 and medians.max() <= 800              # factors in [1/8, 1]
+    assert medians.min() < 200 and medians.max() > 600                # spread over the range
+    assert not flat.any() or flat.max() == 800                        # the input is untouched
