@@ -89,16 +89,16 @@ class InferenceLoop:
         self.judged += len(batch)
         self._metrics.inference.observe(seconds)
         self._metrics.batch_size.observe(len(batch))
-        for p, score in zip(batch, scores.tolist()):
-            hit = score >= engine.threshold
+        judged = [(p, score, score >= engine.threshold) for p, score in zip(batch, scores.tolist())]
+        for p, score, hit in judged:
             audited = not hit and self.audit.picks(p.key)
             self._publish(Verdict(key=p.key, keep=hit or audited, hit=hit, score=score,
                                   threshold=engine.threshold, model_version=engine.version,
                                   reason=Reason.AUDIT if audited else Reason.MODEL,
                                   sent_ns=p.sent_ns, received_ns=p.received_ns,
                                   inference_ms=seconds * 1e3))
-        for p, score in zip(batch, scores.tolist()):
-            self._watch(p.region, score, score >= engine.threshold)
+        for p, score, hit in judged:        # after the whole batch's verdicts are out
+            self._watch(p.region, score, hit)
 
     def _watch(self, region: np.ndarray, score: float, hit: bool) -> None:
         for watcher in self._watchers:
