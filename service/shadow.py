@@ -31,8 +31,6 @@ from service.preprocess import InputSpec
 log = logging.getLogger(__name__)
 WAITING_PER_WORKER = 2
 NICE = 10                        # below the daemon's threads when cores are short
-
-
 AUTO_MAX_WORKERS = 4             # 400-800 shadowed frames/s: ample for the estimates
 
 
@@ -59,7 +57,6 @@ class ShadowWindow:
     """Confusion counts of model verdict vs peakfinder8 label over the last `size` frames."""
 
     def __init__(self, size: int) -> None:
-        self.size = size
         self._pairs: deque[tuple[bool, bool]] = deque(maxlen=size)
         self._counts = {(m, p): 0 for m in (True, False) for p in (True, False)}
         self._lock = threading.Lock()
@@ -82,6 +79,10 @@ class ShadowWindow:
                 "hit_rate_model": Estimate.of(c[(True, True)] + c[(True, False)], n),
                 "hit_rate_peakfinder8": Estimate.of(pf8_hits, n)}
 
+    @property
+    def size(self) -> int:
+        return self._pairs.maxlen
+
     def __len__(self) -> int:
         return len(self._pairs)
 
@@ -96,6 +97,7 @@ class ShadowPeakfinder:
         self.window = ShadowWindow(window)
         self._metrics = metrics
         self._waiting = threading.BoundedSemaphore(WAITING_PER_WORKER * workers)
+        self._gain = spec.adu_per_photon
         self._pool = self._start_pool(spec)
         metrics.shadow_target.set(target_sensitivity)
         metrics.shadow_workers.set(workers)
@@ -105,9 +107,13 @@ class ShadowPeakfinder:
                                    self.workers, nice=NICE)
 
     def use(self, spec: InputSpec) -> None:
-        """Label for a new model's region and gain from now on (a reload); the window starts afresh."""
-        old, self._pool = self._pool, self._start_pool(spec)
+        """Judge a new model from now on (a reload): the window starts afresh. The workers are
+        started again (seconds: psana is imported anew) only when the gain, and so peakfinder8's
+        threshold, changed; a reload keeps the detector and the region."""
         self.window = ShadowWindow(self.window.size)
+        if spec.adu_per_photon == self._gain:
+            return
+        old, self._pool, self._gain = self._pool, self._start_pool(spec), spec.adu_per_photon
         old.shutdown(wait=False, cancel_futures=True)
 
     def offer(self, region: np.ndarray, score: float, hit: bool) -> None:
