@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -96,17 +95,18 @@ class AdaptResult:
 def adapt(cfg: AdaptConfig) -> AdaptResult:
     t0 = time.monotonic()
     current = artifact.read(cfg.model)
-    adu = cfg.adu_per_photon or _sidecar_gain(cfg.sources) or current.info.adu_per_photon
+    adu = cfg.adu_per_photon or sources.sidecar_gain(cfg.sources) or current.info.adu_per_photon
     spec = dataclasses.replace(current.spec, adu_per_photon=adu)
     regions, truth = _window(cfg.sources, spec, cfg.frames)
     t_read = time.monotonic() - t0
     y = labels.min_peak_labels(_peak_counts(regions, spec, cfg.workers), cfg.min_peaks)
     t_label = time.monotonic() - t0 - t_read
     parts = _split(len(regions))
-    before = _figures(predict(trainable(current, current.info.adu_per_photon), regions, parts["validation"]),
-                      current.info.threshold, y, truth, parts["validation"])
-    candidates = {"new gain only": trainable(current, adu)} if adu != current.info.adu_per_photon else {}
-    net = trainable(current, adu)
+    serving = trainable(current, current.info.adu_per_photon)
+    before = _figures(predict(serving, regions, parts["validation"]), current.info.threshold, y,
+                      truth, parts["validation"])
+    candidates = {"new gain only": model.at_gain(serving, adu)} if adu != current.info.adu_per_photon else {}
+    net = model.at_gain(serving, adu)
     rows = _balanced(parts["fit"], y)
     losses = fit(net, regions, y[rows], cfg.recipe, seed=cfg.seed, rows=rows)
     candidates["fine-tuned"] = net
@@ -117,7 +117,9 @@ def adapt(cfg: AdaptConfig) -> AdaptResult:
                and j.figures["specificity"] >= cfg.min_specificity]
     chosen = max(passing or judged, key=lambda n: _balanced_accuracy(judged[n].figures))
     best = judged[chosen]
-    version = f"{current.info.architecture}-{_digest(candidates[chosen])}"
+    # the same weights at another gain are another model: the gain is in the digest
+    gain = np.float64(candidates[chosen].normalise.scale).tobytes()
+    version = f"{current.info.architecture}-{model.weights_digest(candidates[chosen], gain)}"
     seconds = {"read": t_read, "label": t_label, "fit": t_fit, "total": time.monotonic() - t0}
     path = _save(cfg, current, candidates[chosen], chosen, spec, best, version, regions, losses,
                  before, seconds) if passing else None
@@ -177,9 +179,7 @@ def trainable(art: Artifact, adu_per_photon: float) -> model.HitClassifier:
         probe = torch.rand(4, *art.spec.roi_shape, generator=torch.Generator().manual_seed(0)) * 400
         if not torch.allclose(net.eval()(probe), frozen(probe), atol=1e-5):
             raise ArtifactError(f"{art.path}: the rebuilt network does not give the artifact's scores")
-    if adu_per_photon != art.info.adu_per_photon:
-        net.normalise = model.Normalise(adu_per_photon, pool=net.normalise.pool)
-    return net
+    return net if adu_per_photon == art.info.adu_per_photon else model.at_gain(net, adu_per_photon)
 
 
 def _window(paths: tuple[Path, ...], spec: preprocess.InputSpec, n: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -223,17 +223,6 @@ def _figures(scores: np.ndarray, threshold: float, y: np.ndarray, truth: np.ndar
     if truth is not None:
         c["truth"] = labels.confusion(truth[rows], kept)
     return c
-
-
-def _digest(net: model.HitClassifier) -> str:
-    """Of the weights and the gain: the same weights at another gain are another model."""
-    weights = b"".join(p.detach().numpy().tobytes() for p in net.parameters())
-    return hashlib.sha256(weights + np.float64(net.normalise.scale).tobytes()).hexdigest()[:8]
-
-
-def _sidecar_gain(paths: tuple[Path, ...]) -> float:
-    gains = {sources.run_info(p).get("adu_per_photon") for p in paths}
-    return float(gains.pop()) if len(gains) == 1 and None not in gains else 0.0
 
 
 def _save(cfg: AdaptConfig, current: Artifact, net: model.HitClassifier, chosen: str, spec,

@@ -163,7 +163,8 @@ def _adapt(args: argparse.Namespace) -> int:
     cfg = AdaptConfig(sources=tuple(args.sources), model=args.model, out=args.out,
                       frames=args.frames, min_peaks=args.min_peaks,
                       target_sensitivity=args.target_sensitivity,
-                      min_specificity=args.min_specificity, adu_per_photon=args.adu_per_photon, workers=args.workers, seed=args.seed)
+                      min_specificity=args.min_specificity, adu_per_photon=args.adu_per_photon,
+                      workers=args.workers, seed=args.seed)
     if args.epochs:
         cfg = dataclasses.replace(cfg, recipe=dataclasses.replace(cfg.recipe, epochs=args.epochs))
     result = adapt(cfg)

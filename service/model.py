@@ -8,6 +8,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from copy import deepcopy
+
 import torch
 from torch import nn
 
@@ -101,3 +104,16 @@ def build(architecture: str, roi: int, adu_per_photon: float) -> HitClassifier:
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; known: {sorted(ARCHITECTURES)}")
     return HitClassifier(ARCHITECTURES[architecture](roi), adu_per_photon)
+
+
+def weights_digest(net: nn.Module, extra: bytes = b"") -> str:
+    """8 hex digits of the weights (and `extra`): the second half of a model version."""
+    weights = b"".join(p.detach().cpu().numpy().tobytes() for p in net.parameters())
+    return hashlib.sha256(weights + extra).hexdigest()[:8]
+
+
+def at_gain(net: HitClassifier, adu_per_photon: float) -> HitClassifier:
+    """A copy of the network normalising for another detector gain (the same weights)."""
+    copy = deepcopy(net)
+    copy.normalise = Normalise(adu_per_photon, pool=net.normalise.pool)
+    return copy

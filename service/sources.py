@@ -10,7 +10,7 @@ with its smalldata index).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,12 @@ def run_info(path: Path) -> dict[str, Any]:
     path = run_file(path)
     sidecar = path.with_suffix(path.suffix + ".json")
     return json.loads(sidecar.read_text()) if sidecar.exists() else {}
+
+
+def sidecar_gain(paths: Iterable[Path | str]) -> float | None:
+    """The ADU per photon the runs' sidecars agree on, or None (no sidecar, or they differ)."""
+    gains = {run_info(p).get("adu_per_photon") for p in paths}
+    return float(gains.pop()) if len(gains) == 1 and None not in gains else None
 
 
 def run_file(path: Path | str) -> Path:

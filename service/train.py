@@ -333,9 +333,8 @@ def _train(cfg: TrainConfig, spill: Path) -> tuple[Path | None, str]:
     prof = drift.profile(drift.frame_statistics(train_data.regions, train_scores, threshold, spec))
     net = net.cpu().eval()                 # the artifact is device-neutral; the daemon places it
     scripted = torch.jit.freeze(torch.jit.script(net))
-    digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in net.parameters()))
     info = artifact.ModelInfo(
-        version=f"{cfg.architecture}-{digest.hexdigest()[:8]}", architecture=cfg.architecture,
+        version=f"{cfg.architecture}-{model.weights_digest(net)}", architecture=cfg.architecture,
         detector=spec.detector, raw_shape=spec.raw_shape, roi_shape=spec.roi_shape,
         adu_per_photon=adu, threshold=threshold,
         training={"runs": [str(p) for p in cfg.train_runs], "frames": int(len(train_data.peaks)),
@@ -364,8 +363,9 @@ def _train(cfg: TrainConfig, spill: Path) -> tuple[Path | None, str]:
 
 
 def _adu_from_runs(paths: tuple[Path, ...]) -> float:
-    gains = {sources.run_info(p).get("adu_per_photon") for p in paths}
-    if len(gains) != 1 or None in gains:
+    gain = sources.sidecar_gain(paths)
+    if gain is None:
+        gains = {sources.run_info(p).get("adu_per_photon") for p in paths}
         raise ValueError(f"cannot tell ADU per photon from the runs' sidecars ({gains}); "
                          "pass --adu-per-photon")
-    return float(gains.pop())
+    return gain
