@@ -47,8 +47,8 @@ def run(frames: int, out: Path) -> dict:
             if model is not None:
                 evaluate_runs(model, (evaluation,), out_dir=out / f"{preset}-{name}")
                 report = json.loads((out / f"{preset}-{name}" / "evaluation.json").read_text())
-                row[name] = {"truth": report["truth"], "peakfinder8_truth": report["peakfinder8_truth"],
-                             "kept_fraction": report["kept_fraction"]}
+                row[name] = {k: report[k] for k in ("truth", "peakfinder8_truth", "visible",
+                                                    "peakfinder8_visible", "kept_fraction")}
         results[preset] = row
     return results
 

@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from service.labels import MIN_PEAKS_FOR_HIT
+
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
@@ -244,9 +246,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="seed: the study's SGD recipe; fast: AdamW, 8 epochs; fast-gain: fast with "
                    "gains down to 1/8 of the runs'")
     s.add_argument("--epochs", type=int, help="override the recipe's epochs")
-    s.add_argument("--labels", choices=["quartile", "min-peaks"], default="quartile",
-                   help="quartile: the study's protocol; min-peaks: every frame, hit = >= N peaks")
-    s.add_argument("--min-peaks", type=int, default=3)
+    s.add_argument("--labels", choices=["quartile", "min-peaks", "truth"], default="quartile",
+                   help="quartile: the study's protocol; min-peaks: every frame, hit = >= N peakfinder8 "
+                        "peaks; truth: every frame, hit = >= N strong spots by the simulator's truth")
+    s.add_argument("--min-peaks", type=int, default=MIN_PEAKS_FOR_HIT,
+                   help="the indexability floor: peaks (min-peaks) or strong spots (truth) of a hit")
     s.add_argument("--target-sensitivity", type=float,
                    help="calibrate the threshold on the validation runs for this hit sensitivity")
     s.add_argument("--seed", type=int, default=0)
@@ -284,7 +288,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("audit", help="the veto's hit loss, estimated from the audit frames kept")
     s.add_argument("files", type=Path, nargs="+", help="CXI files written by replay/write/demo")
     s.add_argument("--fraction", type=float, default=0.02, help="the daemon's audit.fraction")
-    s.add_argument("--min-peaks", type=int, default=10,
+    s.add_argument("--min-peaks", type=int, default=MIN_PEAKS_FOR_HIT,
                    help="without truth: peakfinder8 peaks that make a hit")
     s.set_defaults(func=_audit)
 
@@ -314,7 +318,8 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("evaluate", help="a model's report on runs, beside peakfinder8 (PNG + JSON)")
     s.add_argument("artifact", type=Path)
     s.add_argument("runs", type=Path, nargs="+")
-    s.add_argument("--min-peaks", type=int, default=3)
+    s.add_argument("--min-peaks", type=int, default=MIN_PEAKS_FOR_HIT,
+                   help="the indexability floor: peakfinder8 peaks, and strong spots of the truth, of a hit")
     s.add_argument("--out", type=Path, help="write evaluation.json and evaluation.png here")
     s.set_defaults(func=_evaluate)
 

@@ -1,4 +1,4 @@
-"""Labels from peak counts: the study's quartile protocol, and truth from the simulator."""
+"""Labels from peak counts (the study's quartile protocol, every frame by a floor) and from simulator truth."""
 
 from __future__ import annotations
 
@@ -44,6 +44,17 @@ def calibrate_threshold(scores: np.ndarray, actual: np.ndarray, target_sensitivi
 def truth_labels(n_crystals: np.ndarray) -> np.ndarray:
     """Simulator truth: a frame with a crystal in the beam is a hit."""
     return (np.asarray(n_crystals) > 0).astype(np.int8)
+
+
+def visible_labels(strong_spots: np.ndarray, min_spots: int) -> np.ndarray:
+    """Simulator truth of what the pixels show: a hit has at least `min_spots` strong spots on them.
+
+    The simulator counts a spot strong from its expected photons and signal-to-noise
+    (sim/physics.py), not from a peak finder: the indexability floor applied to the truth.
+    """
+    if np.any(np.asarray(strong_spots) < 0):
+        raise ValueError("these runs have no simulator truth of strong spots")
+    return (np.asarray(strong_spots) >= min_spots).astype(np.int8)
 
 
 def confusion(actual: np.ndarray, predicted: np.ndarray) -> dict[str, float]:

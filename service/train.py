@@ -1,4 +1,7 @@
-"""Offline trainer: read runs, label them with peakfinder8, train, validate on other runs, save.
+"""Offline trainer: read runs, label them (peakfinder8 or simulator truth), train, validate, save.
+
+Label protocols: the study's quartiles of peak counts; every frame by a floor of peakfinder8 peaks
+(`min-peaks`); every frame by the simulator's count of strong spots (`truth`, the shipped model's).
 
 The study's recipe (`--recipe seed`): quartile labels from peak counts, SGD lr 0.002 momentum 0.9,
 batch 100, 3 epochs, binary cross-entropy; validation on held-out runs with the same protocol.
@@ -60,8 +63,8 @@ class TrainConfig:
     architecture: str = "seed"
     recipe: Recipe = RECIPES["seed"]
     recipe_name: str = "seed"
-    protocol: str = "quartile"         # "quartile" (the study's) or "min-peaks" (every frame)
-    min_peaks: int = 3                 # min-peaks protocol: a hit has at least this many peaks
+    protocol: str = "quartile"         # "quartile" (the study's), "min-peaks" or "truth" (every frame)
+    min_peaks: int = labels.MIN_PEAKS_FOR_HIT   # min-peaks / truth: a hit's peaks / strong spots
     threshold: float = 0.5             # used when target_sensitivity is None
     target_sensitivity: float | None = None   # calibrate the threshold on the validation runs
     seed: int = 0
@@ -76,6 +79,7 @@ class LabelledFrames:
     regions: np.ndarray        # (N, H, W) model inputs, ADU
     peaks: np.ndarray          # peakfinder8 count per frame
     n_crystals: np.ndarray     # simulator truth, -1 where unknown
+    strong_spots: np.ndarray   # simulator truth: strong spots on the region's pixels, -1 where unknown
     kinds: np.ndarray          # simulator frame kind, -1 where unknown
     runs: tuple[str, ...]
 
@@ -96,7 +100,7 @@ def load_runs(paths: tuple[Path, ...], spec: preprocess.InputSpec, params: PeakF
     """
     finder = region_peak_finder(spec, params)
     regions = _Regions(spill)
-    peaks, crystals, kinds = [], [], []
+    peaks, crystals, spots, kinds = [], [], [], []
     for path in paths:
         stored = sources.run_file(path)
         cache = _peak_cache(stored, params, limit)
@@ -108,11 +112,13 @@ def load_runs(paths: tuple[Path, ...], spec: preprocess.InputSpec, params: PeakF
             regions.add(roi)
             peaks.append(counted[i] if counted is not None else finder.count(roi))
             crystals.append(ev.truth.get("n_crystals", -1))
+            spots.append(ev.truth.get("n_strong_spots", -1))
             kinds.append(ev.truth.get("kind", -1))
         if counted is None:
             np.save(cache, np.array(peaks[start:]))
     return LabelledFrames(regions=regions.array(), peaks=np.array(peaks),
-                          n_crystals=np.array(crystals), kinds=np.array(kinds),
+                          n_crystals=np.array(crystals), strong_spots=np.array(spots),
+                          kinds=np.array(kinds),
                           runs=tuple(str(p) for p in paths))
 
 
@@ -277,12 +283,19 @@ def predict(net: torch.nn.Module, x: np.ndarray, rows: np.ndarray | None = None,
                                for i in range(0, len(rows), batch)])
 
 
-def protocol_labels(peaks: np.ndarray, cfg: TrainConfig) -> np.ndarray:
+LABELS = {"quartile": "peakfinder8 quartiles (study)",
+          "min-peaks": "peakfinder8 >= {n} peaks, every frame",
+          "truth": "simulator truth: >= {n} strong spots in the region, every frame"}
+
+
+def protocol_labels(data: LabelledFrames, cfg: TrainConfig) -> np.ndarray:
     """Labels by the configured protocol (UNUSED for frames it leaves out)."""
     if cfg.protocol == "quartile":
-        return labels.quartile_labels(peaks, cfg.seed)
+        return labels.quartile_labels(data.peaks, cfg.seed)
     if cfg.protocol == "min-peaks":
-        return labels.min_peak_labels(peaks, cfg.min_peaks)
+        return labels.min_peak_labels(data.peaks, cfg.min_peaks)
+    if cfg.protocol == "truth":
+        return labels.visible_labels(data.strong_spots, cfg.min_peaks)
     raise ValueError(f"unknown label protocol {cfg.protocol!r}")
 
 
@@ -310,7 +323,7 @@ def _train(cfg: TrainConfig, spill: Path) -> tuple[Path | None, str]:
     if rank == 0 and world > 1:
         torch.distributed.barrier()
     t_data = time.monotonic() - t0
-    q = protocol_labels(train_data.peaks, cfg)
+    q = protocol_labels(train_data, cfg)
     labelled, y = np.flatnonzero(q != labels.UNUSED), q[q != labels.UNUSED]
     torch.manual_seed(cfg.seed)
     net = model.build(cfg.architecture, cfg.roi_size, adu).to(_device())
@@ -321,7 +334,7 @@ def _train(cfg: TrainConfig, spill: Path) -> tuple[Path | None, str]:
     val_scores = predict(net, val_data.regions)
     threshold, calibration = cfg.threshold, {}
     if cfg.target_sensitivity is not None:
-        v = protocol_labels(val_data.peaks, cfg)
+        v = protocol_labels(val_data, cfg)
         used = v != labels.UNUSED
         threshold = labels.calibrate_threshold(val_scores[used], v[used] == labels.HIT,
                                                cfg.target_sensitivity)
@@ -339,8 +352,7 @@ def _train(cfg: TrainConfig, spill: Path) -> tuple[Path | None, str]:
         adu_per_photon=adu, threshold=threshold,
         training={"runs": [str(p) for p in cfg.train_runs], "frames": int(len(train_data.peaks)),
                   "labelled_frames": int(len(y)),
-                  "labels": ("peakfinder8 quartiles (study)" if cfg.protocol == "quartile"
-                             else f"peakfinder8 >= {cfg.min_peaks} peaks, every frame"),
+                  "labels": LABELS[cfg.protocol].format(n=cfg.min_peaks),
                   "threshold_calibration": calibration,
                   "recipe": {"name": cfg.recipe_name, **dataclasses.asdict(cfg.recipe), "seed": cfg.seed},
                   "processes": world,
@@ -353,6 +365,9 @@ def _train(cfg: TrainConfig, spill: Path) -> tuple[Path | None, str]:
         labels.study_table(val["quartile"], "Validation runs (quartile protocol)"),
         *([labels.study_table(val["min_peaks"], "Validation runs (min-peaks protocol)")]
           if cfg.protocol == "min-peaks" else []),
+        *([labels.study_table(val["visible"],
+                              f"Validation runs, all frames vs truth (>= {cfg.min_peaks} strong spots)")]
+          if cfg.protocol == "truth" else []),
         *([labels.study_table(val["truth"], "Validation runs, all frames vs truth")]
           if "truth" in val else []),
         f"threshold {threshold:.4f}" + (f" (calibrated for sensitivity {cfg.target_sensitivity})"

@@ -20,6 +20,12 @@ def test_min_peak_protocol_labels_every_frame():
     assert labels.min_peak_labels(np.array([0, 2, 3, 40]), 3).tolist() == [0, 0, 1, 1]
 
 
+def test_truth_protocol_counts_the_simulators_strong_spots_and_needs_them():
+    assert labels.visible_labels(np.array([0, 2, 10, 11]), 10).tolist() == [0, 0, 1, 1]
+    with pytest.raises(ValueError, match="no simulator truth"):
+        labels.visible_labels(np.array([-1, 12]), 10)     # -1: a run without truth (real data)
+
+
 @pytest.mark.parametrize("target", [0.9, 0.99, 1.0])
 def test_calibrated_threshold_keeps_the_target_share_of_hits(target):
     rng = np.random.default_rng(0)

@@ -45,10 +45,9 @@ def weakened(tmp_path, images) -> tuple:
     return artifact.rewrite(shipped, tmp_path / "weak.pt", threshold=threshold), pf8_hits.sum()
 
 
-def sensitivity(daemon) -> dict[str, float]:
+def bounds(daemon, gauge: str = "hitveto_shadow_sensitivity") -> dict[str, float]:
     reg = daemon.metrics.registry
-    return {b: reg.get_sample_value("hitveto_shadow_sensitivity", {"bound": b})
-            for b in ("value", "lower", "upper")}
+    return {b: reg.get_sample_value(gauge, {"bound": b}) for b in ("value", "lower", "upper")}
 
 
 def test_shadow_sees_the_shipped_model_keep_hits_and_a_weakened_one_lose_them(tmp_path):
@@ -69,7 +68,11 @@ def test_shadow_sees_the_shipped_model_keep_hits_and_a_weakened_one_lose_them(tm
         wait_for(prom, 'ALERTS{alertname="HitvetoVetoLosingHits", alertstate="firing"}')
         fired = firing(prom, "HitvetoVetoLosingHits")
         shadowed = [d.metrics.registry.get_sample_value("hitveto_shadow_window_frames") for d in (good, bad)]
-        good_s, bad_s = sensitivity(good), sensitivity(bad)
+        good_s, bad_s = bounds(good), bounds(bad)
+        rates = {name: [d.metrics.registry.get_sample_value("hitveto_shadow_hit_rate", {"method": m, "bound": "value"})
+                        for m in ("model", "peakfinder8")] for name, d in (("shipped", good), ("weakened", bad))}
+        print(f"shadowed {shadowed}; sensitivity shipped {good_s}, weakened {bad_s}; "   # for the docs
+              f"specificity shipped {bounds(good, 'hitveto_shadow_specificity')}; hit rates {rates}")
     assert min(shadowed) >= 60, shadowed
     assert good_s["upper"] >= 0.99 and good_s["value"] >= 0.95, good_s
     assert bad_s["upper"] < 0.99 and bad_s["value"] < 0.8, bad_s

@@ -11,13 +11,18 @@ from service.sim.run import simulate_runs
 from service.train import RECIPES, TrainConfig, train
 
 
-def test_train_writes_a_calibrated_self_describing_artifact(tmp_path):
+def train_small(tmp_path, fmt: str, seed: int, protocol: str, min_peaks: int):
+    """Two 48-frame simulated runs (train, validate), two epochs, threshold calibrated for 0.99."""
     train_run, val_run = simulate_runs(tmp_path / "runs", runs=[1, 2], n_frames=48, layout="roi",
-                                       fmt="cxi", seed=3)
+                                       fmt=fmt, seed=seed)
     cfg = TrainConfig(train_runs=(train_run,), val_runs=(val_run,), out=tmp_path / "m.pt",
                       architecture="compact", recipe=dataclasses.replace(RECIPES["fast"], epochs=2),
-                      protocol="min-peaks", min_peaks=3, target_sensitivity=0.99)
-    path, report = train(cfg)
+                      protocol=protocol, min_peaks=min_peaks, target_sensitivity=0.99)
+    return (*train(cfg), val_run)
+
+
+def test_train_writes_a_calibrated_self_describing_artifact(tmp_path):
+    path, report, _ = train_small(tmp_path, "cxi", seed=3, protocol="min-peaks", min_peaks=3)
     a = artifact.read(path)
     info = a.info
     assert info.detector == "cspad" and info.roi_shape == (350, 350) and info.adu_per_photon == 35.0
@@ -30,6 +35,17 @@ def test_train_writes_a_calibrated_self_describing_artifact(tmp_path):
     assert np.array_equal(a.spec.roi_index, geometry.roi_index(350))   # the crop travels with it
 
 
+def test_truth_protocol_labels_by_strong_spots_and_calibrates_on_them(tmp_path):
+    from service import sources
+    path, report, val_run = train_small(tmp_path, "xtc2", seed=5, protocol="truth", min_peaks=10)
+    info = artifact.read(path).info
+    assert info.training["labels"] == "simulator truth: >= 10 strong spots in the region, every frame"
+    spots = np.array([ev.truth["n_strong_spots"] for ev in sources.events(val_run)])
+    v = info.validation["visible"]
+    assert v["tp"] + v["fn"] == (spots >= 10).sum() > 0 and v["sensitivity"] >= 0.99
+    assert "all frames vs truth (>= 10 strong spots)" in report
+
+
 def test_evaluate_reports_model_beside_peakfinder8_with_plots(tmp_path):
     from service.evaluate import evaluate_runs
     (run,) = simulate_runs(tmp_path / "runs", runs=[4], n_frames=40, layout="roi", fmt="xtc2", seed=3)
@@ -39,6 +55,7 @@ def test_evaluate_reports_model_beside_peakfinder8_with_plots(tmp_path):
     result = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert result["frames"] == 40 and 0 < result["kept_fraction"] < 1
     assert sum(v["frames"] for v in result["by_kind"].values()) == 40
+    assert "strong spots = hit" in text and result["visible"]["tp"] + result["visible"]["fn"] > 0
     assert (tmp_path / "eval" / "evaluation.png").stat().st_size > 10_000
 
 

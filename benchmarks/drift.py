@@ -1,0 +1,97 @@
+"""Drift scores of the shipped model's profile on streams it was and was not trained for.
+
+Simulates a few hundred 350x350 regions per stream (a new lysozyme run, the detector moved, other
+experiments, ice), scores them with the shipped model and prints each statistic's population
+stability index against the artifact's training profile, as the daemon's DriftMonitor computes it
+(docs/TRUST.md); saves JSON and a PNG (PSI per stream and statistic, the alert level marked).
+
+    python3 benchmarks/drift.py [--frames 400] [--out benchmarks/results/drift]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from service import artifact, drift
+from service.engine import Engine
+from service.sim.params import PRESETS
+from service.sim.run import frames
+
+
+STREAMS = {   # name: (preset, seed, changes to its RunParams)
+    "lysozyme, new seed": ("lysozyme", 17, {}),
+    "lysozyme, another seed": ("lysozyme", 29, {}),
+    "lysozyme, detector at 12 cm": ("lysozyme", 17, {"distance_m": 0.12}),
+    "thermolysin (7 keV, 8.5 cm)": ("thermolysin", 21, {}),
+    "myoglobin (12 keV, CSPAD low gain)": ("myoglobin", 31, {}),
+    "lysozyme, ice on 60 % of misses": ("lysozyme", 17, {"ice_miss_fraction": 0.6}),
+}
+
+
+def regions(preset: str, seed: int, n: int, changes: dict) -> list[np.ndarray]:
+    params = dataclasses.replace(PRESETS[preset], seed=seed, n_frames=n)
+    if "distance_m" in changes:
+        params = dataclasses.replace(params, detector=dataclasses.replace(
+            params.detector, distance_m=changes["distance_m"]))
+    if "ice_miss_fraction" in changes:
+        params = dataclasses.replace(params, mix=dataclasses.replace(
+            params.mix, ice_miss_fraction=changes["ice_miss_fraction"]))
+    return [ev.image for ev in frames(params, "roi")]
+
+
+def measure(n: int) -> dict:
+    shipped = artifact.read(artifact.DEFAULT_ARTIFACT)
+    engine = Engine(shipped, device="cpu", max_batch=64)
+    prof = drift.Profile.from_dict(shipped.info.profile)
+    results = {"model": shipped.info.version, "frames_per_stream": n, "alert_psi": drift.ALERT_PSI,
+               "streams": {}}
+    for name, (preset, seed, changes) in STREAMS.items():
+        images = regions(preset, seed, n, changes)
+        scores = np.concatenate([engine.infer(images[i:i + 64]) for i in range(0, n, 64)])
+        stats = drift.frame_statistics(images, scores, shipped.info.threshold, shipped.spec)
+        psi = drift.drift_scores(prof, stats)
+        results["streams"][name] = psi
+        print(f"{name:38s} " + "  ".join(f"{k} {v:6.3f}" for k, v in psi.items()), flush=True)
+    return results
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    streams = list(results["streams"])
+    stats = list(results["streams"][streams[0]])
+    fig, ax = plt.subplots(figsize=(11, 4))
+    width = 0.8 / len(stats)
+    for j, stat in enumerate(stats):
+        ax.bar(np.arange(len(streams)) + j * width, [max(1e-4, results["streams"][s][stat]) for s in streams],
+               width, label=stat)
+    ax.axhline(results["alert_psi"], color="k", ls="--", lw=1, label="alert (PSI 0.25)")
+    ax.set(yscale="log", ylabel="PSI vs the training profile",
+           title=f"drift scores of {results['model']}, {results['frames_per_stream']} frames per stream")
+    ax.set_xticks(np.arange(len(streams)) + 0.4, streams, rotation=15, ha="right", fontsize=8)
+    ax.legend(fontsize=8, ncol=4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--frames", type=int, default=400)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/drift"))
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = measure(args.frames)
+    (args.out / "drift.json").write_text(json.dumps(results, indent=1))
+    plot(results, args.out / "drift.png")
+    print(f"saved {args.out}/drift.json and drift.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
