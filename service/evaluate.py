@@ -2,7 +2,7 @@
 
 Prints the confusion matrices in the study's layout (quartile protocol, every frame with
 peakfinder8 labels, every frame against simulator truth when the runs have it: a crystal in the beam,
-and at least N strong spots in the region, N the indexability floor), the data reduction at
+and at least N strong spots on its pixels, N the indexability floor), the data reduction at
 the artifact's threshold, and a breakdown by frame kind; saves ROC and precision-recall curves and
 score histograms as one PNG, and the numbers as JSON.
 """
@@ -115,7 +115,7 @@ def _reference(data, min_peaks: int) -> tuple[np.ndarray, str]:
     """What the curves count as a hit: the simulator's strong spots when the runs have them."""
     if (data.strong_spots >= 0).all():
         return labels.visible_labels(data.strong_spots, min_peaks).astype(bool), \
-            f"simulator truth, >= {min_peaks} strong spots in the region = hit"
+            f"simulator truth, >= {min_peaks} strong spots = hit"
     if (data.n_crystals >= 0).all():
         return labels.truth_labels(data.n_crystals).astype(bool), "simulator truth, a crystal = hit"
     return labels.min_peak_labels(data.peaks, min_peaks).astype(bool), f"peakfinder8 >= {min_peaks} peaks = hit"

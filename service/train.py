@@ -79,7 +79,7 @@ class LabelledFrames:
     regions: np.ndarray        # (N, H, W) model inputs, ADU
     peaks: np.ndarray          # peakfinder8 count per frame
     n_crystals: np.ndarray     # simulator truth, -1 where unknown
-    strong_spots: np.ndarray   # simulator truth: strong spots on the region's pixels, -1 where unknown
+    strong_spots: np.ndarray   # simulator truth: strong spots on the run's pixels, -1 where unknown
     kinds: np.ndarray          # simulator frame kind, -1 where unknown
     runs: tuple[str, ...]
 
@@ -285,7 +285,7 @@ def predict(net: torch.nn.Module, x: np.ndarray, rows: np.ndarray | None = None,
 
 LABELS = {"quartile": "peakfinder8 quartiles (study)",
           "min-peaks": "peakfinder8 >= {n} peaks, every frame",
-          "truth": "simulator truth: >= {n} strong spots in the region, every frame"}
+          "truth": "simulator truth: >= {n} strong spots, every frame"}
 
 
 def protocol_labels(data: LabelledFrames, cfg: TrainConfig) -> np.ndarray:

@@ -39,7 +39,7 @@ def test_truth_protocol_labels_by_strong_spots_and_calibrates_on_them(tmp_path):
     from service import sources
     path, report, val_run = train_small(tmp_path, "xtc2", seed=5, protocol="truth", min_peaks=10)
     info = artifact.read(path).info
-    assert info.training["labels"] == "simulator truth: >= 10 strong spots in the region, every frame"
+    assert info.training["labels"] == "simulator truth: >= 10 strong spots, every frame"
     spots = np.array([ev.truth["n_strong_spots"] for ev in sources.events(val_run)])
     v = info.validation["visible"]
     assert v["tp"] + v["fn"] == (spots >= 10).sum() > 0 and v["sensitivity"] >= 0.99
