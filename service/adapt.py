@@ -183,16 +183,20 @@ def trainable(art: Artifact, adu_per_photon: float) -> model.HitClassifier:
 
 
 def _window(paths: tuple[Path, ...], spec: preprocess.InputSpec, n: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """The first n regions of the sources, and truth (crystal in the beam) where they all have it."""
-    regions, crystals = [], []
+    """The first n regions of the sources in pulse order, and truth (crystal in the beam) where they
+    all have it. A writer's files hold frames in decision order, which can differ slightly from
+    pulse order; sorting makes the time split the same on every read."""
+    regions, crystals, keys = [], [], []
     for path in paths:
         for ev in sources.events(path, limit=n - len(regions)):
             regions.append(np.array(preprocess.region(ev.image, spec)))
             crystals.append(ev.truth.get("n_crystals", -1))
+            keys.append((ev.run, ev.timestamp))
         if len(regions) >= n:
             break
-    crystals = np.array(crystals)
-    return np.stack(regions), (crystals > 0 if (crystals >= 0).all() else None)
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    crystals = np.array(crystals)[order]
+    return np.stack([regions[i] for i in order]), (crystals > 0 if (crystals >= 0).all() else None)
 
 
 def _split(n: int) -> dict[str, np.ndarray]:
