@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from service.sim.bragg import excitation_sigma, random_rotation, reciprocal_basis, wilson_f2
+from service.sim.bragg import Reflections, excitation_sigma, random_rotation, reciprocal_basis, wilson_f2
 from service.sim.params import PRESETS, RunParams
 from service.sim.physics import (FrameKind, bragg_spots, detector_physics, simulate_photons)
-from service.sim.spots import paint_spots
+from service.sim.spots import paint_spots, project
 
 PIXEL_M = 109.92e-6
 RUN = PRESETS["lysozyme"]
@@ -158,6 +158,17 @@ def test_bigger_crystals_give_more_strong_spots(raw):
     small, big = mean_strong(0.4), mean_strong(2.0)
     assert big > 3 * small
     assert small > 0
+
+
+def test_a_crystal_with_no_excited_reflection_paints_nothing(region):
+    """A small crystal can meet the Ewald sphere nowhere (seen on a myoglobin run): no spots, no crash."""
+    det = detector_physics(region, RUN)
+    none = Reflections(hkl=np.empty((0, 3), int), q=np.empty((0, 3)), excitation=np.empty(0),
+                       direction=np.empty((0, 3)), photons=np.empty(0))
+    spots = project(det.segments, none, sigma_m=1.2 * PIXEL_M, margin_px=4)
+    image = np.ones(region.x_m.size, np.float32)
+    signal, noise = paint_spots(image, det, spots, background=image.copy(), read_var=1.0)
+    assert len(spots.spot) == 0 and len(signal) == len(noise) == 0 and (image == 1).all()
 
 
 def test_misses_have_no_bragg_spots(raw):

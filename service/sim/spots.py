@@ -77,7 +77,7 @@ def project(segments: Segments, refl: Reflections, *, sigma_m: float, margin_px:
     with np.errstate(divide="ignore", invalid="ignore"):
         t = np.where(dn > 1e-9, height / dn, np.inf)              # ray length to each plane, m
     # (row, col) of t d is linear in d: to_grid (t d - origin) = t (to_grid d) - to_grid origin
-    grid_d = (d @ segments.to_grid.reshape(-1, 3).T).reshape(len(d), -1, 2)
+    grid_d = (d @ segments.to_grid.reshape(-1, 3).T).reshape(len(d), len(segments.origin), 2)  # n may be 0
     grid_origin = np.einsum("sij,sj->si", segments.to_grid, segments.origin)
     with np.errstate(invalid="ignore"):
         rc = t[:, :, None] * grid_d - grid_origin
