@@ -20,13 +20,14 @@ from pathlib import Path
 from service import artifact
 from service.adapt import AdaptConfig, adapt
 from service.evaluate import evaluate_runs
+from service.labels import balanced_accuracy
 from service.sim.run import simulate_runs
 
 EXPERIMENTS = {"thermolysin": (52, 21), "myoglobin": (42, 31)}    # window run, evaluation run
 
 
-def balanced(c: dict) -> float:
-    return (c["sensitivity"] + c["specificity"]) / 2
+def vs_truth(c: dict) -> str:
+    return f"sens {c['sensitivity']:.3f} spec {c['specificity']:.3f} balanced {balanced_accuracy(c):.3f}"
 
 
 def run(frames: int, out: Path) -> dict:
@@ -82,11 +83,9 @@ def main() -> int:
     (args.out / "adapt.json").write_text(json.dumps(results, indent=1))
     plot(results, args.out / "adapt.png")
     for preset, row in results.items():
-        line = f"{preset:12s} shipped: sens {row['shipped']['truth']['sensitivity']:.3f} spec " \
-               f"{row['shipped']['truth']['specificity']:.3f} balanced {balanced(row['shipped']['truth']):.3f}"
+        line = f"{preset:12s} shipped: {vs_truth(row['shipped']['truth'])}"
         if "adapted" in row:
-            line += f" | adapted: sens {row['adapted']['truth']['sensitivity']:.3f} spec " \
-                    f"{row['adapted']['truth']['specificity']:.3f} balanced {balanced(row['adapted']['truth']):.3f}"
+            line += f" | adapted: {vs_truth(row['adapted']['truth'])}"
         print(line + f" | adapt took {row['adapt_seconds']['total']:.0f} s after a "
               f"{row['window_seconds_at_120hz']:.0f} s window")
     return 0

@@ -11,7 +11,6 @@ stability index against the artifact's training profile, as the daemon's DriftMo
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
@@ -19,8 +18,7 @@ import numpy as np
 
 from service import artifact, drift
 from service.engine import Engine
-from service.sim.params import PRESETS
-from service.sim.run import frames
+from service.sim.run import regions
 
 
 STREAMS = {   # name: (preset, seed, changes to its RunParams)
@@ -33,17 +31,6 @@ STREAMS = {   # name: (preset, seed, changes to its RunParams)
 }
 
 
-def regions(preset: str, seed: int, n: int, changes: dict) -> list[np.ndarray]:
-    params = dataclasses.replace(PRESETS[preset], seed=seed, n_frames=n)
-    if "distance_m" in changes:
-        params = dataclasses.replace(params, detector=dataclasses.replace(
-            params.detector, distance_m=changes["distance_m"]))
-    if "ice_miss_fraction" in changes:
-        params = dataclasses.replace(params, mix=dataclasses.replace(
-            params.mix, ice_miss_fraction=changes["ice_miss_fraction"]))
-    return [ev.image for ev in frames(params, "roi")]
-
-
 def measure(n: int) -> dict:
     shipped = artifact.read(artifact.DEFAULT_ARTIFACT)
     engine = Engine(shipped, device="cpu", max_batch=64)
@@ -51,8 +38,8 @@ def measure(n: int) -> dict:
     results = {"model": shipped.info.version, "frames_per_stream": n, "alert_psi": drift.ALERT_PSI,
                "streams": {}}
     for name, (preset, seed, changes) in STREAMS.items():
-        images = regions(preset, seed, n, changes)
-        scores = np.concatenate([engine.infer(images[i:i + 64]) for i in range(0, n, 64)])
+        images = regions(preset, seed=seed, n=n, **changes)
+        scores = engine.score(images)
         stats = drift.frame_statistics(images, scores, shipped.info.threshold, shipped.spec)
         psi = drift.drift_scores(prof, stats)
         results["streams"][name] = psi

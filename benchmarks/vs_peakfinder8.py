@@ -76,7 +76,7 @@ def main() -> None:
         for batch in (1, 64):
             s = model_speed(engine, regions, batch) + region_s
             rows[f"model batch {batch}, {threads} thread(s)"] = {"frames_per_s": 1 / s, "ms_per_frame": s * 1e3}
-    scores = np.concatenate([engine.infer(regions[i:i + 64]) for i in range(0, len(regions), 64)])
+    scores = engine.score(regions)
     decisions = {"model": scores >= art.info.threshold,
                  f"peakfinder8 >= {labels.MIN_PEAKS_FOR_HIT} peaks": counts >= labels.MIN_PEAKS_FOR_HIT,
                  "peakfinder8 >= 3 peaks": counts >= 3}

@@ -115,7 +115,7 @@ def adapt(cfg: AdaptConfig) -> AdaptResult:
               for name, c in candidates.items()}
     passing = [n for n, j in judged.items() if j.figures["sensitivity"] >= cfg.target_sensitivity
                and j.figures["specificity"] >= cfg.min_specificity]
-    chosen = max(passing or judged, key=lambda n: _balanced_accuracy(judged[n].figures))
+    chosen = max(passing or judged, key=lambda n: labels.balanced_accuracy(judged[n].figures))
     best = judged[chosen]
     # the same weights at another gain are another model: the gain is in the digest
     gain = np.float64(candidates[chosen].normalise.scale).tobytes()
@@ -152,10 +152,6 @@ def _judge(net: model.HitClassifier, regions: np.ndarray, y: np.ndarray, truth: 
     threshold = min(MAX_THRESHOLD, labels.calibrate_threshold(scores[cal], y[cal] == 1, target))
     return _Judged(scores, threshold, _figures(scores[parts["validation"]], threshold, y, truth,
                                                parts["validation"]))
-
-
-def _balanced_accuracy(c: dict) -> float:
-    return (c["sensitivity"] + c["specificity"]) / 2
 
 
 def trainable(art: Artifact, adu_per_photon: float) -> model.HitClassifier:

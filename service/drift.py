@@ -161,9 +161,8 @@ def profile_runs(art: Artifact, runs: tuple[Path, ...]) -> Profile:
     engine = Engine(art, device="cpu", max_batch=64)
     stats = []
     for path in runs:
-        regions = [region(ev.image, art.spec) for ev in sources.events(path)]
-        for i in tqdm(range(0, len(regions), 64), desc=f"profile {Path(path).name}", unit="batch",
-                      mininterval=1.0, leave=False):
-            batch = regions[i:i + 64]
-            stats.append(frame_statistics(batch, engine.infer(batch), art.info.threshold, art.spec))
+        events = tqdm(sources.events(path), desc=f"profile {Path(path).name}", unit="frame",
+                      mininterval=1.0, leave=False)
+        regions = [region(ev.image, art.spec) for ev in events]
+        stats.append(frame_statistics(regions, engine.score(regions), art.info.threshold, art.spec))
     return profile(np.concatenate(stats))

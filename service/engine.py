@@ -68,6 +68,11 @@ class Engine:
             batch = self._stage(regions)
             return self._module(batch).float().cpu().numpy()
 
+    def score(self, regions: Sequence[np.ndarray]) -> np.ndarray:
+        """P(hit) for any number of regions, max_batch at a time (offline: evaluations, profiles)."""
+        return np.concatenate([self.infer(regions[i:i + self.max_batch])
+                               for i in range(0, len(regions), self.max_batch)])
+
     def _autocast(self):
         """Mixed precision for the convolutions when asked (a GPU option: on CPU fp32 is fastest)."""
         dtype = PRECISIONS[self.precision]

@@ -30,8 +30,7 @@ def evaluate_runs(artifact_path: Path, runs: tuple[Path, ...], *, min_peaks: int
     params = PeakFinderParams(**art.info.training.get("peakfinder8", {}))
     data = load_runs(runs, art.spec, params)
     engine = Engine(art, device="cpu", max_batch=64)
-    scores = np.concatenate([engine.infer(list(data.regions[i:i + 64]))
-                             for i in range(0, len(data.regions), 64)])
+    scores = engine.score(data.regions)
     result = summarise(scores, data, art.info.threshold, min_peaks)
     text = report(result, art.info.version, art.info.threshold, min_peaks)
     if out_dir is not None:

@@ -67,6 +67,11 @@ def confusion(actual: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
             "specificity": tn / (tn + fp) if tn + fp else float("nan")}
 
 
+def balanced_accuracy(c: dict[str, float]) -> float:
+    """The mean of sensitivity and specificity of a confusion() result."""
+    return (c["sensitivity"] + c["specificity"]) / 2
+
+
 def study_table(c: dict[str, float], title: str) -> str:
     """The confusion matrix in the study's layout: fractions of all frames, actual x prediction."""
     n = max(1, c["tp"] + c["fn"] + c["fp"] + c["tn"])

@@ -107,16 +107,10 @@ def running_daemon(artifact_path: Path, **overrides) -> Iterator:
 @functools.cache
 def simulated_regions(seed: int, n: int, preset: str = "lysozyme",
                       distance_m: float | None = None) -> tuple[np.ndarray, ...]:
-    """n simulated 350x350 CSPAD regions (ADU) of a preset, optionally at another detector distance."""
-    import dataclasses
-
-    from service.sim.params import PRESETS
-    from service.sim.run import frames
-    params = dataclasses.replace(PRESETS[preset], seed=seed, n_frames=n)
-    if distance_m is not None:
-        params = dataclasses.replace(params, detector=dataclasses.replace(params.detector,
-                                                                          distance_m=distance_m))
-    return tuple(ev.image for ev in frames(params, "roi"))
+    """n simulated 350x350 CSPAD regions (ADU) of a preset, optionally at another detector distance
+    (made once per session)."""
+    from service.sim.run import regions
+    return tuple(regions(preset, seed=seed, n=n, distance_m=distance_m))
 
 
 def paced_stream(daemon, images, rate_hz: float, run: int = 1):

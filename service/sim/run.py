@@ -60,6 +60,21 @@ def simulate_run(out_dir: Path, *, run: int, params: RunParams, preset: str, lay
     return path
 
 
+def regions(preset: str, *, seed: int, n: int, distance_m: float | None = None,
+            ice_miss_fraction: float | None = None) -> list[np.ndarray]:
+    """n frames of a preset in the region layout (350x350 ADU), in memory, optionally with the
+    detector at another distance or ice on another share of the misses: streams for tests and
+    benchmarks that need no run file."""
+    params = dataclasses.replace(PRESETS[preset], seed=seed, n_frames=n)
+    if distance_m is not None:
+        detector = dataclasses.replace(params.detector, distance_m=distance_m)
+        params = dataclasses.replace(params, detector=detector)
+    if ice_miss_fraction is not None:
+        mix = dataclasses.replace(params.mix, ice_miss_fraction=ice_miss_fraction)
+        params = dataclasses.replace(params, mix=mix)
+    return [ev.image for ev in frames(params, "roi")]
+
+
 def frames(params: RunParams, layout: str) -> Iterator[RunEvent]:
     """The run's frames as ADU (int16), with truth; gap pixels of the region layout are 0."""
     from service.geometry import pixel_map
