@@ -36,6 +36,13 @@ class Summary:
     latency_max_ms: float
     files: list[str]
     rejected: dict[str, int] = field(default_factory=dict)   # malformed messages, by reason
+    not_written: int = 0             # kept frames the writer could not store (lost hits)
+    write_error: str = ""            # why the first of them was not stored
+
+    @property
+    def ok(self) -> bool:
+        """Every frame accounted for and every kept frame on disk."""
+        return self.accounted and self.not_written == 0
 
     @property
     def kept_fallback(self) -> int:
@@ -56,6 +63,8 @@ class Summary:
             f"kept by fallback   {self.kept_fallback} ({fallback})",
             f"frames written     {self.written} "
             f"({100 * (1 - self.written / max(1, self.sent)):.1f}% data reduction)",
+            *([f"NOT WRITTEN        {self.not_written} kept frames ({self.write_error})"]
+              if self.not_written else []),
             f"accounting         sent {self.sent} = {self.hits_kept} + {self.misses_dropped} + "
             f"{self.audited} + {self.kept_fallback}: {'OK' if self.accounted else 'MISMATCH'}",
             *([f"rejected           {sum(self.rejected.values())} malformed messages "
@@ -100,7 +109,9 @@ def stream(frames: Iterable[Frame | None], veto: VetoClient, writer, *, rate_hz:
                    kept_by_reason={str(k): v for k, v in c.kept_by_reason.items()}, written=written,
                    elapsed_s=elapsed, latency_p50_ms=float(p50), latency_p99_ms=float(p99),
                    latency_max_ms=float(pmax),
-                   files=[str(p) for p in getattr(writer, "files", [])])
+                   files=[str(p) for p in getattr(writer, "files", [])],
+                   not_written=getattr(writer, "not_written", 0),
+                   write_error=getattr(writer, "error", ""))
 
 
 def _settle(decisions: list[Decision], writer, truths: dict, latencies: list[float],
@@ -114,9 +125,9 @@ def _settle(decisions: list[Decision], writer, truths: dict, latencies: list[flo
             latencies.append(d.latency_s)
         if d.keep and writer is not None:
             v = d.verdict
-            writer.write(d.image, run=d.key.run, pulse_id=d.key.pulse_id, timestamp=d.key.timestamp,
-                         score=v.score if v else float("nan"), keep_reason=d.reason.value,
-                         model_version=v.model_version if v else "",
-                         threshold=v.threshold if v else float("nan"), truth=truth)
-            written += 1
+            written += writer.write(d.image, run=d.key.run, pulse_id=d.key.pulse_id,
+                                    timestamp=d.key.timestamp, score=v.score if v else float("nan"),
+                                    keep_reason=d.reason.value,
+                                    model_version=v.model_version if v else "",
+                                    threshold=v.threshold if v else float("nan"), truth=truth)
     return written

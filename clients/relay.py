@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import zmq
 
@@ -59,11 +60,13 @@ def receive_frames(sock: zmq.Socket, stop: threading.Event, rejected: Counter, *
 
 def write_hits(listen: str, *, frames_endpoint: str, verdicts_endpoint: str, out_dir: Path,
                deadline_ms: float = 1000.0, max_frames: int = 10_000, max_bytes: int = 4 << 30,
-               count: int | None = None, stop: threading.Event | None = None) -> Summary:
+               count: int | None = None, stop: threading.Event | None = None,
+               metrics_port: int | None = None) -> Summary:
     """Receive frames on `listen` (bound), relay them to the daemon, write what it keeps.
 
     Runs until `stop` is set or `count` frames arrived; then waits for the verdicts in flight (at
-    most the deadline) and returns the summary.
+    most the deadline) and returns the summary. With `metrics_port`, the frames written and not
+    written are on /metrics there (loopback) while it runs.
     """
     stop = stop or threading.Event()
     rejected: Counter = Counter()
@@ -76,11 +79,41 @@ def write_hits(listen: str, *, frames_endpoint: str, verdicts_endpoint: str, out
         with VetoClient(frames_endpoint, verdicts_endpoint, deadline_ms=deadline_ms,
                         context=context) as veto, \
                 CxiWriter(Path(out_dir) / "hits", max_frames=max_frames, max_bytes=max_bytes) as writer:
+            server = serve_metrics(writer, metrics_port) if metrics_port is not None else None
             veto.wait_subscribed()
             log.info("listening for frames on %s; daemon %s, verdicts %s", listen, frames_endpoint,
                      verdicts_endpoint)
-            summary = stream(receive_frames(pull, stop, rejected, count=count), veto, writer)
+            try:
+                summary = stream(receive_frames(pull, stop, rejected, count=count), veto, writer)
+            finally:
+                if server is not None:
+                    server.shutdown()
+                    server.server_close()
     finally:
         pull.close(linger=0)
         context.term()
     return dataclasses.replace(summary, rejected=dict(rejected))
+
+
+def serve_metrics(writer: CxiWriter, port: int, address: str = "127.0.0.1") -> Any:
+    """The writer's counts on /metrics (prometheus_client, imported only here); returns the server.
+
+    hitveto_writer_frames_written_total and hitveto_writer_frames_not_written_total: a kept frame
+    not written is a lost hit (deploy/prometheus: HitvetoWriterLosingFrames).
+    """
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.core import CounterMetricFamily
+
+    class Counts:
+        def collect(self) -> Iterator[CounterMetricFamily]:
+            yield CounterMetricFamily("hitveto_writer_frames_written", "Kept frames written",
+                                      value=writer.written)
+            yield CounterMetricFamily("hitveto_writer_frames_not_written",
+                                      "Kept frames the writer could not store (lost hits)",
+                                      value=writer.not_written)
+
+    registry = CollectorRegistry()
+    registry.register(Counts())
+    server, _thread = start_http_server(port, addr=address, registry=registry)
+    log.info("writer metrics on http://%s:%d/metrics", address, server.server_address[1])
+    return server

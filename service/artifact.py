@@ -11,6 +11,8 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
+import stat
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -25,6 +27,8 @@ FORMAT = "hitveto-model/1"
 INFO_NAME = "hitveto.json"
 INDEX_NAME = "roi_index.npy"
 DEFAULT_ARTIFACT = Path(__file__).parent / "models" / "default.pt"
+MAX_ARTIFACT_BYTES = 1 << 30      # a model file larger than this is refused before it is read
+READ_TIMEOUT_S = 30.0             # reading it must not take longer (a stalled network mount)
 
 
 class ArtifactError(ValueError):
@@ -66,6 +70,13 @@ class Artifact:
     spec: InputSpec
     sha256: str
     path: Path
+    data: bytes = field(default=b"", repr=False)   # the file as read and checked; loaded from here
+
+    @property
+    def served_version(self) -> str:
+        """The version verdicts carry: the trainer's version and the file's own digest, so that
+        other weights or code under the same metadata can never pass for the same model."""
+        return f"{self.info.version}@{self.sha256[:8]}"
 
 
 def save(path: Path, scripted: Any, info: ModelInfo, roi_index: np.ndarray) -> Path:
@@ -86,7 +97,7 @@ def read(path: Path) -> Artifact:
     """Metadata, input spec and checksum, without torch; ArtifactError if the file is not an artifact."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path)
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             names = {Path(n).name: n for n in zf.namelist() if "/extra/" in n}
             if INFO_NAME not in names or INDEX_NAME not in names:
@@ -99,7 +110,42 @@ def read(path: Path) -> Artifact:
         raise ArtifactError(f"{path}: unreadable model artifact ({type(exc).__name__}: {exc})") from None
     spec = InputSpec(detector=info.detector, raw_shape=info.raw_shape, roi_shape=info.roi_shape,
                      roi_index=index, adu_per_photon=info.adu_per_photon)
-    return Artifact(info=info, spec=spec, sha256=hashlib.sha256(data).hexdigest(), path=path)
+    return Artifact(info=info, spec=spec, sha256=hashlib.sha256(data).hexdigest(), path=path,
+                    data=data)
+
+
+def trusted_path(path: str | Path, folders: list[str]) -> Path:
+    """`path` with links resolved, if it lies in one of `folders` (links resolved too);
+    ArtifactError if not. A model file is code: only trusted folders may provide one."""
+    real = Path(os.path.realpath(path))
+    roots = [Path(os.path.realpath(f)) for f in folders]
+    if not any(real.is_relative_to(root) for root in roots):
+        raise ArtifactError(f"{path}: not in a reload folder ({', '.join(map(str, roots))}; "
+                            "model.reload_dirs sets them)")
+    return real
+
+
+def read_regular_file(path: Path, *, max_bytes: int = MAX_ARTIFACT_BYTES,
+                      timeout_s: float = READ_TIMEOUT_S) -> bytes:
+    """A regular file's bytes, with bounds: a FIFO, a device (/dev/zero), a file over `max_bytes`
+    or a read slower than `timeout_s` is an ArtifactError, and none of them can block the caller."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)   # a FIFO must not block open
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ArtifactError(f"{path}: not a regular file")
+        if st.st_size > max_bytes:
+            raise ArtifactError(f"{path}: {st.st_size} bytes, more than the {max_bytes} allowed")
+        chunks, size, end = [], 0, time.monotonic() + timeout_s
+        while chunk := os.read(fd, 1 << 20):
+            size += len(chunk)
+            if size > max_bytes or time.monotonic() > end:
+                raise ArtifactError(f"{path}: grew past {max_bytes} bytes or took over "
+                                    f"{timeout_s:.0f} s to read")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def rewrite(artifact: Artifact, out: Path, **changes: Any) -> Path:
@@ -112,8 +158,9 @@ def load_module(artifact: Artifact, device: str) -> Any:
     """The TorchScript module on `device`, in eval mode."""
     import torch
 
-    try:
-        module = torch.jit.load(str(artifact.path), map_location=device)
+    try:   # from the bytes read and checked, not the path again: the file may have changed since
+        source = io.BytesIO(artifact.data) if artifact.data else str(artifact.path)
+        module = torch.jit.load(source, map_location=device)
     except RuntimeError as exc:
         raise ArtifactError(f"{artifact.path}: TorchScript load failed: {exc}") from None
     return module.eval()

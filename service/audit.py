@@ -20,6 +20,8 @@ import numpy as np
 
 from service.protocol import EventKey, Reason
 
+_U64 = (1 << 64) - 1
+
 
 @dataclass(frozen=True, slots=True)
 class AuditSample:
@@ -29,8 +31,11 @@ class AuditSample:
     def picks(self, key: EventKey) -> bool:
         if self.fraction <= 0.0:
             return False
-        digest = hashlib.blake2b(struct.pack("<qqq", self.seed, key.run, key.pulse_id)
-                                 + key.detector.encode(), digest_size=8).digest()
+        # As unsigned 64-bit words: the same bytes as signed ids, and no id can make pack raise
+        # (an id out of range once silenced the inference thread).
+        words = (w & _U64 for w in (self.seed, key.run, key.pulse_id))
+        digest = hashlib.blake2b(struct.pack("<QQQ", *words) + key.detector.encode(),
+                                 digest_size=8).digest()
         return int.from_bytes(digest, "little") / 2**64 < self.fraction
 
 

@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from service.config import DEFAULT_CONTROL
 from service.labels import MIN_PEAKS_FOR_HIT
 
 
@@ -36,7 +37,7 @@ def _serve(args: argparse.Namespace) -> int:
     daemon = Daemon(cfg)
     daemon.start()
     daemon.serve_forever()
-    return 0
+    return daemon.exit_code
 
 
 def _ctl(args: argparse.Namespace) -> int:
@@ -100,7 +101,7 @@ def _replay(args: argparse.Namespace) -> int:
                          out_dir=args.out, rate_hz=args.rate, deadline_ms=args.deadline_ms,
                          verdict_log=args.verdict_log)
     print("\n".join(summary.lines()))
-    return 0 if summary.accounted else 1
+    return 0 if summary.ok else 1
 
 
 def _reprocess(args: argparse.Namespace) -> int:
@@ -130,9 +131,10 @@ def _write(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     summary = write_hits(args.listen, frames_endpoint=args.frames, verdicts_endpoint=args.verdicts,
                          out_dir=args.out, deadline_ms=args.deadline_ms, max_frames=args.max_frames,
-                         max_bytes=int(args.max_gb * 2**30), count=args.count, stop=stop)
+                         max_bytes=int(args.max_gb * 2**30), count=args.count, stop=stop,
+                         metrics_port=args.metrics_port)
     print("\n".join(summary.lines()), flush=True)
-    return 0 if summary.accounted else 1
+    return 0 if summary.ok else 1
 
 
 def _tail(args: argparse.Namespace) -> int:
@@ -148,7 +150,7 @@ def _demo(args: argparse.Namespace) -> int:
     from service.demo import run_demo
     summary = run_demo(args.workdir, n_frames=args.frames, rate_hz=args.rate)
     print("\n".join(["", "hitveto demo: simulated CSPAD run -> veto daemon -> hit writer", *summary.lines()]))
-    return 0 if summary.accounted else 1
+    return 0 if summary.ok else 1
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -219,7 +221,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("command", choices=["status", "stats", "reload", "learn"])
     s.add_argument("state", nargs="?", choices=["on", "off"], default="on",
                    help="for learn: keep every frame (on) or the configured audit share (off)")
-    s.add_argument("--endpoint", default="tcp://127.0.0.1:5552")
+    s.add_argument("--endpoint", default=DEFAULT_CONTROL,
+                   help=f"the daemon's control.endpoint (default {DEFAULT_CONTROL})")
     s.add_argument("--artifact", help="for reload: the model file to swap in")
     s.set_defaults(func=_ctl)
 
@@ -301,6 +304,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-frames", type=int, default=10_000, help="frames per file")
     s.add_argument("--max-gb", type=float, default=4.0, help="pixel data per file")
     s.add_argument("--count", type=int, help="stop after this many frames (default: at SIGTERM)")
+    s.add_argument("--metrics-port", type=int, help="frames written / not written on /metrics here")
     s.set_defaults(func=_write)
 
     s = sub.add_parser("tail", help="live view of a daemon's verdicts: rate, hit rate, latency")

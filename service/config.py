@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "HITVETO_"
+DEFAULT_CONTROL = "ipc:///tmp/hitveto-control.sock"
 
 
 class ConfigError(ValueError):
@@ -67,12 +68,15 @@ class ModelConfig:
     threads: int = 1                        # torch intra-op threads on CPU (0 = torch's default);
                                             # 1 measured fastest on 2 cores beside the ingest threads
     precision: str = "fp32"                 # fp32, or fp16/bf16 autocast (for GPUs)
+    reload_dirs: str = ""                   # folders `reload` may take a model file from (comma-
+                                            # separated); empty = the configured model's folder
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PublishConfig:
     endpoint: str = "tcp://127.0.0.1:5551"  # PUB socket for verdicts (bound)
     sndhwm: int = 100000                    # verdicts queued per subscriber before PUB drops for it
+    max_subscribers: int = 16               # beyond: refused (bounds what subscribers can pin)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,7 +88,10 @@ class MetricsConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ControlConfig:
-    endpoint: str = "tcp://127.0.0.1:5552"  # REP socket for status/stats/reload (bound); "" = off
+    endpoint: str = DEFAULT_CONTROL         # REP socket for status/stats/reload/learn (bound); "" =
+                                            # off; ipc:// (file permissions) or, with CURVE, tcp://
+    socket_mode: str = "0600"               # permissions of the ipc:// socket file, octal ("0660":
+                                            # the daemon's group too)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -162,7 +169,23 @@ def _merge(into: dict[str, dict[str, Any]], layer: Mapping[str, Any], source: st
 def _build(values: dict[str, dict[str, Any]]) -> ServeConfig:
     parts = {f.name: f.default_factory(**values.get(f.name, {}))
              for f in dataclasses.fields(ServeConfig)}
-    return ServeConfig(**parts)
+    cfg = ServeConfig(**parts)
+    _check_control(cfg)
+    return cfg
+
+
+def _check_control(cfg: ServeConfig) -> None:
+    """The control socket can swap the model: it must never be open to anyone on the host."""
+    endpoint, mode = cfg.control.endpoint, cfg.control.socket_mode
+    if not (mode.isdigit() and set(mode) <= set("01234567") and int(mode, 8) & ~0o770 == 0):
+        raise ConfigError(f"control.socket_mode {mode!r}: an octal file mode for owner and group "
+                          "only, e.g. \"0600\" or \"0660\"")
+    if not endpoint or endpoint.startswith("ipc://") or endpoint.startswith("inproc://"):
+        return
+    if not cfg.security.curve:
+        raise ConfigError(f"control.endpoint {endpoint!r}: a TCP control socket needs "
+                          "security.curve = true; without CURVE use ipc://PATH (file permissions "
+                          "guard it) or \"\" (off)")
 
 
 def _type_of(section_type: Any, key: str) -> type:

@@ -1,7 +1,8 @@
 """The control channel: a REP socket with a closed set of commands (status, stats, reload, learn).
 
 Request: msgpack map {"command": str, "params": map}. Reply: {"ok": true, "result": ...} or
-{"ok": false, "error": str}. Bound to loopback by default; an unknown command gets an error reply.
+{"ok": false, "error": str}; an unknown command gets an error reply. The socket is a Unix socket
+file with owner-only permissions by default, or TCP with CURVE (docs/OPERATIONS.md).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any, Protocol
 
 import msgpack
 import zmq
+
+from service.supervise import Supervised
 
 log = logging.getLogger(__name__)
 
@@ -60,19 +63,18 @@ def handle(target: Controlled, raw: bytes) -> bytes:
 class ControlServer:
     """Serves the control socket from one thread until stop() is called."""
 
-    def __init__(self, sock: zmq.Socket, target: Controlled) -> None:
+    def __init__(self, sock: zmq.Socket, target: Controlled, *,
+                 on_crash: Callable[[str], None] = lambda name: None) -> None:
         self._sock = sock
         self._target = target
         self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="hitveto-control", daemon=True)
+        self.thread = Supervised("hitveto-control", self._run, on_crash=on_crash)
 
     def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                if self._sock.poll(100, zmq.POLLIN):
-                    self._sock.send(handle(self._target, self._sock.recv()))
-        finally:
-            self._sock.close(linger=0)
+        while not self._stop.is_set():
+            if self._sock.poll(100, zmq.POLLIN):
+                self._sock.send(handle(self._target, self._sock.recv()))
+        self._sock.close(linger=0)
 
     def stop(self) -> None:
         self._stop.set()

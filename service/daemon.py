@@ -7,6 +7,8 @@
 Start: load and check the artifact, warm the engine, bind, start threads, then READY=1.
 Stop (SIGTERM): frames still arriving are answered SHUTDOWN-keep, the batcher is drained through the
 model, every verdict is published, then sockets close. Signal handlers only set an event.
+Health: every thread is supervised (service/supervise.py); one that stays down makes the daemon
+not ready: no watchdog ping, drain, exit 1, so that systemd restarts it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import signal
 import threading
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,14 +34,15 @@ from service.control import ControlServer
 from service.drift import DriftMonitor, Profile
 from service.engine import Engine, resolve_devices
 from service.inference import InferenceLoop
-from service.ingest import IngestWorker
+from service.ingest import IngestWorker, forward_frames
 from service.metrics import Metrics
 from service.notify import notify, watchdog_interval_s
+from service.protocol import MAX_FRAME_BYTES, MAX_HEADER_BYTES, WELCOME, Reason, Verdict
 from service.publisher import Publisher
-from service.security import server_options, start_authenticator
+from service.security import HandshakeMonitor, server_options, start_authenticator
 from service.shadow import ShadowPeakfinder, spare_cores
-from service.protocol import WELCOME
-from service.sockets import bind
+from service.sockets import bind, bind_private_ipc
+from service.supervise import Supervised
 
 log = logging.getLogger(__name__)
 BACKEND = "inproc://hitveto-frames"
@@ -47,6 +51,8 @@ BACKEND = "inproc://hitveto-frames"
 # (ingest.rcvhwm + 2 * INTERNAL_HWM * workers + batch.max_queue) frames.
 INTERNAL_HWM = 16
 IDLE_BEFORE_CLOSE_S = 0.05   # intake is closed once no frame arrived for this long while draining
+# A message part larger than a frame can be is refused by ZMQ before it is read whole.
+MAX_MESSAGE_BYTES = MAX_FRAME_BYTES + MAX_HEADER_BYTES
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -71,6 +77,9 @@ class Daemon:
         self._context = zmq.Context()
         self._artifact = artifacts.read(config.model.artifact or artifacts.DEFAULT_ARTIFACT)
         self.endpoints: Endpoints | None = None
+        self.exit_code = 0                  # 1 once a worker thread stayed down
+        self._threads: list[Supervised] = []
+        self._monitor: HandshakeMonitor | None = None
 
     @property
     def artifact(self) -> Artifact:
@@ -78,16 +87,21 @@ class Daemon:
 
     def start(self) -> Endpoints:
         cfg = self.config
-        self._auth = start_authenticator(self._context, cfg.security, self.metrics.auth_failures.inc)
+        self._auth = start_authenticator(self._context, cfg.security)
         self._curve = server_options(cfg.security)
+        if cfg.security.curve:   # every refused handshake counted, whatever the client's mechanism
+            self._monitor = HandshakeMonitor(on_refused=self.metrics.auth_failures.inc,
+                                             on_crash=self.metrics.thread_crashed)
         engines = self._engines(self._artifact)
         warm_s = sum(e.warm_up() for e in engines)
         self.batcher = Batcher(max_batch=cfg.batch.max_batch, max_delay_ms=cfg.batch.max_delay_ms,
                                max_queue=cfg.batch.max_queue)
         pub, pub_endpoint = bind(self._context, zmq.XPUB, cfg.publish.endpoint,
                                  hwm=cfg.publish.sndhwm, linger_ms=500,
-                                 options={zmq.XPUB_WELCOME_MSG: WELCOME, **self._curve})
-        self.publisher = Publisher(pub, self.metrics)
+                                 options={zmq.XPUB_WELCOME_MSG: WELCOME, zmq.XPUB_VERBOSER: 1,
+                                          zmq.XPUB_MANUAL: 1, **self._curve})
+        # The publisher's own socket monitor counts this socket's refused handshakes.
+        self.publisher = Publisher(pub, self.metrics, cfg.publish.max_subscribers)
         self._pub = pub
         watchers = self._start_watchers(engines)
         # One inference thread per engine, all taking batches from the one batcher: a free
@@ -104,14 +118,19 @@ class Daemon:
             loop.thread.start()
         port = self.metrics.serve(cfg.metrics.address, cfg.metrics.port) if cfg.metrics.enabled else None
         control_endpoint = self._start_control()
+        if self._monitor is not None:
+            self._monitor.start()
+        self._threads = [self._proxy, *(w.thread for w in self.workers), self.publisher.thread,
+                         *(loop.thread for loop in self.inference),
+                         *(t.thread for t in (self.control, self.drift, self._monitor) if t is not None)]
         self._announce_model(engines)
         self.endpoints = Endpoints(ingest=ingest_endpoint, publish=pub_endpoint,
                                    control=control_endpoint, metrics_port=port)
         log.info("serving %s (sha256 %s) on %s (%s, warm-up %.2f s); verdicts on %s; control %s; "
-                 "metrics port %s", self._artifact.info.version, self._artifact.sha256[:12],
+                 "metrics port %s", self._artifact.served_version, self._artifact.sha256[:12],
                  ingest_endpoint, _devices(engines), warm_s, pub_endpoint,
                  control_endpoint, port)
-        notify(f"READY=1\nSTATUS=serving {self._artifact.info.version} on {_devices(engines)}")
+        notify(f"READY=1\nSTATUS=serving {self._artifact.served_version} on {_devices(engines)}")
         return self.endpoints
 
     def _engines(self, artifact: Artifact) -> list[Engine]:
@@ -145,14 +164,15 @@ class Daemon:
     def _start_intake(self) -> str:
         cfg = self.config.ingest
         front, endpoint = bind(self._context, zmq.PULL, cfg.endpoint, hwm=cfg.rcvhwm,
-                               options=self._curve)
+                               options={zmq.MAXMSGSIZE: MAX_MESSAGE_BYTES, **self._curve})
         back, _ = bind(self._context, zmq.PUSH, BACKEND, hwm=INTERNAL_HWM)
         self._proxy_control = self._context.socket(zmq.PAIR)
         self._proxy_control.bind("inproc://hitveto-proxy-control")
         steer = self._context.socket(zmq.PAIR)
         steer.connect("inproc://hitveto-proxy-control")
-        self._proxy = threading.Thread(target=_run_proxy, args=(front, back, steer),
-                                       name="hitveto-proxy", daemon=True)
+        self._watch_handshakes(front)
+        self._proxy = Supervised("hitveto-proxy", lambda: forward_frames(front, back, steer),
+                                 on_crash=self.metrics.thread_crashed)
         self._proxy.start()
         self.workers = [self._worker(i) for i in range(max(1, cfg.workers))]
         for w in self.workers:
@@ -160,14 +180,24 @@ class Daemon:
         return endpoint
 
     def _start_control(self) -> str | None:
-        if not self.config.control.endpoint:
+        endpoint = self.config.control.endpoint
+        if not endpoint:
             self.control = None
             return None
-        sock, endpoint = bind(self._context, zmq.REP, self.config.control.endpoint,
-                              options=self._curve)
-        self.control = ControlServer(sock, self)
+        if endpoint.startswith("ipc://"):
+            sock, endpoint = bind_private_ipc(self._context, zmq.REP, endpoint,
+                                              mode=int(self.config.control.socket_mode, 8))
+        else:   # tcp:// only with CURVE (config refuses it otherwise)
+            sock, endpoint = bind(self._context, zmq.REP, endpoint, options=self._curve)
+            self._watch_handshakes(sock)
+        self.control = ControlServer(sock, self, on_crash=self.metrics.thread_crashed)
         self.control.thread.start()
         return endpoint
+
+    def _watch_handshakes(self, sock: zmq.Socket) -> None:
+        """Count the socket's refused handshakes (before its owner thread starts using it)."""
+        if self._monitor is not None:
+            self._monitor.watch(sock)
 
     def _worker(self, i: int) -> IngestWorker:
         sock = self._context.socket(zmq.PULL)
@@ -180,20 +210,21 @@ class Daemon:
 
     def _announce_model(self, engines: list[Engine]) -> None:
         info = self._artifact.info
-        self.metrics.set_model(info.version, info.architecture, info.detector, _devices(engines),
-                               self._artifact.sha256, info.threshold)
+        self.metrics.set_model(self._artifact.served_version, info.architecture, info.detector,
+                               _devices(engines), self._artifact.sha256, info.threshold)
         self.metrics.gpu_memory.set(sum(e.gpu_memory_bytes() for e in engines))
         self.metrics.ready.set(1)
 
     def status(self) -> dict[str, Any]:
         """What is being served, where, and how full the queue is."""
         info = self._artifact.info
-        return {"version": info.version, "sha256": self._artifact.sha256, "detector": info.detector,
+        return {"version": self._artifact.served_version, "trained_version": info.version,
+                "sha256": self._artifact.sha256, "detector": info.detector,
                 "threshold": info.threshold,
                 "device": _devices([loop.engine for loop in self.inference]),
                 "artifact": str(self._artifact.path), "queue_depth": self.batcher.depth(),
                 "uptime_s": round(time.monotonic() - self._started_s, 1),
-                "draining": self._draining.is_set(),
+                "draining": self._draining.is_set(), "unhealthy": self.unhealthy(),
                 "learning": self.inference[0].audit.fraction == 1.0,
                 "endpoints": dataclasses.asdict(self.endpoints) if self.endpoints else {}}
 
@@ -204,21 +235,19 @@ class Daemon:
     def reload(self, path: str | None = None) -> dict[str, Any]:
         """Swap in a model file (default: the configured one) without dropping a frame.
 
-        The new model is loaded, checked and warmed beside the old one, which keeps serving; the
-        swap happens between two batches. ArtifactError (old model still serving) if it does not fit.
+        Only a regular file in model.reload_dirs is taken (the control channel must not be a way
+        to run anyone's code). The new model is loaded, checked and warmed beside the old one, which
+        keeps serving; the swap happens between two batches. ArtifactError (old model still
+        serving) if it does not fit.
         """
         with self._reload_lock:
-            new = artifacts.read(path or self.config.model.artifact or artifacts.DEFAULT_ARTIFACT)
+            try:
+                new, engines = self._prepare(path)
+            except Exception:
+                self.metrics.reloads.labels("refused").inc()
+                raise
             old = self._artifact
-            if (new.spec.detector, new.spec.raw_shape, new.spec.roi_shape) != \
-                    (old.spec.detector, old.spec.raw_shape, old.spec.roi_shape):
-                raise artifacts.ArtifactError(
-                    f"{new.path}: model {new.info.version} takes {new.spec.detector} "
-                    f"{new.spec.raw_shape}/{new.spec.roi_shape}, the stream is {old.spec.detector} "
-                    f"{old.spec.raw_shape}/{old.spec.roi_shape}; still serving {old.info.version}")
-            engines = self._engines(new)
             for loop, engine in zip(self.inference, engines):
-                engine.warm_up()
                 loop.swap(engine)
             self._artifact = new
             if self.drift is not None and new.info.profile:
@@ -229,9 +258,37 @@ class Daemon:
             if self.shadow is not None:
                 self.shadow.use(new.spec)
             self._announce_model(engines)
-            log.info("reloaded: %s (sha256 %s) replaces %s", new.info.version, new.sha256[:12],
-                     old.info.version)
-            return {"version": new.info.version, "sha256": new.sha256, "previous": old.info.version}
+            self.metrics.reloads.labels("ok").inc()
+            log.info("reloaded: %s (sha256 %s) replaces %s", new.served_version, new.sha256[:12],
+                     old.served_version)
+            return {"version": new.served_version, "sha256": new.sha256,
+                    "previous": old.served_version}
+
+    def _prepare(self, path: str | None) -> tuple[Artifact, list[Engine]]:
+        """The new artifact, checked, and its engines, warmed (the old ones serve meanwhile)."""
+        configured = self.config.model.artifact or str(artifacts.DEFAULT_ARTIFACT)
+        new = artifacts.read(configured if path is None else self._reloadable(path))
+        old = self._artifact
+        if (new.spec.detector, new.spec.raw_shape, new.spec.roi_shape) != \
+                (old.spec.detector, old.spec.raw_shape, old.spec.roi_shape):
+            raise artifacts.ArtifactError(
+                f"{new.path}: model {new.info.version} takes {new.spec.detector} "
+                f"{new.spec.raw_shape}/{new.spec.roi_shape}, the stream is {old.spec.detector} "
+                f"{old.spec.raw_shape}/{old.spec.roi_shape}; still serving {old.served_version}")
+        engines = self._engines(new)
+        for engine in engines:
+            engine.warm_up()
+        return new, engines
+
+    def _reloadable(self, path: str) -> Path:
+        """`path` resolved, if it lies in a reload folder (default: the configured model's)."""
+        folders = [d.strip() for d in self.config.model.reload_dirs.split(",") if d.strip()]
+        configured = self.config.model.artifact or str(artifacts.DEFAULT_ARTIFACT)
+        try:
+            return artifacts.trusted_path(path, folders or [str(Path(configured).resolve().parent)])
+        except artifacts.ArtifactError as exc:
+            raise artifacts.ArtifactError(f"{exc}; still serving {self._artifact.served_version}") \
+                from None
 
     def learn(self, on: bool) -> dict[str, Any]:
         """Learn mode keeps every frame, the model's misses as `audit`, so that the hit writer
@@ -256,34 +313,60 @@ class Daemon:
         self.serve_forever_without_signals()
 
     def serve_forever_without_signals(self) -> None:
-        """Run until stop_requested is set, pinging the systemd watchdog; then drain and stop."""
+        """Run until stop_requested is set, pinging the systemd watchdog while every thread is up;
+        then drain and stop. A thread that stays down ends it too, with exit_code 1."""
         interval = min(watchdog_interval_s() or 1.0, 1.0)
         while not self.stop_requested.wait(interval):
+            if down := self.unhealthy():
+                self._give_up(down)
+                break
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self._reload_logged()
             notify("WATCHDOG=1")
-            notify(f"STATUS=serving {self._artifact.info.version}, "
+            notify(f"STATUS=serving {self._artifact.served_version}, "
                    f"{self.publisher.published} verdicts, queue {self.batcher.depth()}")
         self.shutdown()
+
+    def unhealthy(self) -> list[str]:
+        """The worker threads that are down while the daemon serves (empty when healthy)."""
+        if self._draining.is_set():
+            return []
+        return [t.name for t in self._threads if not t.is_alive()]
+
+    def _give_up(self, down: list[str]) -> None:
+        log.critical("worker threads down: %s; not ready, stopping (exit 1) for a restart",
+                     ", ".join(down))
+        self.metrics.ready.set(0)
+        notify(f"STATUS=worker threads down: {', '.join(down)}; stopping")
+        self.exit_code = 1
 
     def _reload_logged(self) -> None:
         notify("RELOADING=1")
         try:
             self.reload()
-        except (artifacts.ArtifactError, RuntimeError) as exc:
-            log.error("reload refused, still serving %s: %s", self._artifact.info.version, exc)
+        except (artifacts.ArtifactError, RuntimeError, OSError) as exc:
+            log.error("reload refused, still serving %s: %s", self._artifact.served_version, exc)
         notify("READY=1")
 
     def shutdown(self, deadline_s: float = 10.0) -> None:
         """Drain in phases: answer late arrivals, close intake, judge the backlog, publish all."""
+        if self._context.closed:                    # stopped already
+            return
+        if not self._threads:                       # never started: nothing to drain
+            self._context.destroy(linger=0)
+            return
         notify("STOPPING=1")
+        self.metrics.ready.set(0)
         end = time.monotonic() + deadline_s
         self._draining.set()
         while time.monotonic() < end and any(
                 time.monotonic() - w.last_frame_s < IDLE_BEFORE_CLOSE_S for w in self.workers):
             time.sleep(IDLE_BEFORE_CLOSE_S / 5)
-        self._proxy_control.send(b"TERMINATE")
+        try:
+            self._proxy_control.send(b"TERMINATE", zmq.NOBLOCK)
+        except zmq.Again:                           # the proxy is gone already
+            pass
         self._proxy.join(max(0.1, end - time.monotonic()))
         for w in self.workers:
             w.stop.set()
@@ -292,19 +375,35 @@ class Daemon:
             loop.stop.set()
         for loop in self.inference:
             loop.thread.join(max(0.1, end - time.monotonic()))
+        self._answer_left_behind()
         self.publisher.close(max(0.1, end - time.monotonic()))
+        self._stop_watchers()
+        self._pub.close(linger=500)
+        self._proxy_control.close(linger=0)
+        self._context.term()
+        log.info("stopped after %d verdicts", self.publisher.published)
+
+    def _answer_left_behind(self) -> None:
+        """Frames still queued (an inference thread that was down) are kept, never left unanswered."""
+        artifact = self._artifact
+        while batch := self.batcher.drain(self.batcher.max_batch):
+            for p in batch:
+                self.publisher.put(Verdict.fail_open(
+                    p.key, Reason.SHUTDOWN, model_version=artifact.served_version,
+                    threshold=artifact.info.threshold, sent_ns=p.sent_ns, received_ns=p.received_ns))
+
+    def _stop_watchers(self) -> None:
         if self.drift is not None:
             self.drift.stop.set()
         if self.shadow is not None:
             self.shadow.close()
         if self.control is not None:
             self.control.stop()
-        self._pub.close(linger=500)
-        self._proxy_control.close(linger=0)
+        if self._monitor is not None:
+            self._monitor.stop()
         if self._auth is not None:
             self._auth.stop()
-        self._context.term()
-        log.info("stopped after %d verdicts", self.publisher.published)
+        self.metrics.close()
 
     def __enter__(self) -> Daemon:
         self.start()
@@ -319,18 +418,3 @@ def _devices(engines: list[Engine]) -> str:
     return ",".join(e.device for e in engines)
 
 
-def _run_proxy(front: zmq.Socket, back: zmq.Socket, steer: zmq.Socket) -> None:
-    try:
-        zmq.proxy_steerable(front, back, None, steer)
-        # Terminated at shutdown: pass on what already waits in the ingest socket (at most its
-        # HWM), so that the workers answer it rather than the senders' deadlines.
-        for _ in range(front.getsockopt(zmq.RCVHWM)):
-            if not front.poll(0, zmq.POLLIN):
-                break
-            back.send_multipart(front.recv_multipart(copy=False), copy=False)
-    except zmq.ContextTerminated:
-        pass
-    finally:
-        back.close(linger=1000)             # frames passed on must reach the workers
-        front.close(linger=0)
-        steer.close(linger=0)

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from service.artifact import Artifact
 from service.metrics import Metrics
 from service.preprocess import InputSpec, region
+from service.supervise import Supervised
 
 log = logging.getLogger(__name__)
 STATISTICS = ("score", "hit", "intensity", "background", "saturated", "masked")
@@ -114,7 +115,7 @@ class DriftMonitor:
         self._waiting = threading.BoundedSemaphore(BURST)
         self.use(prof, spec, threshold)
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="hitveto-drift", daemon=True)
+        self.thread = Supervised("hitveto-drift", self._run, on_crash=metrics.thread_crashed)
 
     def use(self, prof: Profile, spec: InputSpec, threshold: float) -> None:
         """Score against this profile from now on (a reload); the window starts afresh."""
@@ -131,27 +132,30 @@ class DriftMonitor:
         self._inbox.put((region, score))
 
     def _run(self) -> None:
-        rows: deque[np.ndarray] = deque(maxlen=self._window)
-        measured = 0
+        # State lives on self, so that a restart after a crash (Supervised) goes on from it.
         while not self.stop.is_set():
             try:
                 item = self._inbox.get(timeout=0.1)
             except queue.Empty:
                 continue
             if isinstance(item[0], Profile):
-                (prof, spec, threshold), rows = item, deque(maxlen=self._window)
-                real = np.flatnonzero(spec.roi_index.reshape(-1) >= 0)
+                prof, spec, threshold = item
+                self._scoring = (prof, spec, threshold, np.flatnonzero(spec.roi_index.reshape(-1) >= 0))
+                self._rows, self._measured = deque(maxlen=self._window), 0
                 self._metrics.drift_score.clear()
                 continue
             self._waiting.release()
-            region, score = item
-            rows.append(statistics_row(region, score, threshold, real, spec.adu_per_photon,
-                                       prof.saturation_adu))
-            measured += 1
-            if len(rows) >= self._min_frames and measured % 10 == 0:   # scores every 10th frame
-                for name, value in drift_scores(prof, np.array(rows)).items():
-                    self._metrics.drift_score.labels(name).set(value)
-                self._metrics.drift_window.set(len(rows))
+            self._measure(*item)
+
+    def _measure(self, region: np.ndarray, score: float) -> None:
+        prof, spec, threshold, real = self._scoring
+        self._rows.append(statistics_row(region, score, threshold, real, spec.adu_per_photon,
+                                         prof.saturation_adu))
+        self._measured += 1
+        if len(self._rows) >= self._min_frames and self._measured % 10 == 0:   # every 10th frame
+            for name, value in drift_scores(prof, np.array(self._rows)).items():
+                self._metrics.drift_score.labels(name).set(value)
+            self._metrics.drift_window.set(len(self._rows))
 
 
 def profile_runs(art: Artifact, runs: tuple[Path, ...]) -> Profile:

@@ -2,13 +2,16 @@
 runs one per engine (device), all fed by the same batcher.
 
 Frames that waited longer than the latency budget are kept (overload) instead of judged, so the
-latency of judged frames stays bounded whatever the offered load. A model that raises gets its whole
-batch kept (model_error). A new engine is swapped in between two batches, so a reload drops nothing.
+latency of judged frames stays bounded whatever the offered load. A model that raises, or any error
+while its verdicts are made, gets the whole batch kept (model_error); a score that is not a number
+is no verdict: that frame is kept (bad_score). A new engine is swapped in between two batches, so a
+reload drops nothing.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +24,7 @@ from service.batcher import Batcher, Pending
 from service.engine import Engine
 from service.metrics import Metrics
 from service.protocol import Reason, Verdict
+from service.supervise import Supervised
 
 log = logging.getLogger(__name__)
 TICK_S = 0.1
@@ -47,7 +51,7 @@ class InferenceLoop:
         self._watchers = watchers
         self.judged = 0                    # frames this loop's engines scored
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread = Supervised(name, self._run, on_crash=metrics.thread_crashed)
 
     def swap(self, engine: Engine) -> None:
         """Serve `engine` from the next batch on (thread-safe)."""
@@ -55,9 +59,18 @@ class InferenceLoop:
 
     def _run(self) -> None:
         while not self.stop.is_set():
-            self.judge(self._batcher.next_batch(TICK_S))
+            self._judge_or_keep(self._batcher.next_batch(TICK_S))
         while batch := self._batcher.drain(self._batcher.max_batch):  # SIGTERM: judge the rest
-            self.judge(batch, stale_ok=True)
+            self._judge_or_keep(batch, stale_ok=True)
+
+    def _judge_or_keep(self, batch: list[Pending], stale_ok: bool = False) -> None:
+        """judge(), and a batch it fails on is kept: a frame taken from the batcher is answered."""
+        try:
+            self.judge(batch, stale_ok)
+        except Exception:
+            log.exception("judging a batch of %d failed; kept", len(batch))
+            self._metrics.internal_errors.labels("inference").inc()
+            self._keep_all(batch, Reason.MODEL_ERROR)
 
     def judge(self, batch: list[Pending], stale_ok: bool = False) -> None:
         if self._next_engine is not None:
@@ -82,23 +95,37 @@ class InferenceLoop:
             scores = engine.infer([p.region for p in batch])
         except Exception:  # any model failure: keep the whole batch, keep serving
             log.exception("model %s failed on a batch of %d; kept", engine.version, len(batch))
-            for p in batch:
-                self._keep(p, Reason.MODEL_ERROR)
+            self._keep_all(batch, Reason.MODEL_ERROR)
             return
         seconds = time.perf_counter() - t0
+        try:   # all verdicts made before any is out: a failure keeps the whole batch, once
+            verdicts = [self._verdict(p, score, engine, seconds * 1e3)
+                        for p, score in zip(batch, scores.tolist(), strict=True)]
+        except Exception:
+            log.exception("verdicts for a batch of %d failed; kept", len(batch))
+            self._metrics.internal_errors.labels("inference").inc()
+            self._keep_all(batch, Reason.MODEL_ERROR)
+            return
         self.judged += len(batch)
         self._metrics.inference.observe(seconds)
         self._metrics.batch_size.observe(len(batch))
-        judged = [(p, score, score >= engine.threshold) for p, score in zip(batch, scores.tolist())]
-        for p, score, hit in judged:
-            audited = not hit and self.audit.picks(p.key)
-            self._publish(Verdict(key=p.key, keep=hit or audited, hit=hit, score=score,
-                                  threshold=engine.threshold, model_version=engine.version,
-                                  reason=Reason.AUDIT if audited else Reason.MODEL,
-                                  sent_ns=p.sent_ns, received_ns=p.received_ns,
-                                  inference_ms=seconds * 1e3))
-        for p, score, hit in judged:        # after the whole batch's verdicts are out
-            self._watch(p.region, score, hit)
+        for verdict in verdicts:
+            self._publish(verdict)
+        for p, v in zip(batch, verdicts):   # after the whole batch's verdicts are out
+            if v.reason is not Reason.BAD_SCORE:
+                self._watch(p.region, v.score, v.hit)
+
+    def _verdict(self, p: Pending, score: float, engine: Engine, inference_ms: float) -> Verdict:
+        if not math.isfinite(score):
+            return Verdict(key=p.key, keep=True, hit=False, score=score, threshold=engine.threshold,
+                           model_version=engine.version, reason=Reason.BAD_SCORE,
+                           sent_ns=p.sent_ns, received_ns=p.received_ns, inference_ms=inference_ms)
+        hit = score >= engine.threshold
+        audited = not hit and self.audit.picks(p.key)
+        return Verdict(key=p.key, keep=hit or audited, hit=hit, score=score,
+                       threshold=engine.threshold, model_version=engine.version,
+                       reason=Reason.AUDIT if audited else Reason.MODEL,
+                       sent_ns=p.sent_ns, received_ns=p.received_ns, inference_ms=inference_ms)
 
     def _watch(self, region: np.ndarray, score: float, hit: bool) -> None:
         for watcher in self._watchers:
@@ -106,6 +133,10 @@ class InferenceLoop:
                 watcher.offer(region, score, hit)
             except Exception:     # a watcher's failure must not reach the verdicts
                 log.exception("watcher %s failed; the frame's verdict is out", type(watcher).__name__)
+
+    def _keep_all(self, batch: list[Pending], reason: Reason) -> None:
+        for p in batch:
+            self._keep(p, reason)
 
     def _keep(self, p: Pending, reason: Reason) -> None:
         self._publish(Verdict.fail_open(p.key, reason, model_version=self.engine.version,

@@ -18,8 +18,9 @@ import zmq
 from service.artifact import Artifact
 from service.batcher import Batcher, Pending
 from service.metrics import Metrics
-from service.preprocess import InputMismatch, region
-from service.protocol import ProtocolError, Reason, Verdict, decode_frame
+from service.preprocess import InputMismatch, masked_region
+from service.protocol import ProtocolError, Reason, Verdict, decode_frame, peek_key
+from service.supervise import Supervised
 
 log = logging.getLogger(__name__)
 POLL_MS = 50
@@ -37,17 +38,16 @@ class IngestWorker:
         self._draining = draining
         self.last_frame_s = time.monotonic()
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread = Supervised(name, self._run, on_crash=metrics.thread_crashed)
 
     def _run(self) -> None:
-        try:
-            while not self.stop.is_set():
-                if self._sock.poll(POLL_MS, zmq.POLLIN):
-                    self.handle(self._sock.recv_multipart(copy=False))
-            while self._sock.poll(0, zmq.POLLIN):  # intake is closed: answer what is still queued
+        # Restarted as it is after a crash (Supervised): the socket is closed on a clean stop only.
+        while not self.stop.is_set():
+            if self._sock.poll(POLL_MS, zmq.POLLIN):
                 self.handle(self._sock.recv_multipart(copy=False))
-        finally:
-            self._sock.close(linger=0)
+        while self._sock.poll(0, zmq.POLLIN):  # intake is closed: answer what is still queued
+            self.handle(self._sock.recv_multipart(copy=False))
+        self._sock.close(linger=0)
 
     def handle(self, parts: list) -> None:
         """One message in, exactly one outcome: queued, or answered with a keep, or counted as bad."""
@@ -62,7 +62,7 @@ class IngestWorker:
             if key.detector != artifact.spec.detector:
                 raise ProtocolError("unknown_detector", f"detector {key.detector!r}, model "
                                     f"serves {artifact.spec.detector!r}", key)
-            roi = region(image, artifact.spec)
+            roi, nonfinite = masked_region(image, artifact.spec)
         except ProtocolError as exc:
             self._reject(exc.reason, exc.key, str(exc), received_ns, artifact)
             return
@@ -71,9 +71,12 @@ class IngestWorker:
             return
         except Exception:  # a bug must cost one frame (kept), never the worker: count and go on
             log.exception("internal error on a frame; kept")
-            self._reject("internal_error", key, "internal error", received_ns, artifact,
-                         reason=Reason.MODEL_ERROR)
+            self._metrics.internal_errors.labels("ingest").inc()
+            self._reject("internal_error", key or peek_key(parts), "internal error", received_ns,
+                         artifact, reason=Reason.MODEL_ERROR)
             return
+        if nonfinite:
+            self._metrics.nonfinite_frames.inc()
         pending = Pending(key=header.key, region=roi, sent_ns=header.sent_ns,
                           received_ns=received_ns, arrived_s=self._batcher.clock())
         if self._draining.is_set():
@@ -86,10 +89,35 @@ class IngestWorker:
         self._metrics.bad_frames.labels(label).inc()
         log.debug("bad frame: %s", detail)
         if key is not None:  # answerable: the writer keeps it rather than waiting for the deadline
-            self._publish(Verdict.fail_open(key, reason, model_version=artifact.info.version,
+            self._publish(Verdict.fail_open(key, reason, model_version=artifact.served_version,
                                             threshold=artifact.info.threshold, received_ns=received_ns))
 
     def _keep(self, p: Pending, reason: Reason, artifact: Artifact) -> None:
-        self._publish(Verdict.fail_open(p.key, reason, model_version=artifact.info.version,
+        self._publish(Verdict.fail_open(p.key, reason, model_version=artifact.served_version,
                                         threshold=artifact.info.threshold, sent_ns=p.sent_ns,
                                         received_ns=p.received_ns))
+
+
+def forward_frames(front: zmq.Socket, back: zmq.Socket, steer: zmq.Socket) -> None:
+    """Frames from the ingest socket to the workers, until TERMINATE on `steer`."""
+    while True:
+        try:
+            zmq.proxy_steerable(front, back, None, steer)
+            break
+        except zmq.Again:   # reported on CURVE client connections (issue #18): nothing to read
+            continue        # after all, so go on rather than leave the daemon deaf
+        except zmq.ContextTerminated:
+            break
+    try:
+        # Terminated at shutdown: pass on what already waits in the ingest socket (at most its
+        # HWM), so that the workers answer it rather than the senders' deadlines.
+        for _ in range(front.getsockopt(zmq.RCVHWM)):
+            if not front.poll(0, zmq.POLLIN):
+                break
+            back.send_multipart(front.recv_multipart(copy=False), copy=False)
+    except zmq.ContextTerminated:
+        pass
+    finally:
+        back.close(linger=1000)             # frames passed on must reach the workers
+        front.close(linger=0)
+        steer.close(linger=0)

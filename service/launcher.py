@@ -58,7 +58,8 @@ def start_daemon(*settings: str, artifact: Path | None = None, timeout_s: float 
 
     settings are extra `section.key=value` overrides. Raises RuntimeError if it dies or times out.
     """
-    ingest, publish, control = free_tcp_endpoint(), free_tcp_endpoint(), free_tcp_endpoint()
+    ingest, publish = free_tcp_endpoint(), free_tcp_endpoint()
+    control = f"ipc://{tempfile.mkdtemp(prefix='hitveto-')}/control"   # owner-only Unix socket
     port = int(free_tcp_endpoint().rsplit(":", 1)[1])
     cmd = [sys.executable, "-m", "service.cli", "serve", "--ingest", ingest, "--publish", publish,
            "--control", control, "--metrics-port", str(port), *[a for s in settings for a in ("--set", s)]]

@@ -1,9 +1,11 @@
 """All Prometheus metrics of the daemon, on a registry passed in (tests pass a fresh one).
 
-Names are a contract: deploy/ dashboards and alert rules use them (docs/METRICS.md).
+Names are a contract: deploy/ dashboards and alert rules use them (docs/DAEMON.md, "Metrics").
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client import ProcessCollector
@@ -67,7 +69,27 @@ class Metrics:
                                  ["statistic"], registry=registry)
         self.drift_window = Gauge("hitveto_drift_window_frames",
                                   "Measured frames the drift scores cover", registry=registry)
+        self.thread_crashes = Counter("hitveto_thread_crashes_total",
+                                      "Worker thread crashes (each restarted, or given up: not ready)",
+                                      ["thread"], registry=registry)
+        self.internal_errors = Counter("hitveto_internal_errors_total",
+                                       "Internal errors caught, by stage; the frames concerned are "
+                                       "kept (model_error)", ["stage"], registry=registry)
+        self.nonfinite_frames = Counter("hitveto_nonfinite_pixel_frames_total",
+                                        "Frames with NaN/Inf pixels in the judged region (masked to 0, "
+                                        "then judged)", registry=registry)
+        self.reloads = Counter("hitveto_reloads_total", "Model reload requests, by result",
+                               ["result"], registry=registry)
+        self.subscribers = Gauge("hitveto_subscribers", "Verdict subscribers admitted",
+                                 registry=registry)
+        self.subscribers_refused = Counter("hitveto_subscribers_refused_total",
+                                           "Subscriptions refused over publish.max_subscribers",
+                                           registry=registry)
         ProcessCollector(registry=registry)
+        self._server: Any = None
+
+    def thread_crashed(self, name: str) -> None:
+        self.thread_crashes.labels(name).inc()
 
     def count_verdict(self, keep: bool, reason: str) -> None:
         self.verdicts.labels("keep" if keep else "drop", reason).inc()
@@ -99,5 +121,12 @@ class Metrics:
 
     def serve(self, address: str, port: int) -> int:
         """Expose /metrics over HTTP; returns the bound port (port 0 picks a free one)."""
-        server, _thread = start_http_server(port, addr=address, registry=self.registry)
-        return server.server_address[1]
+        self._server, _thread = start_http_server(port, addr=address, registry=self.registry)
+        return self._server.server_address[1]
+
+    def close(self) -> None:
+        """Stop the HTTP server (a stopped daemon must not look alive to Prometheus)."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

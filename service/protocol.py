@@ -23,6 +23,9 @@ ALLOWED_DTYPES: dict[str, np.dtype] = {
 MAX_HEADER_BYTES = 4096
 MAX_FRAME_BYTES = 64 * 1024 * 1024  # a 16 Mpix float32 frame; bigger is refused before any reshape
 MAX_NDIM = 4
+MAX_DETECTOR_CHARS = 64
+INT64 = (-(1 << 63), (1 << 63) - 1)   # run and pulse id: signed 64-bit (CXI event/run, pulse_id)
+UINT64 = (0, (1 << 64) - 1)           # timestamp: psana's unsigned 64-bit event time
 WELCOME = b"hitveto-welcome"  # sent by the verdict socket to each new subscriber (XPUB welcome)
 
 
@@ -43,7 +46,8 @@ class Reason(enum.StrEnum):
     AUDIT = "audit"              # judged a miss, kept anyway: the audit sample (service/audit.py)
     OVERLOAD = "overload"        # not judged in time: backlog over the latency budget or queue full
     MALFORMED = "malformed"      # header readable, frame not usable (shape, dtype, size, detector)
-    MODEL_ERROR = "model_error"  # the model raised on this batch
+    MODEL_ERROR = "model_error"  # the model raised on this batch, or an internal error on the frame
+    BAD_SCORE = "bad_score"      # the model's score is not a number (NaN/Inf): not a verdict
     SHUTDOWN = "shutdown"        # the daemon stopped before judging it
     NO_VERDICT = "no_verdict"    # client side only: no verdict before the deadline
     DUPLICATE = "duplicate"      # client side only: its key already awaits a verdict; not sent
@@ -146,6 +150,30 @@ def decode_frame(parts: list[Any]) -> tuple[FrameHeader, np.ndarray]:
 
 
 def _decode_header(raw: bytes) -> FrameHeader:
+    meta = _unpack_header(raw)
+    key = _read_key(meta)
+    version = meta.get("v")
+    if not (_is_int(version) and version == PROTOCOL_VERSION):
+        raise ProtocolError("bad_version", f"protocol version {version!r}, "
+                            f"this daemon speaks {PROTOCOL_VERSION}", key)
+    if key is None:
+        raise ProtocolError("bad_header", "missing, mistyped or out-of-range event key (run, pulse_id: "
+                            "64-bit signed ints; timestamp: 64-bit unsigned; detector: a short string)")
+    dtype, shape = meta.get("dtype"), meta.get("shape")
+    if not (isinstance(dtype, str) and dtype in ALLOWED_DTYPES):
+        raise ProtocolError("bad_dtype", f"dtype {dtype!r} not in {sorted(ALLOWED_DTYPES)}", key)
+    if not (isinstance(shape, list) and 0 < len(shape) <= MAX_NDIM
+            and all(_is_int(n) and 0 < n <= MAX_FRAME_BYTES for n in shape)):
+        raise ProtocolError("bad_shape", f"shape {shape!r} is not 1-{MAX_NDIM} positive ints", key)
+    if math.prod(shape) * ALLOWED_DTYPES[dtype].itemsize > MAX_FRAME_BYTES:
+        raise ProtocolError("bad_size", f"declared frame exceeds {MAX_FRAME_BYTES} bytes", key)
+    sent_ns, extra = meta.get("sent_ns", 0), meta.get("meta", {})
+    return FrameHeader(key=key, dtype=dtype, shape=tuple(shape),
+                       sent_ns=sent_ns if _in_range(sent_ns, INT64) and sent_ns >= 0 else 0,
+                       meta=extra if isinstance(extra, dict) else {})
+
+
+def _unpack_header(raw: bytes) -> dict:
     if len(raw) > MAX_HEADER_BYTES:
         raise ProtocolError("bad_header", f"header of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}")
     try:
@@ -154,31 +182,36 @@ def _decode_header(raw: bytes) -> FrameHeader:
         raise ProtocolError("bad_header", f"not msgpack ({type(exc).__name__})") from None
     if not isinstance(meta, dict):
         raise ProtocolError("bad_header", "header is not a map")
-    key = _read_key(meta)
-    if meta.get("v") != PROTOCOL_VERSION:
-        raise ProtocolError("bad_version", f"protocol version {meta.get('v')!r}, "
-                            f"this daemon speaks {PROTOCOL_VERSION}", key)
-    if key is None:
-        raise ProtocolError("bad_header", "missing or mistyped event key (run, pulse_id, detector)")
-    dtype, shape = meta.get("dtype"), meta.get("shape")
-    if dtype not in ALLOWED_DTYPES:
-        raise ProtocolError("bad_dtype", f"dtype {dtype!r} not in {sorted(ALLOWED_DTYPES)}", key)
-    if not (isinstance(shape, list) and 0 < len(shape) <= MAX_NDIM
-            and all(isinstance(n, int) and 0 < n <= MAX_FRAME_BYTES for n in shape)):
-        raise ProtocolError("bad_shape", f"shape {shape!r} is not 1-{MAX_NDIM} positive ints", key)
-    if math.prod(shape) * ALLOWED_DTYPES[dtype].itemsize > MAX_FRAME_BYTES:
-        raise ProtocolError("bad_size", f"declared frame exceeds {MAX_FRAME_BYTES} bytes", key)
-    sent_ns, extra = meta.get("sent_ns", 0), meta.get("meta", {})
-    return FrameHeader(key=key, dtype=dtype, shape=tuple(shape),
-                       sent_ns=sent_ns if isinstance(sent_ns, int) else 0,
-                       meta=extra if isinstance(extra, dict) else {})
+    return meta
+
+
+def peek_key(parts: list[Any]) -> EventKey | None:
+    """The event key of a message if its header has a valid one, else None; never raises (used to
+    answer a frame that failed for an internal reason)."""
+    try:
+        return _read_key(_unpack_header(_as_bytes(parts[0])))
+    except Exception:
+        return None
+
+
+def _is_int(x: Any) -> bool:
+    """An int that is not a bool (msgpack's true is Python's True, an int)."""
+    return type(x) is int
+
+
+def _in_range(x: Any, bounds: tuple[int, int]) -> bool:
+    return _is_int(x) and bounds[0] <= x <= bounds[1]
 
 
 def _read_key(meta: dict) -> EventKey | None:
+    """The event key, or None unless run and pulse_id are signed 64-bit ints, the timestamp
+    (optional) an unsigned 64-bit int and the detector a short string."""
     run, pulse_id, ts, det = (meta.get(k) for k in ("run", "pulse_id", "timestamp", "detector"))
-    if not (isinstance(run, int) and isinstance(pulse_id, int) and isinstance(det, str)):
+    ts = 0 if ts is None else ts
+    if not (_in_range(run, INT64) and _in_range(pulse_id, INT64) and _in_range(ts, UINT64)
+            and isinstance(det, str) and 0 < len(det) <= MAX_DETECTOR_CHARS):
         return None
-    return EventKey(run=run, pulse_id=pulse_id, timestamp=ts if isinstance(ts, int) else 0, detector=det)
+    return EventKey(run=run, pulse_id=pulse_id, timestamp=ts, detector=det)
 
 
 def decode_verdict(raw: bytes) -> Verdict:

@@ -53,9 +53,10 @@ def reprocess(directory: Path, *, experiment: str, run: int, out: Path, model: P
         rows.append(Row(ev.pulse_id, ev.timestamp, score, score >= loaded.info.threshold))
         if rows[-1].hit:
             writer = writer or CxiWriter(out / f"hits-r{run:04d}-rank{comm.Get_rank():03d}")
-            writer.write(ev.image, run=run, pulse_id=ev.pulse_id, timestamp=ev.timestamp, score=score,
-                         keep_reason="model", model_version=loaded.info.version,
-                         threshold=loaded.info.threshold, truth=ev.truth)
+            if not writer.write(ev.image, run=run, pulse_id=ev.pulse_id, timestamp=ev.timestamp,
+                                score=score, keep_reason="model", model_version=loaded.info.version,
+                                threshold=loaded.info.threshold, truth=ev.truth):
+                raise OSError(f"hit {ev.pulse_id} of run {run} not written ({writer.error})")
     if writer is not None:
         writer.close()
     gathered = comm.gather(rows, root=0)              # every rank calls it: collective

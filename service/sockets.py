@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import zmq
 
 
@@ -16,6 +19,21 @@ def bind(context: zmq.Context, kind: int, endpoint: str, *, hwm: int | None = No
         sock.setsockopt(option, value)
     sock.bind(endpoint)
     return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
+def bind_private_ipc(context: zmq.Context, kind: int, endpoint: str, *,
+                     mode: int = 0o600) -> tuple[zmq.Socket, str]:
+    """A socket bound to a Unix socket file that only its owner (and group, by `mode`) may
+    connect to: created under a strict umask, so that it is never open to others, then `mode`."""
+    path = Path(endpoint.removeprefix("ipc://"))
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    old = os.umask(0o177)
+    try:
+        sock, endpoint = bind(context, kind, endpoint)
+    finally:
+        os.umask(old)
+    os.chmod(path, mode)
+    return sock, endpoint
 
 
 def free_tcp_endpoint(host: str = "127.0.0.1") -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def loopback_config(artifact_path: Path, **overrides):
               "batch.latency_budget_ms": 60_000.0, "batch.max_queue": 100_000,
               "ingest.endpoint": "tcp://127.0.0.1:*", "publish.endpoint": "tcp://127.0.0.1:*",
               "metrics.port": 0, "model.threads": 1, "audit.fraction": 0.0, "shadow.workers": 0,
-              "control.endpoint": "tcp://127.0.0.1:*"}
+              "control.endpoint": f"ipc://{tempfile.mkdtemp(prefix='hv-')}/control"}
     values.update(overrides)
     return config.load(overrides=values)
 

@@ -33,7 +33,8 @@ def test_the_serving_network_is_rebuilt_trainable_with_the_same_scores(tmp_path)
 def test_learn_mode_then_adapt_then_reload(tmp_path):
     (run,) = simulate_runs(tmp_path / "runs", runs=[52], n_frames=900, preset="thermolysin",
                            layout="roi", fmt="xtc2", seed=52)
-    with running_daemon(artifact.DEFAULT_ARTIFACT, **{"audit.fraction": 0.02}) as daemon:
+    with running_daemon(artifact.DEFAULT_ARTIFACT, **{"audit.fraction": 0.02,
+                                                      "model.reload_dirs": str(tmp_path)}) as daemon:
         control = daemon.endpoints.control
         assert request(control, "learn", on=True)["result"]["audit_fraction"] == 1.0
         summary = replay(frames_of([run]), frames_endpoint=daemon.endpoints.ingest,
@@ -59,7 +60,7 @@ def test_learn_mode_then_adapt_then_reload(tmp_path):
         assert new.info.training["adapted_from"] == artifact.read(artifact.DEFAULT_ARTIFACT).info.version
         assert new.info.profile and new.info.adu_per_photon == gain
         reply = request(control, "reload", artifact=str(result.path))
-        assert reply["ok"] and request(control, "status")["result"]["version"] == new.info.version
+        assert reply["ok"] and request(control, "status")["result"]["version"] == new.served_version
 
     refused = adapt(dataclasses.replace(cfg, out=tmp_path / "refused.pt", min_specificity=1.01))
     assert refused.path is None and not (tmp_path / "refused.pt").exists()

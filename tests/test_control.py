@@ -23,7 +23,8 @@ def test_status_stats_and_unknown_command(tiny_artifact):
         sock.send(b"\xc1 not msgpack")
         garbage = msgpack.unpackb(sock.recv())
         sock.close()
-    assert status["ok"] and status["result"]["version"] == "test-1"
+    assert status["ok"] and status["result"]["trained_version"] == "test-1"
+    assert status["result"]["version"] == served(tiny_artifact)
     assert stats["ok"] and stats["result"]["frames_received"] == 0
     assert not unknown["ok"] and "selfdestruct" in unknown["error"]
     assert not garbage["ok"] and "bad request" in garbage["error"]
@@ -42,13 +43,14 @@ def test_model_swap_under_load_loses_nothing_and_switches_version(tiny_artifact,
                 veto.send(key, image)
                 decisions += veto.poll()
             decisions += veto.flush(timeout_s=20)
-    assert reply["ok"] and reply["result"]["previous"] == "test-1"
+    one, two = served(tiny_artifact), served(v2)
+    assert reply["ok"] and reply["result"]["previous"] == one
     assert veto.counts.decided == veto.counts.sent == n and veto.counts.kept_fallback == 0
     assert {d.reason for d in decisions} == {Reason.MODEL}
     versions = [d.verdict.model_version for d in sorted(decisions, key=lambda d: d.key.pulse_id)]
-    assert versions[0] == "test-1" and versions[-1] == "test-2"
-    switch = versions.index("test-2")
-    assert set(versions[switch:]) == {"test-2"}   # once swapped, never back
+    assert versions[0] == one and versions[-1] == two
+    switch = versions.index(two)
+    assert set(versions[switch:]) == {two}   # once swapped, never back
 
 
 def test_corrupt_model_is_refused_and_old_model_keeps_serving(tiny_artifact, tmp_path):
@@ -58,4 +60,10 @@ def test_corrupt_model_is_refused_and_old_model_keeps_serving(tiny_artifact, tmp
         reply = request(daemon.endpoints.control, "reload", artifact=str(broken))
         status = request(daemon.endpoints.control, "status")
     assert not reply["ok"] and "unreadable model artifact" in reply["error"]
-    assert status["result"]["version"] == "test-1"
+    assert status["result"]["version"] == served(tiny_artifact)
+
+
+def served(path) -> str:
+    """The version a daemon serving this file puts on its verdicts."""
+    from service import artifact
+    return artifact.read(path).served_version

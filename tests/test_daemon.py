@@ -126,13 +126,13 @@ def test_a_subscriber_that_stops_reading_does_not_hold_the_daemon(tiny_artifact)
 
 def test_an_internal_error_on_a_frame_costs_that_frame_only(tiny_artifact, monkeypatch):
     from service import ingest
-    real_region = ingest.region
+    real_region = ingest.masked_region
 
     def region_failing_on_pulse_3(image, spec):
         if image.flat[0] == -3:                      # the poisoned frame below
             raise RuntimeError("bug")
         return real_region(image, spec)
-    monkeypatch.setattr(ingest, "region", region_failing_on_pulse_3)
+    monkeypatch.setattr(ingest, "masked_region", region_failing_on_pulse_3)
     items = list(frames(6))
     items[3][1].flat[0] = -3
     with running_daemon(tiny_artifact) as daemon:

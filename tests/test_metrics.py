@@ -8,6 +8,7 @@ import numpy as np
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
+from service import artifact
 from service.protocol import EventKey
 from tests.conftest import RAW, running_daemon
 from tests.test_daemon import frames, stream
@@ -40,6 +41,7 @@ def test_scraped_counters_account_for_every_frame(tiny_artifact):
     answered_bad = total(m, "hitveto_verdicts_total", reason="malformed")
     assert received == 53 and bad_all == 2 and answered_bad == 1
     assert received == verdicts + bad_all - answered_bad
-    assert total(m, "hitveto_model_info", version="test-1") == 1
+    served = artifact.read(tiny_artifact).served_version        # trained version @ file digest
+    assert served.startswith("test-1@") and total(m, "hitveto_model_info", version=served) == 1
     assert total(m, "hitveto_batch_size_count") >= 1 and total(m, "hitveto_ready") == 1
     assert total(m, "hitveto_frame_latency_seconds_count") == verdicts

@@ -32,6 +32,12 @@ def test_verdict_round_trip():
     assert back.reason is Reason.MODEL and not back.keep
 
 
+def test_keys_at_the_64_bit_edges_are_accepted():
+    edge = EventKey(run=-(1 << 63), pulse_id=(1 << 63) - 1, timestamp=(1 << 64) - 1)
+    header, _ = decode_frame(encode_frame(edge, np.zeros((2, 2), np.int16)))
+    assert header.key == edge
+
+
 def test_fail_open_verdict_keeps_without_score():
     v = Verdict.fail_open(KEY, Reason.OVERLOAD)
     assert v.keep and not v.hit and math.isnan(v.score)
@@ -56,6 +62,13 @@ def _header(**changes):
     ([_header(shape=[1 << 20, 1 << 20]), bytes(8)], "bad_size", True),
     ([_header(shape=[]), b""], "bad_shape", True),
     ([b"x" * 5000, bytes(8)], "bad_header", False),
+    ([_header(v=True), bytes(8)], "bad_version", True),          # msgpack true is Python's 1
+    ([_header(v=1.0), bytes(8)], "bad_version", True),
+    ([_header(shape=[True, True]), bytes(2)], "bad_shape", True),
+    ([_header(pulse_id=1 << 63), bytes(8)], "bad_header", False),  # beyond signed 64-bit
+    ([_header(run=-(1 << 63) - 1 + 1, timestamp=-1), bytes(8)], "bad_header", False),
+    ([_header(detector=""), bytes(8)], "bad_header", False),
+    ([_header(detector="d" * 65), bytes(8)], "bad_header", False),
 ])
 def test_malformed_frames_raise_counted_reasons(parts, reason, keyed):
     with pytest.raises(ProtocolError) as err:

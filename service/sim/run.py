@@ -93,8 +93,9 @@ def _write_cxi(path: Path, events: Iterator[RunEvent], run: int) -> None:
     from clients.cxi import CxiWriter
     with CxiWriter(path.with_suffix(""), max_frames=1 << 30) as writer:
         for ev in events:
-            writer.write(ev.image, run=run, pulse_id=ev.pulse_id, timestamp=ev.timestamp,
-                         keep_reason="simulated", truth=ev.truth)
+            if not writer.write(ev.image, run=run, pulse_id=ev.pulse_id, timestamp=ev.timestamp,
+                                keep_reason="simulated", truth=ev.truth):
+                raise OSError(f"{path}: frame {ev.pulse_id} not written ({writer.error})")
     writer.files[0].rename(path)
 
 
