@@ -56,11 +56,9 @@ def seed_artifact(folder: Path) -> Path:
 def engine_capacity(path: Path) -> tuple[float, float]:
     """(frames/s of one inference thread at full batches, MB its model and activations take),
     measured in this process as the daemon's engine runs."""
-    import resource
-
     from service import artifact
     from service.engine import Engine
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = peak_rss_mb(reset=True)
     loaded = artifact.read(path)
     engine = Engine(loaded, device="cpu", max_batch=SETTINGS["batch.max_batch"], threads=1)
     batch = [np.random.default_rng(1).poisson(3.0, SHAPE).astype(np.int16)] * SETTINGS["batch.max_batch"]
@@ -69,8 +67,17 @@ def engine_capacity(path: Path) -> tuple[float, float]:
         t = time.perf_counter()
         engine.infer(batch)
         times.append(time.perf_counter() - t)
-    working_set = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
-    return len(batch) / float(np.median(times)), working_set
+    return len(batch) / float(np.median(times)), peak_rss_mb() - before
+
+
+def peak_rss_mb(reset: bool = False) -> float:
+    """This process's peak resident memory (VmHWM); `reset` first brings the peak down to the
+    current RSS, so that an earlier peak (building the artifact) cannot hide the engine's working
+    set (it once read 0 MB and made the memory bound too tight to hold)."""
+    if reset:
+        Path("/proc/self/clear_refs").write_text("5")
+    status = Path("/proc/self/status").read_text()
+    return int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmHWM:"))) / 1024
 
 
 def memory_bound_mb(frame_bytes: int) -> float:
