@@ -67,7 +67,8 @@ class CxiWriter:
 
     def _make_room(self, image: np.ndarray) -> None:
         """A file that can take this frame; OSError(ENOSPC) if the disk could not take it."""
-        self.prefix.parent.mkdir(parents=True, exist_ok=True)
+        if self._file is None:                     # a new file: its folder first (statvfs reads it)
+            self.prefix.parent.mkdir(parents=True, exist_ok=True)
         disk = os.statvfs(self.prefix.parent)
         free = disk.f_bavail * disk.f_frsize
         if free < image.nbytes + self.min_free_bytes:
@@ -114,7 +115,6 @@ class CxiWriter:
     def _roll(self, image: np.ndarray) -> None:
         self.close()
         path = self.prefix.with_name(f"{self.prefix.name}-{len(self.files):04d}.cxi")
-        path.parent.mkdir(parents=True, exist_ok=True)
         f = h5py.File(path, "w")
         try:
             _layout(f, image)

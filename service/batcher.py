@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from service.protocol import EventKey
+from service.protocol import EventKey, Reason, Verdict
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
@@ -26,6 +26,11 @@ class Pending:
     sent_ns: int
     received_ns: int
     arrived_s: float     # batcher clock at offer
+
+    def kept(self, reason: Reason, *, model_version: str, threshold: float) -> Verdict:
+        """The keep verdict for this frame when it is not judged (overload, shutdown, errors)."""
+        return Verdict.fail_open(self.key, reason, model_version=model_version, threshold=threshold,
+                                 sent_ns=self.sent_ns, received_ns=self.received_ns)
 
 
 class Batcher:

@@ -38,7 +38,7 @@ from service.inference import InferenceLoop
 from service.ingest import IngestWorker, forward_frames
 from service.metrics import Metrics
 from service.notify import notify, watchdog_interval_s
-from service.protocol import MAX_FRAME_BYTES, MAX_HEADER_BYTES, WELCOME, Reason, Verdict
+from service.protocol import MAX_FRAME_BYTES, MAX_HEADER_BYTES, WELCOME, Reason
 from service.publisher import Publisher
 from service.security import HandshakeMonitor, server_options, start_authenticator
 from service.shadow import ShadowPeakfinder, spare_cores
@@ -76,7 +76,8 @@ class Daemon:
         self._started_s = time.monotonic()
         self._draining = threading.Event()
         self._context = zmq.Context()
-        self._artifact = artifacts.read(config.model.artifact or artifacts.DEFAULT_ARTIFACT)
+        self._configured = Path(config.model.artifact or artifacts.DEFAULT_ARTIFACT)
+        self._artifact = artifacts.read(self._configured)
         self.endpoints: Endpoints | None = None
         self.exit_code = 0                  # 1 once a worker thread stayed down
         self._threads: list[Supervised] = []
@@ -269,8 +270,7 @@ class Daemon:
 
     def _prepare(self, path: str | None) -> tuple[Artifact, list[Engine]]:
         """The new artifact, checked, and its engines, warmed (the old ones serve meanwhile)."""
-        configured = self.config.model.artifact or str(artifacts.DEFAULT_ARTIFACT)
-        new = artifacts.read(configured if path is None else self._reloadable(path))
+        new = artifacts.read(self._configured if path is None else self._reloadable(path))
         old = self._artifact
         if (new.spec.detector, new.spec.raw_shape, new.spec.roi_shape) != \
                 (old.spec.detector, old.spec.raw_shape, old.spec.roi_shape):
@@ -286,9 +286,8 @@ class Daemon:
     def _reloadable(self, path: str) -> Path:
         """`path` resolved, if it lies in a reload folder (default: the configured model's)."""
         folders = [d.strip() for d in self.config.model.reload_dirs.split(",") if d.strip()]
-        configured = self.config.model.artifact or str(artifacts.DEFAULT_ARTIFACT)
         try:
-            return artifacts.trusted_path(path, folders or [str(Path(configured).resolve().parent)])
+            return artifacts.trusted_path(path, folders or [str(self._configured.resolve().parent)])
         except artifacts.ArtifactError as exc:
             raise artifacts.ArtifactError(f"{exc}; still serving {self._artifact.served_version}") \
                 from None
@@ -391,9 +390,8 @@ class Daemon:
         artifact = self._artifact
         while batch := self.batcher.drain(self.batcher.max_batch):
             for p in batch:
-                self.publisher.put(Verdict.fail_open(
-                    p.key, Reason.SHUTDOWN, model_version=artifact.served_version,
-                    threshold=artifact.info.threshold, sent_ns=p.sent_ns, received_ns=p.received_ns))
+                self.publisher.put(p.kept(Reason.SHUTDOWN, model_version=artifact.served_version,
+                                          threshold=artifact.info.threshold))
 
     def _stop_watchers(self) -> None:
         if self.drift is not None:

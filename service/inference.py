@@ -139,6 +139,5 @@ class InferenceLoop:
             self._keep(p, reason)
 
     def _keep(self, p: Pending, reason: Reason) -> None:
-        self._publish(Verdict.fail_open(p.key, reason, model_version=self.engine.version,
-                                        threshold=self.engine.threshold, sent_ns=p.sent_ns,
-                                        received_ns=p.received_ns))
+        self._publish(p.kept(reason, model_version=self.engine.version,
+                             threshold=self.engine.threshold))

@@ -93,9 +93,8 @@ class IngestWorker:
                                             threshold=artifact.info.threshold, received_ns=received_ns))
 
     def _keep(self, p: Pending, reason: Reason, artifact: Artifact) -> None:
-        self._publish(Verdict.fail_open(p.key, reason, model_version=artifact.served_version,
-                                        threshold=artifact.info.threshold, sent_ns=p.sent_ns,
-                                        received_ns=p.received_ns))
+        self._publish(p.kept(reason, model_version=artifact.served_version,
+                             threshold=artifact.info.threshold))
 
 
 def forward_frames(front: zmq.Socket, back: zmq.Socket, steer: zmq.Socket) -> None:
