@@ -5,7 +5,7 @@ models judged against simulator truth on another run of that experiment.
 
 For each "other experiment" preset (thermolysin: 7 keV, 8.5 cm, hexagonal; myoglobin: 12 keV,
 12.5 cm, CSPAD low gain), it simulates a window run (the first minute at 120 Hz) and an evaluation
-run (1,000 frames, another seed), adapts the shipped model on the window (`service/adapt.py`,
+run (1,000 frames, another seed), adapts the shipped model on the window (`service/hitveto/offline/adapt.py`,
 peakfinder8 labels, the run's gain), and evaluates the shipped and the adapted model on the
 evaluation run with `hitveto evaluate`'s code. Prints a table, saves JSON and a PNG.
 """
@@ -17,11 +17,11 @@ import json
 import sys
 from pathlib import Path
 
-from service import artifact
-from service.adapt import AdaptConfig, adapt
-from service.evaluate import evaluate_runs
-from service.labels import balanced_accuracy
-from service.sim.run import simulate_runs
+from hitveto.models import artifact
+from hitveto.offline.adapt import AdaptConfig, adapt
+from hitveto.offline.evaluate import evaluate_runs
+from hitveto.offline.labels import balanced_accuracy
+from hitveto.sim.run import simulate_runs
 
 EXPERIMENTS = {"thermolysin": (52, 21), "myoglobin": (42, 31)}    # window run, evaluation run
 

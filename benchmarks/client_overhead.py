@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from clients.veto import VetoClient
-from service.launcher import start_daemon
-from service.protocol import EventKey
+from hitveto_client.veto import VetoClient
+from hitveto.serving.launcher import start_daemon
+from hitveto_client.protocol import EventKey
 
 SHAPES = {"region": (350, 350), "full": (32, 185, 388)}
 

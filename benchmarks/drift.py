@@ -16,9 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from service import artifact, drift
-from service.engine import Engine
-from service.sim.run import regions
+from hitveto.models import artifact
+
+from hitveto.models import stream_profile
+from hitveto.models.engine import Engine
+from hitveto.sim.run import regions
 
 
 STREAMS = {   # name: (preset, seed, changes to its RunParams)
@@ -34,14 +36,14 @@ STREAMS = {   # name: (preset, seed, changes to its RunParams)
 def measure(n: int) -> dict:
     shipped = artifact.read(artifact.DEFAULT_ARTIFACT)
     engine = Engine(shipped, device="cpu", max_batch=64)
-    prof = drift.Profile.from_dict(shipped.info.profile)
-    results = {"model": shipped.info.version, "frames_per_stream": n, "alert_psi": drift.ALERT_PSI,
+    prof = stream_profile.Profile.from_dict(shipped.info.profile)
+    results = {"model": shipped.info.version, "frames_per_stream": n, "alert_psi": stream_profile.ALERT_PSI,
                "streams": {}}
     for name, (preset, seed, changes) in STREAMS.items():
         images = regions(preset, seed=seed, n=n, **changes)
         scores = engine.score(images)
-        stats = drift.frame_statistics(images, scores, shipped.info.threshold, shipped.spec)
-        psi = drift.drift_scores(prof, stats)
+        stats = stream_profile.frame_statistics(images, scores, shipped.info.threshold, shipped.spec)
+        psi = stream_profile.drift_scores(prof, stats)
         results["streams"][name] = psi
         print(f"{name:38s} " + "  ".join(f"{k} {v:6.3f}" for k, v in psi.items()), flush=True)
     return results

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from clients.hitwriter import Frame, stream
-from clients.veto import VetoClient
-from service.launcher import start_daemon
-from service.protocol import EventKey
+from hitveto_client.hitwriter import Frame, stream
+from hitveto_client.veto import VetoClient
+from hitveto.serving.launcher import start_daemon
+from hitveto_client.protocol import EventKey
 
 KINDS = {"region": (350, 350), "full": (32, 185, 388)}
 

@@ -38,14 +38,14 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.conftest import RAW, ROI, make_artifact  # noqa: E402
 
-from service import artifact as artifacts  # noqa: E402
-from service.audit import AuditSample  # noqa: E402
-from service.batcher import Batcher  # noqa: E402
-from service.engine import Engine  # noqa: E402
-from service.inference import InferenceLoop  # noqa: E402
-from service.ingest import IngestWorker  # noqa: E402
-from service.metrics import Metrics  # noqa: E402
-from service.protocol import ALLOWED_DTYPES, PROTOCOL_VERSION, Reason, decode_verdict  # noqa: E402
+from hitveto.models import artifact as artifacts  # noqa: E402
+from hitveto.serving.audit import AuditSample  # noqa: E402
+from hitveto.serving.batcher import Batcher  # noqa: E402
+from hitveto.models.engine import Engine  # noqa: E402
+from hitveto.serving.inference import InferenceLoop  # noqa: E402
+from hitveto.serving.ingest import IngestWorker  # noqa: E402
+from hitveto.serving.metrics import Metrics  # noqa: E402
+from hitveto_client.protocol import ALLOWED_DTYPES, PROTOCOL_VERSION, Reason, decode_verdict  # noqa: E402
 
 EDGES = [0, 1, -1, (1 << 31) - 1, 1 << 31, (1 << 63) - 1, 1 << 63, -(1 << 63), (1 << 64) - 1]
 ANY = st.one_of(st.none(), st.booleans(), st.floats(allow_nan=True), st.text(max_size=8),

@@ -12,7 +12,7 @@ phases:
 1. nominal: 0.5 C, every frame judged; its largest RSS is the baseline;
 2. overload: 5 C offered; the daemon keeps what it cannot judge in time (`overload`), and its
    resident memory may grow over the baseline by at most the frames its config lets it hold
-   (service/daemon.py INTERNAL_HWM) plus the model's working set at a full batch;
+   (service/hitveto/serving/daemon.py INTERNAL_HWM) plus the model's working set at a full batch;
 3. recovery: 0.5 C again; every frame judged again by the end.
 
 Each second records the offered and judged rates, fallback keeps, the judged frames' p99 latency and
@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from clients.veto import VetoClient
-from service.launcher import DaemonProcess, start_daemon
-from service.protocol import JUDGED, EventKey
+from hitveto_client.veto import VetoClient
+from hitveto.serving.launcher import DaemonProcess, start_daemon
+from hitveto_client.protocol import JUDGED, EventKey
 
 SHAPE = (350, 350)
 SETTINGS = {"ingest.rcvhwm": 200, "batch.max_queue": 256, "ingest.workers": 2, "batch.max_batch": 8}
@@ -44,8 +44,10 @@ def seed_artifact(folder: Path) -> Path:
     """The study's CNN shape on the CSPAD region, untrained, as an artifact."""
     import torch
 
-    from service import artifact, geometry, model
-    net = model.build("seed", SHAPE[0], adu_per_photon=35.0).eval()
+    from hitveto.models import artifact, networks
+
+    from hitveto.io import geometry
+    net = networks.build("seed", SHAPE[0], adu_per_photon=35.0).eval()
     scripted = torch.jit.freeze(torch.jit.script(net))
     info = artifact.ModelInfo(version="seed-untrained", architecture="seed", detector="cspad",
                               raw_shape=geometry.RAW_SHAPE, roi_shape=SHAPE, adu_per_photon=35.0,
@@ -56,8 +58,8 @@ def seed_artifact(folder: Path) -> Path:
 def engine_capacity(path: Path) -> tuple[float, float]:
     """(frames/s of one inference thread at full batches, MB its model and activations take),
     measured in this process as the daemon's engine runs."""
-    from service import artifact
-    from service.engine import Engine
+    from hitveto.models import artifact
+    from hitveto.models.engine import Engine
     before = peak_rss_mb(reset=True)
     loaded = artifact.read(path)
     engine = Engine(loaded, device="cpu", max_batch=SETTINGS["batch.max_batch"], threads=1)
@@ -81,8 +83,8 @@ def peak_rss_mb(reset: bool = False) -> float:
 
 
 def memory_bound_mb(frame_bytes: int) -> float:
-    """What the config lets the daemon hold in frames (service/daemon.py INTERNAL_HWM)."""
-    from service.daemon import INTERNAL_HWM
+    """What the config lets the daemon hold in frames (service/hitveto/serving/daemon.py INTERNAL_HWM)."""
+    from hitveto.serving.daemon import INTERNAL_HWM
     frames = (SETTINGS["ingest.rcvhwm"] + 2 * INTERNAL_HWM * SETTINGS["ingest.workers"]
               + SETTINGS["batch.max_queue"])
     return frames * frame_bytes / 2**20
@@ -117,13 +119,14 @@ def drive(veto: VetoClient, daemon: DaemonProcess, images, rate_hz: float | None
 def watched(path: Path, images: list[np.ndarray]) -> Path:
     """The artifact with its threshold at the median score of `images` (half misses, for the
     audit sample to pick from) and their training profile (for the drift monitor)."""
-    from service import artifact, drift
-    from service.engine import Engine
+    from hitveto.models import artifact
+    from hitveto.models import stream_profile
+    from hitveto.models.engine import Engine
     art = artifact.read(path)
     scores = Engine(art, device="cpu").infer(images)
     threshold = float(np.median(scores))
-    stats = drift.frame_statistics(images, scores, threshold, art.spec)
-    return artifact.rewrite(art, path, threshold=threshold, profile=drift.profile(stats).to_dict())
+    stats = stream_profile.frame_statistics(images, scores, threshold, art.spec)
+    return artifact.rewrite(art, path, threshold=threshold, profile=stream_profile.profile(stats).to_dict())
 
 
 def scrape(port: int) -> dict[str, float]:

@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from clients.veto import VetoClient  # noqa: E402
-from service.control import request  # noqa: E402
-from service.launcher import start_daemon  # noqa: E402
-from service.protocol import JUDGED, EventKey  # noqa: E402
+from hitveto_client.veto import VetoClient  # noqa: E402
+from hitveto.serving.control import request  # noqa: E402
+from hitveto.serving.launcher import start_daemon  # noqa: E402
+from hitveto_client.protocol import JUDGED, EventKey  # noqa: E402
 
 SHAPES = {"region": (350, 350), "full": (32, 185, 388)}
 START_S = 4.0

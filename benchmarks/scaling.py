@@ -26,7 +26,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from e2e import measure
-from service.launcher import start_daemon
+from hitveto.serving.launcher import start_daemon
 
 KINDS = {"region": (350, 350), "full": (32, 185, 388), "roi64": (64, 64)}
 RATES = {"region": [250, 500, 750, 1000, 1500, 2000, 3000],
@@ -47,8 +47,8 @@ def small_roi_artifact(folder: Path) -> Path:
     """The compact CNN on a 64x64 region that arrives already cut (raw shape = region shape)."""
     import torch
 
-    from service import artifact, model
-    net = model.build("compact", 64, adu_per_photon=35.0).eval()
+    from hitveto.models import artifact, networks
+    net = networks.build("compact", 64, adu_per_photon=35.0).eval()
     info = artifact.ModelInfo(version="compact-roi64-untrained", architecture="compact",
                               detector="cspad", raw_shape=(64, 64), roi_shape=(64, 64),
                               adu_per_photon=35.0, threshold=0.5)

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from clients.veto import VetoClient
-from service.launcher import DaemonProcess, start_daemon
-from service.protocol import JUDGED, EventKey
+from hitveto_client.veto import VetoClient
+from hitveto.serving.launcher import DaemonProcess, start_daemon
+from hitveto_client.protocol import JUDGED, EventKey
 
 SHAPES = {"region": (350, 350), "full": (32, 185, 388)}
 

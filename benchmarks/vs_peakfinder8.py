@@ -22,10 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service import artifact, geometry, labels, preprocess, sources
-from service.engine import Engine
-from service.peaks import PeakFinder, PeakFinderParams
-from service.sim.run import simulate_runs
+from hitveto.models import artifact, preprocess
+
+from hitveto.io import geometry, sources
+
+from hitveto.offline import labels
+from hitveto.models.engine import Engine
+from hitveto.io.peaks import PeakFinder, PeakFinderParams
+from hitveto.sim.run import simulate_runs
 
 
 def timed(fn, items, repeat: int = 3) -> float:

@@ -16,4 +16,4 @@ PY=${PYTHON:-python3}
 $PY -m pip install -q --disable-pip-version-check "torch==2.13.0"
 $PY -m pip install -q --disable-pip-version-check -e ".[service,psana,test]"
 command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
-echo "hitveto installed: $(command -v hitveto || echo "$PY -m service.cli")"
+echo "hitveto installed: $(command -v hitveto || echo "$PY -m hitveto.cli")"

@@ -34,10 +34,10 @@ def make_artifact(path: Path, *, threshold: float = 0.5, version: str = "test-1"
     """
     import torch
 
-    from service import artifact, model
+    from hitveto.models import artifact, networks
     index = tiny_roi_index() if roi_index is None else roi_index
     torch.manual_seed(0)
-    net = model.build("compact", index.shape[0], adu_per_photon=10.0).eval()
+    net = networks.build("compact", index.shape[0], adu_per_photon=10.0).eval()
     with torch.no_grad():
         net.net.classify.bias.fill_(bias)
     scripted = torch.jit.freeze(torch.jit.script(net))
@@ -52,14 +52,15 @@ def median_threshold_artifact(path: Path, images: list[np.ndarray], **kw) -> Pat
 
     Its training profile (drift) is that of `images`, as if it had been trained on them.
     """
-    from service import artifact, drift
-    from service.engine import Engine
-    from service.preprocess import region
+    from hitveto.models import artifact
+    from hitveto.models import stream_profile
+    from hitveto.models.engine import Engine
+    from hitveto.models.preprocess import region
     probe = artifact.read(make_artifact(path, **kw))
     regions = [region(i, probe.spec) for i in images]
     scores = Engine(probe, device="cpu").infer(regions)
     threshold = float(np.median(scores))
-    prof = drift.profile(drift.frame_statistics(regions, scores, threshold, probe.spec))
+    prof = stream_profile.profile(stream_profile.frame_statistics(regions, scores, threshold, probe.spec))
     return make_artifact(path, threshold=threshold, profile=prof.to_dict(), **kw)
 
 
@@ -86,7 +87,7 @@ def loopback_config(artifact_path: Path, **overrides):
     batch.max_queue): a busy CI machine must not turn slowness into keeps in tests of other things.
     The audit sample and the shadow peakfinder8 are off too, unless asked for (`audit.fraction`,
     `shadow.workers`): on a machine with spare cores the shadow would start by itself."""
-    from service import config
+    from hitveto import config
     values = {"model.artifact": str(artifact_path), "model.device": "cpu",
               "batch.latency_budget_ms": 60_000.0, "batch.max_queue": 100_000,
               "ingest.endpoint": "tcp://127.0.0.1:*", "publish.endpoint": "tcp://127.0.0.1:*",
@@ -100,7 +101,7 @@ def loopback_config(artifact_path: Path, **overrides):
 def running_daemon(artifact_path: Path, **overrides) -> Iterator:
     from prometheus_client import CollectorRegistry
 
-    from service.daemon import Daemon
+    from hitveto.serving.daemon import Daemon
     with Daemon(loopback_config(artifact_path, **overrides), registry=CollectorRegistry()) as d:
         yield d
 
@@ -110,7 +111,7 @@ def simulated_regions(seed: int, n: int, preset: str = "lysozyme",
                       distance_m: float | None = None) -> tuple[np.ndarray, ...]:
     """n simulated 350x350 CSPAD regions (ADU) of a preset, optionally at another detector distance
     (made once per session)."""
-    from service.sim.run import regions
+    from hitveto.sim.run import regions
     return tuple(regions(preset, seed=seed, n=n, distance_m=distance_m))
 
 
@@ -118,8 +119,8 @@ def paced_stream(daemon, images, rate_hz: float, run: int = 1):
     """Send images at about rate_hz (as a DAQ would), then wait for every decision."""
     import time
 
-    from clients.veto import VetoClient
-    from service.protocol import EventKey
+    from hitveto_client.veto import VetoClient
+    from hitveto_client.protocol import EventKey
     with VetoClient(daemon.endpoints.ingest, daemon.endpoints.publish) as veto:
         veto.wait_subscribed()
         start = time.monotonic()

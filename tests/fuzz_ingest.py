@@ -26,11 +26,11 @@ with atheris.instrument_imports(include=["service"]):
     import msgpack
     import numpy as np
 
-    from service import artifact as artifacts
-    from service.batcher import Batcher
-    from service.ingest import IngestWorker
-    from service.metrics import Metrics
-    from service.protocol import ALLOWED_DTYPES, PROTOCOL_VERSION
+    from hitveto.models import artifact as artifacts
+    from hitveto.serving.batcher import Batcher
+    from hitveto.serving.ingest import IngestWorker
+    from hitveto.serving.metrics import Metrics
+    from hitveto_client.protocol import ALLOWED_DTYPES, PROTOCOL_VERSION
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.conftest import RAW, ROI, make_artifact  # noqa: E402

@@ -9,14 +9,14 @@ import dataclasses
 import numpy as np
 import pytest
 
-from service import artifact
-from service.adapt import AdaptConfig, adapt, trainable
-from service.artifact import ArtifactError
-from service.control import request
-from service.engine import Engine
-from service.replay import frames_of, replay
-from service.sim.run import simulate_runs
-from service.train import predict
+from hitveto.models import artifact
+from hitveto.offline.adapt import AdaptConfig, adapt, trainable
+from hitveto.models.artifact import ArtifactError
+from hitveto.serving.control import request
+from hitveto.models.engine import Engine
+from hitveto.offline.replay import frames_of, replay
+from hitveto.sim.run import simulate_runs
+from hitveto.offline.train import predict
 from tests.conftest import running_daemon, simulated_regions
 
 

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from service import artifact
-from service.engine import Engine
+from hitveto.models import artifact
+from hitveto.models.engine import Engine
 from tests.conftest import RAW, ROI, make_artifact, tiny_roi_index
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from clients.cxi import CxiWriter
-from service.audit import AuditSample, estimate, wilson
-from service.protocol import EventKey, Reason
+from hitveto_client.cxi import CxiWriter
+from hitveto.offline.estimate import estimate
+from hitveto.serving.audit import AuditSample, wilson
+from hitveto_client.protocol import EventKey, Reason
 from tests.conftest import RAW, make_artifact, running_daemon
 from tests.test_daemon import stream
 

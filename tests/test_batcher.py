@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.batcher import Batcher, Pending
-from service.protocol import EventKey
+from hitveto.serving.batcher import Batcher, Pending
+from hitveto_client.protocol import EventKey
 
 
 class FakeClock:

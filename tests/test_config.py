@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service import config
+from hitveto import config
 
 DOCS = Path(__file__).parents[1] / "docs" / "CONFIG.md"
 

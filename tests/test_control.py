@@ -5,9 +5,9 @@ from __future__ import annotations
 import msgpack
 import zmq
 
-from clients.veto import VetoClient
-from service.control import request
-from service.protocol import Reason
+from hitveto_client.veto import VetoClient
+from hitveto.serving.control import request
+from hitveto_client.protocol import Reason
 from tests.conftest import make_artifact, running_daemon
 from tests.test_daemon import frames
 
@@ -65,5 +65,5 @@ def test_corrupt_model_is_refused_and_old_model_keeps_serving(tiny_artifact, tmp
 
 def served(path) -> str:
     """The version a daemon serving this file puts on its verdicts."""
-    from service import artifact
+    from hitveto.models import artifact
     return artifact.read(path).served_version

@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from clients.cxi import CxiWriter, read_frames
+from hitveto_client.cxi import CxiWriter, read_frames
 
 
 @pytest.mark.parametrize("limits, files", [({"max_frames": 4}, 3), ({"max_bytes": 3 * 20 * 30 * 2}, 4),

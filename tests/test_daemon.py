@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import zmq
 
-from clients.veto import VetoClient
-from service.protocol import EventKey, Reason
+from hitveto_client.veto import VetoClient
+from hitveto_client.protocol import EventKey, Reason
 from tests.conftest import RAW, ROI, make_artifact, running_daemon
 
 
@@ -63,7 +63,7 @@ def test_two_engines_share_one_batcher(tiny_artifact):
 
 
 def test_region_and_raw_frames_get_the_same_score(tiny_artifact):
-    from service import artifact, preprocess
+    from hitveto.models import artifact, preprocess
     spec = artifact.read(tiny_artifact).spec
     key, raw = next(frames(1))
     roi = preprocess.region(raw, spec).copy()
@@ -125,7 +125,7 @@ def test_a_subscriber_that_stops_reading_does_not_hold_the_daemon(tiny_artifact)
 
 
 def test_an_internal_error_on_a_frame_costs_that_frame_only(tiny_artifact, monkeypatch):
-    from service import ingest
+    from hitveto.serving import ingest
     real_region = ingest.masked_region
 
     def region_failing_on_pulse_3(image, spec):
@@ -144,8 +144,8 @@ def test_an_internal_error_on_a_frame_costs_that_frame_only(tiny_artifact, monke
 
 
 def test_after_an_overload_the_daemon_recovers_and_judges_everything(tiny_artifact):
-    from clients.hitwriter import Frame
-    from clients.hitwriter import stream as paced
+    from hitveto_client.hitwriter import Frame
+    from hitveto_client.hitwriter import stream as paced
     with running_daemon(tiny_artifact, **{"batch.max_queue": 8, "batch.max_batch": 4}) as daemon:
         counts, decisions = stream(daemon, frames(3000))                 # far beyond capacity
         with VetoClient(daemon.endpoints.ingest, daemon.endpoints.publish) as veto:

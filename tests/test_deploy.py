@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import yaml
 
-from service.protocol import EventKey
-from service.sockets import free_tcp_endpoint
+from hitveto_client.protocol import EventKey
+from hitveto.serving.sockets import free_tcp_endpoint
 from tests.conftest import median_threshold_artifact, running_daemon
 from tests.test_daemon import frames, stream
 

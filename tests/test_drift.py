@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from service import artifact, drift
-from service.engine import Engine
+from hitveto.models import artifact
+
+from hitveto.models import stream_profile
+from hitveto.models.engine import Engine
 from tests.conftest import paced_stream, running_daemon, simulated_regions
 from tests.test_deploy import firing, prometheus, rules_firing_at_once, wait_for
 
@@ -16,26 +18,26 @@ WATCHED = {"shadow.workers": 0, "drift.sample_hz": 1000.0, "drift.min_frames": 1
 
 def test_psi_is_near_zero_on_the_training_distribution_and_large_for_a_shift():
     rng = np.random.default_rng(0)
-    trained = rng.normal(0, 1, (5000, len(drift.STATISTICS)))
-    prof = drift.profile(trained)
-    assert all(len(prof.expected[n]) == len(prof.edges[n]) + 1 for n in drift.STATISTICS)
-    same = drift.drift_scores(prof, rng.normal(0, 1, (1000, len(drift.STATISTICS))))
-    shifted = drift.drift_scores(prof, rng.normal(1.0, 1, (1000, len(drift.STATISTICS))))
-    assert max(same.values()) < 0.05 and min(shifted.values()) > drift.ALERT_PSI
+    trained = rng.normal(0, 1, (5000, len(stream_profile.STATISTICS)))
+    prof = stream_profile.profile(trained)
+    assert all(len(prof.expected[n]) == len(prof.edges[n]) + 1 for n in stream_profile.STATISTICS)
+    same = stream_profile.drift_scores(prof, rng.normal(0, 1, (1000, len(stream_profile.STATISTICS))))
+    shifted = stream_profile.drift_scores(prof, rng.normal(1.0, 1, (1000, len(stream_profile.STATISTICS))))
+    assert max(same.values()) < 0.05 and min(shifted.values()) > stream_profile.ALERT_PSI
 
 
 def shipped_scores(images) -> dict[str, float]:
     shipped = artifact.read(artifact.DEFAULT_ARTIFACT)
     scores = Engine(shipped, device="cpu").infer(list(images))
-    stats = drift.frame_statistics(images, scores, shipped.info.threshold, shipped.spec)
-    return drift.drift_scores(drift.Profile.from_dict(shipped.info.profile), stats)
+    stats = stream_profile.frame_statistics(images, scores, shipped.info.threshold, shipped.spec)
+    return stream_profile.drift_scores(stream_profile.Profile.from_dict(shipped.info.profile), stats)
 
 
 def test_the_shipped_profile_holds_for_a_new_run_and_not_for_a_moved_detector():
     nominal = shipped_scores(simulated_regions(seed=17, n=300))
     moved = shipped_scores(simulated_regions(seed=17, n=300, distance_m=0.12))
-    assert max(nominal.values()) < drift.ALERT_PSI, nominal
-    assert max(moved.values()) > drift.ALERT_PSI, moved
+    assert max(nominal.values()) < stream_profile.ALERT_PSI, nominal
+    assert max(moved.values()) > stream_profile.ALERT_PSI, moved
 
 
 def test_a_shifted_stream_raises_the_drift_alert_in_a_real_prometheus_and_a_nominal_one_not(tmp_path):
@@ -49,7 +51,7 @@ def test_a_shifted_stream_raises_the_drift_alert_in_a_real_prometheus_and_a_nomi
         wait_for(prom, 'ALERTS{alertname="HitvetoInputDrift", alertstate="firing"}')
         fired = firing(prom, "HitvetoInputDrift")
         scores = {name: {stat: d.metrics.registry.get_sample_value("hitveto_drift_score", {"statistic": stat})
-                         for stat in drift.STATISTICS}
+                         for stat in stream_profile.STATISTICS}
                   for name, d in (("nominal", nominal), ("shifted", shifted))}
     assert fired == {f"127.0.0.1:{shifted.endpoints.metrics_port}"}, (fired, scores)
-    assert max(scores["nominal"].values()) < drift.ALERT_PSI < max(scores["shifted"].values()), scores
+    assert max(scores["nominal"].values()) < stream_profile.ALERT_PSI < max(scores["shifted"].values()), scores

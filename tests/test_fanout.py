@@ -8,9 +8,9 @@ from collections import Counter
 
 import numpy as np
 
-from clients.veto import VetoClient
-from service.launcher import start_daemon
-from service.protocol import JUDGED, EventKey, Reason
+from hitveto_client.veto import VetoClient
+from hitveto.serving.launcher import start_daemon
+from hitveto_client.protocol import JUDGED, EventKey, Reason
 from tests.conftest import RAW, make_artifact
 
 N, KILL_AT = 900, 300

@@ -9,8 +9,8 @@ import sys
 
 import numpy as np
 
-from service import geometry
-from service.psana_import import import_psana
+from hitveto.io import geometry
+from hitveto.io.psana_import import import_psana
 
 PITCH = geometry.PIXEL_SIZE_M
 

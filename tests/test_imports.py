@@ -7,7 +7,7 @@ import sys
 
 
 def test_client_imports_only_numpy_zmq_msgpack():
-    code = ("import sys, clients.veto, clients.hitwriter, service.protocol; "
+    code = ("import sys, hitveto_client.veto, hitveto_client.hitwriter, hitveto_client.protocol; "
             "heavy = {'torch', 'psana', 'h5py', 'prometheus_client'} & set(sys.modules); "
             "print(sorted(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service import labels
+from hitveto.offline import labels
 
 
 def test_quartile_protocol_labels_a_quarter_each_way_even_with_ties():

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from clients.veto import VetoClient
-from service.launcher import start_daemon
-from service.protocol import EventKey, Reason
+from hitveto_client.veto import VetoClient
+from hitveto.serving.launcher import start_daemon
+from hitveto_client.protocol import EventKey, Reason
 from tests.conftest import RAW
 
 
@@ -39,7 +39,7 @@ def test_watchdog_pings_arrive(tiny_artifact, tmp_path):
 
     from prometheus_client import CollectorRegistry
 
-    from service.daemon import Daemon
+    from hitveto.serving.daemon import Daemon
     from tests.conftest import loopback_config
     path = str(tmp_path / "notify")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:

@@ -8,8 +8,8 @@ import numpy as np
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
-from service import artifact
-from service.protocol import EventKey
+from hitveto.models import artifact
+from hitveto_client.protocol import EventKey
 from tests.conftest import RAW, running_daemon
 from tests.test_daemon import frames, stream
 

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from service.sim.noise import fixed_pattern, poisson, to_adu
-from service.sim.params import PRESETS, RunParams
+from hitveto.sim.noise import fixed_pattern, poisson, to_adu
+from hitveto.sim.params import PRESETS, RunParams
 
 RUN = PRESETS["lysozyme"]
 RAW = (32, 185, 388)

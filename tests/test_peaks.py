@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service import geometry
-from service.peaks import PeakFinder, PeakFinderParams, count_peaks, find_peaks
+from hitveto.io import geometry
+from hitveto.io.peaks import PeakFinder, PeakFinderParams, count_peaks, find_peaks
 
 ADU = 35.0                              # per photon, the defaults' gain
 

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from service.sim.bragg import Reflections, excitation_sigma, random_rotation, reciprocal_basis, wilson_f2
-from service.sim.params import PRESETS, RunParams
-from service.sim.physics import (FrameKind, bragg_spots, detector_physics, simulate_photons)
-from service.sim.spots import paint_spots, project
+from hitveto.sim.bragg import Reflections, excitation_sigma, random_rotation, reciprocal_basis, wilson_f2
+from hitveto.sim.params import PRESETS, RunParams
+from hitveto.sim.physics import (FrameKind, bragg_spots, detector_physics, simulate_photons)
+from hitveto.sim.spots import paint_spots, project
 
 PIXEL_M = 109.92e-6
 RUN = PRESETS["lysozyme"]
@@ -19,7 +19,7 @@ RUN = PRESETS["lysozyme"]
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
 class Pixels:
-    """Duck-typed stand-in for service.geometry.PixelMap (the fields the simulator reads)."""
+    """Duck-typed stand-in for hitveto.io.geometry.PixelMap (the fields the simulator reads)."""
 
     x_m: np.ndarray
     y_m: np.ndarray
@@ -274,7 +274,7 @@ def test_presets_simulate_on_both_layouts(preset, region, raw):
 
 @pytest.mark.parametrize("layout", ["raw", "roi"])
 def test_runs_on_the_real_pixel_map(layout):
-    from service import geometry
+    from hitveto.io import geometry
     pixels = geometry.pixel_map(layout, distance_m=RUN.detector.distance_m)
     photons, truth = simulate_photons(pixels, with_mix(**STRONG_ONLY), np.random.default_rng(12))
     assert photons.shape == np.shape(pixels.x_m) and np.isfinite(photons).all()

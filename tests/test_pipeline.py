@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clients.cxi import CxiWriter, read_frames
-from clients.hitwriter import stream
-from clients.veto import VetoClient
-from service import geometry, sources, xtc2
-from service.launcher import start_daemon
-from service.protocol import Reason
-from service.replay import frames_of, live_frames, replay
-from service.sim.run import simulate_runs
+from hitveto_client.cxi import CxiWriter, read_frames
+from hitveto_client.hitwriter import stream
+from hitveto_client.veto import VetoClient
+from hitveto.io import geometry, sources, xtc2
+from hitveto.serving.launcher import start_daemon
+from hitveto_client.protocol import Reason
+from hitveto.offline.replay import frames_of, live_frames, replay
+from hitveto.sim.run import simulate_runs
 from tests.conftest import median_threshold_artifact, running_daemon
 
 
@@ -114,11 +114,11 @@ def test_replay_with_a_model_gives_the_same_verdicts_every_time(run_file, cspad_
     import subprocess
     import sys
 
-    from service.reprocess import read_verdicts, reprocess
+    from hitveto.offline.reprocess import read_verdicts, reprocess
     logs = []
     for i in range(2):
         log = tmp_path / f"verdicts-{i}.csv"
-        done = subprocess.run([sys.executable, "-m", "service.cli", "replay", str(run_file), "--model",
+        done = subprocess.run([sys.executable, "-m", "hitveto.cli", "replay", str(run_file), "--model",
                                str(cspad_model), "--verdict-log", str(log), "--out", str(tmp_path / f"o{i}")],
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]

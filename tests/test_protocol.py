@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.protocol import (PROTOCOL_VERSION, EventKey, ProtocolError, Reason, Verdict, decode_frame,
+from hitveto_client.protocol import (PROTOCOL_VERSION, EventKey, ProtocolError, Reason, Verdict, decode_frame,
                               decode_verdict, encode_frame)
 
 KEY = EventKey(run=7, pulse_id=42, timestamp=123456789, detector="cspad")

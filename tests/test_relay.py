@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import zmq
 
-from clients.cxi import read_frames
-from service.protocol import EventKey, Reason, encode_frame
-from service.sockets import free_tcp_endpoint
+from hitveto_client.cxi import read_frames
+from hitveto_client.protocol import EventKey, Reason, encode_frame
+from hitveto.serving.sockets import free_tcp_endpoint
 from tests.conftest import RAW, median_threshold_artifact, running_daemon
 
 
@@ -21,7 +21,7 @@ def frames(n: int) -> dict[int, np.ndarray]:
 
 
 def start_writer(listen: str, daemon, out, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "service.cli", "write", "--listen", listen, "--frames",
+    cmd = [sys.executable, "-m", "hitveto.cli", "write", "--listen", listen, "--frames",
            daemon.endpoints.ingest, "--verdicts", daemon.endpoints.publish, "--out", str(out),
            "--deadline-ms", "5000", *extra]
     writer = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -21,10 +21,11 @@ import pytest
 import zmq
 import zmq.auth
 
-from clients.veto import CurveKeys, VetoClient
-from service import artifact, config
-from service.protocol import PROTOCOL_VERSION, EventKey, Reason
-from service.security import create_keys
+from hitveto_client.veto import CurveKeys, VetoClient
+from hitveto.models import artifact
+from hitveto import config
+from hitveto_client.protocol import PROTOCOL_VERSION, EventKey, Reason
+from hitveto.serving.security import create_keys
 from tests.conftest import RAW, ROI, make_artifact, median_threshold_artifact, running_daemon
 from tests.test_daemon import frames, stream
 
@@ -65,7 +66,7 @@ def test_an_event_id_beyond_64_bits_signed_is_refused_and_judging_goes_on(tmp_pa
 
 
 def test_a_crashed_worker_thread_is_restarted_and_counted(tiny_artifact, monkeypatch):
-    from service.batcher import Batcher
+    from hitveto.serving.batcher import Batcher
     real, calls = Batcher.next_batch, []
 
     def crash_once(self, timeout_s):
@@ -86,7 +87,7 @@ def test_a_crashed_worker_thread_is_restarted_and_counted(tiny_artifact, monkeyp
 
 def test_a_thread_that_stays_down_ends_readiness_and_the_watchdog_and_exits_1(
         tiny_artifact, tmp_path, monkeypatch):
-    from service.batcher import Batcher
+    from hitveto.serving.batcher import Batcher
 
     def always_crash(self, timeout_s):
         time.sleep(0.01)
@@ -210,7 +211,7 @@ def test_control_socket_is_a_private_unix_socket_and_tcp_needs_curve(tiny_artifa
 
 
 def test_reload_takes_only_regular_files_from_the_reload_folders(tiny_artifact, tmp_path):
-    from service.control import request
+    from hitveto.serving.control import request
     elsewhere = make_artifact(tmp_path / "elsewhere" / "zero.pt", version="test-1", bias=-50.0)
     allowed = tmp_path / "models"
     fifo = allowed / "fifo.pt"
@@ -234,7 +235,7 @@ def test_reload_takes_only_regular_files_from_the_reload_folders(tiny_artifact, 
 
 
 def test_the_served_version_changes_with_the_file_not_only_the_metadata(tiny_artifact, tmp_path):
-    from service.control import request
+    from hitveto.serving.control import request
     impostor = make_artifact(tmp_path / "impostor.pt", version="test-1", bias=-50.0)
     with running_daemon(tiny_artifact) as daemon:     # the model's own folder: a reload folder
         _, before = stream(daemon, frames(5))
@@ -260,15 +261,15 @@ def small_disk(tmp_path):
 
 
 def test_the_writer_on_a_full_disk_counts_every_frame_it_could_not_write(small_disk, tiny_artifact):
-    from clients.cxi import read_frames
-    from service.protocol import encode_frame
-    from service.sockets import free_tcp_endpoint
+    from hitveto_client.cxi import read_frames
+    from hitveto_client.protocol import encode_frame
+    from hitveto.serving.sockets import free_tcp_endpoint
     rng = np.random.default_rng(5)
     sent = [rng.integers(0, 4000, (32, 185, 388), dtype=np.int16) for _ in range(12)]  # 4.6 MB
     listen = free_tcp_endpoint()
     with running_daemon(tiny_artifact) as daemon:     # frames of another layout: all kept
         writer = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "write", "--listen", listen, "--frames",
+            [sys.executable, "-m", "hitveto.cli", "write", "--listen", listen, "--frames",
              daemon.endpoints.ingest, "--verdicts", daemon.endpoints.publish, "--out", str(small_disk),
              "--count", str(len(sent))], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for line in writer.stderr:
@@ -312,7 +313,7 @@ def test_mistyped_header_fields_are_refused_and_answered_when_the_key_is_readabl
 
 
 def test_a_message_larger_than_a_frame_is_refused_before_it_is_read(tiny_artifact):
-    from service.protocol import MAX_FRAME_BYTES, MAX_HEADER_BYTES
+    from hitveto_client.protocol import MAX_FRAME_BYTES, MAX_HEADER_BYTES
     with running_daemon(tiny_artifact) as daemon:     # ZMQ drops the sender, nothing is read
         push_raw(daemon, [raw_message()[0], bytes(MAX_FRAME_BYTES + MAX_HEADER_BYTES + 1)])
         counts, _ = stream(daemon, frames(20))
@@ -354,7 +355,7 @@ def _gauge_after(daemon, name: str, want: float, timeout_s: float = 5.0) -> floa
 def test_shutdown_before_start_and_metrics_after_shutdown(tiny_artifact):
     from prometheus_client import CollectorRegistry
 
-    from service.daemon import Daemon
+    from hitveto.serving.daemon import Daemon
     from tests.conftest import loopback_config
     Daemon(loopback_config(tiny_artifact), registry=CollectorRegistry()).shutdown()   # no error
     with running_daemon(tiny_artifact) as daemon:
@@ -365,7 +366,7 @@ def test_shutdown_before_start_and_metrics_after_shutdown(tiny_artifact):
 
 
 def test_region_frames_in_float_keep_their_shape_when_masked(tiny_artifact):
-    from service.preprocess import masked_region
+    from hitveto.models.preprocess import masked_region
     spec = artifact.read(tiny_artifact).spec
     roi = np.ones(ROI, np.float32)
     roi[3, 4] = np.nan
@@ -383,8 +384,8 @@ def test_uint16_frames_are_judged_not_failed(tiny_artifact):
 
 
 def test_the_writer_exports_what_it_could_not_write(tmp_path):
-    from clients.cxi import CxiWriter
-    from clients.relay import serve_metrics
+    from hitveto_client.cxi import CxiWriter
+    from hitveto_client.relay import serve_metrics
     from prometheus_client.parser import text_string_to_metric_families
     with CxiWriter(tmp_path / "hits", min_free_bytes=1 << 60) as writer:   # never room: all refused
         server = serve_metrics(writer, 0)

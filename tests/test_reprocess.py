@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clients.cxi import read_frames
-from service.reprocess import read_verdicts, reprocess
-from service import geometry, sources
-from service.sim.run import simulate_runs
-from service.xtc2 import run_path
+from hitveto_client.cxi import read_frames
+from hitveto.offline.reprocess import read_verdicts, reprocess
+from hitveto.io import geometry, sources
+from hitveto.sim.run import simulate_runs
+from hitveto.io.xtc2 import run_path
 from tests.conftest import median_threshold_artifact
 
 MPIRUN = Path(sys.executable).with_name("mpirun")
@@ -49,7 +49,7 @@ def test_mpirun_gives_the_serial_verdicts(experiment, tmp_path, ranks):
     folder, model, _ = experiment
     serial = read_verdicts(reprocess(folder, experiment="hitveto", run=5, out=tmp_path / "one",
                                      model=model))
-    cmd = [str(MPIRUN), "-n", str(ranks), sys.executable, "-m", "service.cli", "reprocess", str(folder),
+    cmd = [str(MPIRUN), "-n", str(ranks), sys.executable, "-m", "hitveto.cli", "reprocess", str(folder),
            "--experiment", "hitveto", "--run", "5", "--out", str(tmp_path / "mpi"), "--model", str(model),
            "--batch-size", "4"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

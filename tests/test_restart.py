@@ -10,14 +10,14 @@ import time
 
 import numpy as np
 
-from clients.cxi import CxiWriter, read_frames
-from clients.hitwriter import Frame, stream
-from clients.veto import VetoClient
-from service import artifact
-from service.engine import Engine
-from service.launcher import start_daemon
-from service.preprocess import region
-from service.protocol import EventKey, Reason
+from hitveto_client.cxi import CxiWriter, read_frames
+from hitveto_client.hitwriter import Frame, stream
+from hitveto_client.veto import VetoClient
+from hitveto.models import artifact
+from hitveto.models.engine import Engine
+from hitveto.serving.launcher import start_daemon
+from hitveto.models.preprocess import region
+from hitveto_client.protocol import EventKey, Reason
 from tests.conftest import RAW, median_threshold_artifact
 
 KILL_AT = 100

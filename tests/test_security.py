@@ -5,8 +5,8 @@ from __future__ import annotations
 import zmq
 import zmq.auth
 
-from clients.veto import CurveKeys, VetoClient
-from service.security import create_keys
+from hitveto_client.veto import CurveKeys, VetoClient
+from hitveto.serving.security import create_keys
 from tests.conftest import running_daemon
 from tests.test_daemon import frames, stream
 

@@ -8,12 +8,12 @@ import time
 
 import numpy as np
 
-from service import artifact
-from service.audit import wilson
-from service.engine import Engine
-from service.labels import MIN_PEAKS_FOR_HIT
-from service.peaks import PeakFinderParams, region_peak_finder
-from service.shadow import ShadowWindow
+from hitveto.models import artifact
+from hitveto.serving.audit import wilson
+from hitveto.models.engine import Engine
+from hitveto.offline.labels import MIN_PEAKS_FOR_HIT
+from hitveto.io.peaks import PeakFinderParams, region_peak_finder
+from hitveto.serving.shadow import ShadowWindow
 from tests.conftest import paced_stream, running_daemon, simulated_regions
 from tests.test_deploy import firing, prometheus, rules_firing_at_once, wait_for
 

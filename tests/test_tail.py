@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from clients.tail import tail
+from hitveto_client.tail import tail
 from tests.conftest import make_artifact, running_daemon
 from tests.test_daemon import frames, stream
 

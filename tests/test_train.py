@@ -6,9 +6,11 @@ import dataclasses
 
 import numpy as np
 
-from service import artifact, geometry
-from service.sim.run import simulate_runs
-from service.train import RECIPES, TrainConfig, train
+from hitveto.models import artifact
+
+from hitveto.io import geometry
+from hitveto.sim.run import simulate_runs
+from hitveto.offline.train import RECIPES, TrainConfig, train
 
 
 def train_small(tmp_path, fmt: str, seed: int, protocol: str, min_peaks: int):
@@ -36,7 +38,7 @@ def test_train_writes_a_calibrated_self_describing_artifact(tmp_path):
 
 
 def test_truth_protocol_labels_by_strong_spots_and_calibrates_on_them(tmp_path):
-    from service import sources
+    from hitveto.io import sources
     path, report, val_run = train_small(tmp_path, "xtc2", seed=5, protocol="truth", min_peaks=10)
     info = artifact.read(path).info
     assert info.training["labels"] == "simulator truth: >= 10 strong spots, every frame"
@@ -47,7 +49,7 @@ def test_truth_protocol_labels_by_strong_spots_and_calibrates_on_them(tmp_path):
 
 
 def test_evaluate_reports_model_beside_peakfinder8_with_plots(tmp_path):
-    from service.evaluate import evaluate_runs
+    from hitveto.offline.evaluate import evaluate_runs
     (run,) = simulate_runs(tmp_path / "runs", runs=[4], n_frames=40, layout="roi", fmt="xtc2", seed=3)
     text = evaluate_runs(artifact.DEFAULT_ARTIFACT, (run,), out_dir=tmp_path / "eval")
     assert "Quartile protocol" in text and "vs simulator truth" in text and "strong hit" in text
@@ -66,7 +68,7 @@ def test_torchrun_two_processes_train_as_well_as_one(tmp_path):
     import sys
     from pathlib import Path
     runs = simulate_runs(tmp_path / "runs", runs=[1, 2], n_frames=200, layout="roi", fmt="cxi", seed=4)
-    args = ["-m", "service.cli", "train", "--train", str(runs[0]), "--val", str(runs[1]), "--arch",
+    args = ["-m", "hitveto.cli", "train", "--train", str(runs[0]), "--val", str(runs[1]), "--arch",
             "compact", "--recipe", "fast", "--epochs", "30", "--labels", "min-peaks",
             "--target-sensitivity", "0.99", "--seed", "1"]
     one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one.pt")],
@@ -86,8 +88,8 @@ def test_torchrun_two_processes_train_as_well_as_one(tmp_path):
 
 def test_regions_spill_to_a_memory_mapped_file(tmp_path):
     """Runs larger than memory: the regions live in a file and are read in batch by batch."""
-    from service.peaks import PeakFinderParams
-    from service.train import input_spec, load_runs
+    from hitveto.io.peaks import PeakFinderParams
+    from hitveto.offline.datasets import input_spec, load_runs
     (run,) = simulate_runs(tmp_path / "runs", runs=[1], n_frames=12, layout="raw", fmt="xtc2", seed=2)
     spec = input_spec(350, 35.0)
     in_memory = load_runs((run,), spec, PeakFinderParams())
@@ -98,7 +100,7 @@ def test_regions_spill_to_a_memory_mapped_file(tmp_path):
 
 
 def test_augmentation_adds_hot_pixels_and_scales_gain_only_when_asked():
-    from service.train import augment
+    from hitveto.offline.train import augment
     flat = np.full((200, 30, 30), 800, np.int16)
     same_gain = augment(flat, np.random.default_rng(0))
     assert np.median(same_gain, axis=(1, 2)).tolist() == [800.0] * 200

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.xtc2 import (RunEvent, read_experiment_run, read_run, run_path, smalldata_path,
+from hitveto.io.xtc2 import (RunEvent, read_experiment_run, read_run, run_path, smalldata_path,
                           write_run)
 
 MPIRUN = Path(sys.executable).with_name("mpirun")
@@ -65,7 +65,7 @@ def test_bad_runs_are_refused_and_leave_no_file(tmp_path):
 def test_experiment_run_is_shared_among_mpi_ranks(tmp_path):
     events = make_events((8, 8), np.int16, n=60)   # 30 batches: enough that a late-starting rank gets some
     write_run(run_path(tmp_path, "hitveto", 7), events)
-    script = ("import json, os, sys; from service.xtc2 import read_experiment_run as r; "
+    script = ("import json, os, sys; from hitveto.io.xtc2 import read_experiment_run as r; "
               f"ids = [e.pulse_id for e in r({str(tmp_path)!r}, experiment='hitveto', run=7, "
               "batch_size=2)]; open(sys.argv[1] + os.environ['PMI_RANK'], 'w').write(json.dumps(ids))")
     out = tmp_path / "rank"
@@ -78,7 +78,7 @@ def test_experiment_run_is_shared_among_mpi_ranks(tmp_path):
 
 
 def test_killed_psana_process_leaves_no_shared_memory():
-    script = ("import os, signal; from service.psana_import import import_psana; import_psana(); "
+    script = ("import os, signal; from hitveto.io.psana_import import import_psana; import_psana(); "
               "print(os.getpid(), flush=True); os.kill(os.getpid(), signal.SIGKILL)")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == -signal.SIGKILL
@@ -87,14 +87,14 @@ def test_killed_psana_process_leaves_no_shared_memory():
 
 
 def test_a_dataset_string_reads_the_run_through_its_experiment_directory(tmp_path):
-    from service import sources
+    from hitveto.io import sources
     events = make_events((6, 7), np.int16, n=4)
     write_run(run_path(tmp_path, "hitveto", 9), events)
     assert_same(events, list(sources.events(f"exp=hitveto:run=9:dir={tmp_path}")))
     with pytest.raises(ValueError, match="missing"):
         list(sources.events(f"exp=hitveto:dir={tmp_path}"))
-    from service.peaks import PeakFinderParams
-    from service.train import input_spec, load_runs
+    from hitveto.io.peaks import PeakFinderParams
+    from hitveto.offline.datasets import input_spec, load_runs
     spec = input_spec(350, 35.0)
     write_run(run_path(tmp_path, "hitveto", 10), make_events((350, 350), np.int16, n=3))
     data = load_runs((f"exp=hitveto:run=10:dir={tmp_path}",), spec, PeakFinderParams())

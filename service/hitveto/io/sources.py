@@ -1,0 +1,89 @@
+"""Runs on disk as a stream of events, whatever the format: psana xtc2 or CXI/HDF5.
+
+One interface for the trainer, the replay client and the evaluation: `events(path)` yields
+`RunEvent`s (key fields, the detector frame, and simulator truth when the file has it). A run is
+named by its file (`.xtc2`, `.cxi`, `.h5`), or, as psana names it, by a dataset string
+`exp=EXP:run=N:dir=FOLDER` read through `DataSource(exp=, run=, dir=)` (the experiment directory
+with its smalldata index).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from hitveto.io.xtc2 import RunEvent
+
+CXI_SUFFIXES = (".cxi", ".h5", ".hdf5")
+
+
+def events(path: Path, *, detector: str = "cspad", limit: int | None = None) -> Iterator[RunEvent]:
+    """Events of one run file, in order; at most `limit`."""
+    dataset = _dataset(path)
+    path = Path(path)
+    if dataset is not None:
+        from hitveto.io.xtc2 import read_experiment_run
+        folder, experiment, run = dataset
+        stream = read_experiment_run(folder, experiment=experiment, run=run, detector=detector)
+    elif path.suffix == ".xtc2":
+        from hitveto.io.xtc2 import read_run
+        stream = read_run(path, detector=detector)
+    elif path.suffix in CXI_SUFFIXES:
+        stream = _cxi_events(path)
+    else:
+        raise ValueError(f"{path}: unknown run format (expected .xtc2 or {', '.join(CXI_SUFFIXES)})")
+    for i, event in enumerate(stream):
+        if limit is not None and i >= limit:
+            return
+        yield event
+
+
+def run_info(path: Path) -> dict[str, Any]:
+    """The run's sidecar description (`<file>.json`, written by the simulator), or {}."""
+    path = run_file(path)
+    sidecar = path.with_suffix(path.suffix + ".json")
+    return json.loads(sidecar.read_text()) if sidecar.exists() else {}
+
+
+def sidecar_gain(paths: Iterable[Path | str]) -> float | None:
+    """The ADU per photon the runs' sidecars agree on, or None (no sidecar, or they differ)."""
+    gains = {run_info(p).get("adu_per_photon") for p in paths}
+    return float(gains.pop()) if len(gains) == 1 and None not in gains else None
+
+
+def run_file(path: Path | str) -> Path:
+    """The file that holds a run: the path itself, or a dataset string's xtc2 file."""
+    dataset = _dataset(path)
+    if dataset is None:
+        return Path(path)
+    from hitveto.io.xtc2 import run_path
+    return run_path(*dataset)
+
+
+def _dataset(path: Path | str) -> tuple[Path, str, int] | None:
+    """(dir, experiment, run) of a dataset string `exp=EXP:run=N:dir=FOLDER`, else None."""
+    text = str(path)
+    if not text.startswith("exp="):
+        return None
+    fields = dict(part.split("=", 1) for part in text.split(":") if "=" in part)
+    missing = {"exp", "run", "dir"} - fields.keys()
+    if missing:
+        raise ValueError(f"{text}: dataset string needs exp=, run= and dir= (missing {sorted(missing)})")
+    return Path(fields["dir"]), fields["exp"], int(fields["run"])
+
+
+def _cxi_events(path: Path) -> Iterator[RunEvent]:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        data = f["entry_1/data_1/data"]
+        event = f.get("entry_1/event")
+        truth = f.get("entry_1/sample_1/truth")
+        columns = {n: event[n][()] for n in ("pulse_id", "timestamp")} if event else {}
+        truth_cols = {n: d[()] for n, d in truth.items()} if truth else {}
+        for i in range(data.shape[0]):
+            yield RunEvent(timestamp=int(columns["timestamp"][i]) if columns else i,
+                           pulse_id=int(columns["pulse_id"][i]) if columns else i,
+                           image=data[i], truth={n: int(c[i]) for n, c in truth_cols.items()})

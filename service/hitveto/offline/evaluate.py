@@ -1,0 +1,131 @@
+"""`hitveto evaluate ARTIFACT RUN...`: a model's report on any runs, beside peakfinder8 on the same frames.
+
+Prints the confusion matrices in the study's layout (quartile protocol, every frame with
+peakfinder8 labels, every frame against simulator truth when the runs have it: a crystal in the beam,
+and at least N strong spots on its pixels, N the indexability floor), the data reduction at
+the artifact's threshold, and a breakdown by frame kind; saves ROC and precision-recall curves and
+score histograms as one PNG, and the numbers as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from hitveto.models import artifact
+
+from hitveto.offline import labels
+
+KINDS = ("clean miss", "ice miss", "strong hit", "weak hit", "multiple hit")   # sim FrameKind order
+
+
+def evaluate_runs(artifact_path: Path, runs: tuple[Path, ...], *, min_peaks: int = labels.MIN_PEAKS_FOR_HIT,
+                  out_dir: Path | None = None) -> str:
+    """The report as text; with out_dir, also `evaluation.json` and `evaluation.png` there."""
+    from hitveto.models.engine import Engine  # torch and psana only when evaluating
+    from hitveto.io.peaks import PeakFinderParams
+    from hitveto.offline.datasets import load_runs
+
+    art = artifact.read(artifact_path)
+    params = PeakFinderParams(**art.info.training.get("peakfinder8", {}))
+    data = load_runs(runs, art.spec, params)
+    engine = Engine(art, device="cpu", max_batch=64)
+    scores = engine.score(data.regions)
+    result = summarise(scores, data, art.info.threshold, min_peaks)
+    text = report(result, art.info.version, art.info.threshold, min_peaks)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "evaluation.json").write_text(json.dumps(result, indent=1))
+        plot(scores, data, min_peaks, art.info.threshold, out_dir / "evaluation.png")
+    return text
+
+
+def summarise(scores: np.ndarray, data, threshold: float, min_peaks: int) -> dict:
+    """Decisions at `threshold` against every protocol the data allows (data: datasets.LabelledFrames)."""
+    kept = scores >= threshold
+    q = labels.quartile_labels(data.peaks)
+    used = q != labels.UNUSED
+    every = labels.min_peak_labels(data.peaks, min_peaks).astype(bool)
+    result = {"frames": int(len(scores)), "kept_fraction": float(kept.mean()),
+              "quartile": labels.confusion(q[used] == labels.HIT, kept[used]),
+              "min_peaks": labels.confusion(every, kept),
+              "peakfinder8_min_peaks_vs_quartile": labels.confusion(q[used] == labels.HIT, every[used])}
+    if (data.n_crystals >= 0).all():
+        truth = labels.truth_labels(data.n_crystals).astype(bool)
+        result["truth"] = labels.confusion(truth, kept)
+        result["peakfinder8_truth"] = labels.confusion(truth, every)
+        result["by_kind"] = {KINDS[k]: {"frames": int((data.kinds == k).sum()),
+                                        "kept_by_model": float(kept[data.kinds == k].mean()),
+                                        "kept_by_peakfinder8": float(every[data.kinds == k].mean())}
+                             for k in range(len(KINDS)) if (data.kinds == k).any()}
+    if (data.strong_spots >= 0).all():
+        visible = labels.visible_labels(data.strong_spots, min_peaks).astype(bool)
+        result["visible"] = labels.confusion(visible, kept)
+        result["peakfinder8_visible"] = labels.confusion(visible, every)
+    return result
+
+
+def report(r: dict, version: str, threshold: float, min_peaks: int) -> str:
+    lines = [f"model {version}, threshold {threshold:.4f}, {r['frames']} frames; "
+             f"kept {100 * r['kept_fraction']:.1f}% (data reduction {100 * (1 - r['kept_fraction']):.1f}%)", "",
+             labels.study_table(r["quartile"], "Quartile protocol (the study's)"), "",
+             labels.study_table(r["min_peaks"], f"Every frame, peakfinder8 >= {min_peaks} peaks = hit")]
+    if "truth" in r:
+        lines += ["", labels.study_table(r["truth"], "Every frame vs simulator truth (a crystal = hit)"), "",
+                  labels.study_table(r["peakfinder8_truth"], f"peakfinder8 (>= {min_peaks} peaks) vs truth"),
+                  "", "kind             frames   kept by model   kept by peakfinder8"]
+        lines += [f"{kind:15s} {v['frames']:7d}   {100 * v['kept_by_model']:12.1f}%   "
+                  f"{100 * v['kept_by_peakfinder8']:18.1f}%" for kind, v in r["by_kind"].items()]
+    if "visible" in r:
+        lines += ["", labels.study_table(r["visible"], f"Every frame vs truth (>= {min_peaks} strong spots = hit)"),
+                  "", labels.study_table(r["peakfinder8_visible"],
+                                         f"peakfinder8 (>= {min_peaks} peaks) vs the same truth")]
+    return "\n".join(lines)
+
+
+def plot(scores: np.ndarray, data, min_peaks: int, threshold: float, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    truth, reference = _reference(data, min_peaks)
+    fig, (roc, pr, hist) = plt.subplots(1, 3, figsize=(14, 4))
+    fig.suptitle(f"reference: {reference}", fontsize=10)
+    for name, s in (("model", scores), ("peakfinder8 peak count", data.peaks.astype(float))):
+        fpr, tpr, precision = _curves(s, truth)
+        roc.plot(fpr, tpr, label=name)
+        pr.plot(tpr, precision, label=name)
+    roc.set(xlabel="false positive rate (misses kept)", ylabel="sensitivity (hits kept)", title="ROC",
+            xscale="log", xlim=(1e-4, 1))
+    pr.set(xlabel="recall (sensitivity)", ylabel="precision", title="precision-recall")
+    bins = np.linspace(0, 1, 51)
+    hist.hist(scores[truth], bins, alpha=0.6, label="hits")
+    hist.hist(scores[~truth], bins, alpha=0.6, label="misses")
+    hist.axvline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:.3g}")
+    hist.set(xlabel="model score P(hit)", ylabel="frames", yscale="log", title="score histograms")
+    for ax in (roc, pr, hist):
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.savefig(path, dpi=100)
+
+
+def _reference(data, min_peaks: int) -> tuple[np.ndarray, str]:
+    """What the curves count as a hit: the simulator's strong spots when the runs have them."""
+    if (data.strong_spots >= 0).all():
+        return labels.visible_labels(data.strong_spots, min_peaks).astype(bool), \
+            f"simulator truth, >= {min_peaks} strong spots = hit"
+    if (data.n_crystals >= 0).all():
+        return labels.truth_labels(data.n_crystals).astype(bool), "simulator truth, a crystal = hit"
+    return labels.min_peak_labels(data.peaks, min_peaks).astype(bool), f"peakfinder8 >= {min_peaks} peaks = hit"
+
+
+def _curves(scores: np.ndarray, truth: np.ndarray):
+    order = np.argsort(-scores, kind="stable")
+    hits = np.cumsum(truth[order])
+    kept = np.arange(1, len(scores) + 1)
+    tpr = hits / max(1, truth.sum())
+    fpr = (kept - hits) / max(1, (~truth).sum())
+    return fpr, tpr, hits / kept

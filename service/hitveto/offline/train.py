@@ -1,0 +1,272 @@
+"""Offline trainer: read runs, label them (peakfinder8 or simulator truth), train, validate, save.
+
+Label protocols (labels.PROTOCOLS): the study's quartiles of peak counts; every frame by a floor of
+peakfinder8 peaks (`min-peaks`); every frame by the simulator's count of strong spots (`truth`, the
+shipped model's).
+
+The study's recipe (`--recipe seed`): quartile labels from peak counts, SGD lr 0.002 momentum 0.9,
+batch 100, 3 epochs, binary cross-entropy; validation on held-out runs with the same protocol.
+`--recipe fast` (AdamW, 8 epochs) trains the compact network, which SGD at lr 0.002 barely moves
+in three epochs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from hitveto.io.peaks import PeakFinderParams
+from hitveto.models import artifact, networks, stream_profile
+from hitveto.models.preprocess import InputSpec
+from hitveto.offline import distributed, labels
+from hitveto.offline.datasets import LabelledFrames, adu_from_runs, input_spec, load_runs
+from hitveto.offline.evaluate import summarise
+
+log = logging.getLogger(__name__)
+OPTIMISERS = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Recipe:
+    """Optimiser and schedule."""
+
+    optimiser: Literal["sgd", "adamw"]
+    lr: float
+    momentum: float = 0.0
+    batch_size: int = 100
+    epochs: int = 3
+    augment: bool = False   # fresh hot and dead pixels per sample (see augment())
+    gain_range: float = 1.0  # and each sample's ADU scaled by a factor in [1/g, 1] (see augment())
+
+    def __post_init__(self) -> None:
+        if self.optimiser not in OPTIMISERS:
+            raise ValueError(f"optimiser {self.optimiser!r}: one of {sorted(OPTIMISERS)}")
+        if self.lr <= 0 or self.batch_size < 1 or self.epochs < 1 or self.gain_range < 1.0:
+            raise ValueError(f"recipe out of range: {self}")
+
+
+RECIPES = {
+    "seed": Recipe(optimiser="sgd", lr=0.002, momentum=0.9, batch_size=100, epochs=3),  # the study's
+    "fast": Recipe(optimiser="adamw", lr=0.003, batch_size=64, epochs=8, augment=True),
+    # fast, and gains down to 1/8 of the runs': a detector in a lower gain mode (CSPAD low gain:
+    # 1/6.9) looks like these, so the model need not be told the gain
+    "fast-gain": Recipe(optimiser="adamw", lr=0.003, batch_size=64, epochs=8, augment=True,
+                        gain_range=8.0),
+}
+HOT_PIXELS_PER_FRAME = 40        # ~3e-4 of a 350x350 region: more than a CSPAD's, on purpose
+HOT_PIXEL_MEAN_ADU = 2000.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainConfig:
+    train_runs: tuple[Path, ...]
+    val_runs: tuple[Path, ...]
+    out: Path
+    architecture: str = "seed"
+    recipe: Recipe = RECIPES["seed"]
+    recipe_name: str = "seed"
+    protocol: Literal["quartile", "min-peaks", "truth"] = "quartile"   # labels.PROTOCOLS
+    min_peaks: int = labels.MIN_PEAKS_FOR_HIT   # min-peaks / truth: a hit's peaks / strong spots
+    threshold: float = 0.5             # used when target_sensitivity is None
+    target_sensitivity: float | None = None   # calibrate the threshold on the validation runs
+    seed: int = 0
+    limit_per_run: int | None = None
+    roi_size: int = 350
+    adu_per_photon: float = 0.0        # 0 = from the runs' sidecar (simulator), else required
+    peaks: PeakFinderParams = field(default_factory=PeakFinderParams)
+
+
+def fit(net: networks.HitClassifier, x: np.ndarray, y: np.ndarray, recipe: Recipe, *, seed: int,
+        rows: np.ndarray | None = None) -> list[float]:
+    """Minimise binary cross-entropy with the recipe; returns the mean loss per epoch.
+
+    Trains on x[rows] (default: all of x) with labels y (one per row); x may be memory-mapped.
+
+    Under torchrun every process draws the same batches (same seed) and takes its share of each;
+    the gradients are averaged over the processes before each step, so they step as one: the
+    same steps as one process, up to the order of floating-point sums (and uneven last shares).
+    """
+    torch.manual_seed(seed)
+    rank, world = distributed.rank_and_world()
+    distributed.sync_parameters(net)
+    r = recipe
+    optimiser = (torch.optim.SGD(net.parameters(), lr=r.lr, momentum=r.momentum)
+                 if r.optimiser == "sgd" else torch.optim.AdamW(net.parameters(), lr=r.lr))
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    rng = np.random.default_rng(seed)
+    rows = np.arange(len(x)) if rows is None else rows
+    losses = []
+    net.train()
+    for epoch in range(r.epochs):
+        order, total = rng.permutation(len(rows)), 0.0
+        bar = tqdm(range(0, len(rows), r.batch_size), desc=f"epoch {epoch + 1}/{r.epochs}",
+                   unit="batch", leave=False, mininterval=1.0)
+        for start in bar:
+            idx = order[start:start + r.batch_size]
+            # Every process augments the whole batch (the random stream stays the one process's)
+            # and keeps its share: with equal shares the averaged gradient is the whole batch's.
+            whole = x[rows[idx]]
+            batch = (augment(whole, rng, r.gain_range) if r.augment else whole)[rank::world]
+            idx = idx[rank::world]
+            optimiser.zero_grad()
+            device = next(net.parameters()).device
+            loss = loss_fn(net.logits(torch.from_numpy(batch).to(device)),
+                           torch.from_numpy(y[idx]).float().to(device))
+            loss.backward()
+            distributed.average_gradients(net, world)
+            optimiser.step()
+            total += loss.item() * len(idx)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        losses.append(distributed.sum_over_processes(total, world) / len(rows))
+        log.info("epoch %d: loss %.4f", epoch + 1, losses[-1])
+    return losses
+
+
+def augment(regions: np.ndarray, rng: np.random.Generator, gain_range: float = 1.0) -> np.ndarray:
+    """A copy with fresh hot and dead pixels in each frame, and with gain_range > 1 each frame's
+    ADU scaled by a log-uniform factor in [1 / gain_range, 1] (rounded, as a lower gain reads).
+
+    Every run has its own fixed hot pixels; a model that saw only the training runs' ones takes a
+    new run's for Bragg peaks (the study's drop in held-out specificity). Single bright pixels in
+    random places on hits and misses alike teach it that one pixel is not a peak.
+    """
+    out = regions.copy()
+    n, h, w = out.shape
+    if gain_range > 1.0:
+        gains = np.exp(-rng.uniform(0.0, np.log(gain_range), n))
+        out = np.rint(out * gains[:, None, None]).astype(regions.dtype)
+    for i in range(n):
+        k = rng.poisson(HOT_PIXELS_PER_FRAME)
+        flat = out[i].reshape(-1)
+        flat[rng.integers(0, h * w, k)] = np.minimum(rng.exponential(HOT_PIXEL_MEAN_ADU, k), 15000)
+        flat[rng.integers(0, h * w, k // 2)] = 0
+    return out
+
+
+def predict(net: torch.nn.Module, x: np.ndarray, rows: np.ndarray | None = None,
+            batch: int = 128) -> np.ndarray:
+    """P(hit) for each region of x[rows] (default: all of x; x may be memory-mapped)."""
+    net.eval()
+    device = next(net.parameters()).device
+    rows = np.arange(len(x)) if rows is None else rows
+    with torch.inference_mode():
+        return np.concatenate([net(torch.from_numpy(np.array(x[rows[i:i + batch]])).to(device)).cpu().numpy()
+                               for i in range(0, len(rows), batch)])
+
+
+def train(cfg: TrainConfig) -> tuple[Path | None, str]:
+    """Train and validate; writes the artifact; returns its path and the printed report.
+
+    Under `torchrun --nproc-per-node N` the N processes train data-parallel; rank 0 validates and
+    writes the artifact (the others return None). The regions are spilled to a temporary folder
+    beside the output and memory-mapped, so runs larger than memory train.
+    """
+    Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=Path(cfg.out).parent, prefix=".hitveto-regions-") as spill:
+        return _train(cfg, Path(spill))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Fitted:
+    net: torch.nn.Module
+    spec: InputSpec
+    train_data: LabelledFrames
+    val_data: LabelledFrames
+    labelled: np.ndarray      # training rows the protocol labels
+    y: np.ndarray             # their labels
+    losses: list[float]
+    world: int
+    seconds: dict[str, float]
+
+
+def _train(cfg: TrainConfig, spill: Path) -> tuple[Path | None, str]:
+    t0 = time.monotonic()
+    rank, world = distributed.start()
+    spec = input_spec(cfg.roi_size, cfg.adu_per_photon or adu_from_runs(cfg.train_runs))
+    if rank > 0:
+        torch.distributed.barrier()      # rank 0 labels first and caches the peak counts
+    train_data = load_runs(cfg.train_runs, spec, cfg.peaks, cfg.limit_per_run, spill)
+    val_data = load_runs(cfg.val_runs, spec, cfg.peaks, cfg.limit_per_run, spill)
+    if rank == 0 and world > 1:
+        torch.distributed.barrier()
+    t_data = time.monotonic() - t0
+    q = _labels(train_data, cfg)
+    labelled, y = np.flatnonzero(q != labels.UNUSED), q[q != labels.UNUSED]
+    torch.manual_seed(cfg.seed)
+    net = networks.build(cfg.architecture, cfg.roi_size, spec.adu_per_photon).to(distributed.device())
+    losses = fit(net, train_data.regions, y, cfg.recipe, seed=cfg.seed, rows=labelled)
+    if rank > 0:
+        return None, f"rank {rank} of {world}: trained; rank 0 validates and writes the artifact"
+    seconds = {"data_and_labels": round(t_data, 1), "fit": round(time.monotonic() - t0 - t_data, 1)}
+    return _validate_and_save(cfg, _Fitted(net=net, spec=spec, train_data=train_data, val_data=val_data,
+                                           labelled=labelled, y=y, losses=losses, world=world,
+                                           seconds=seconds))
+
+
+def _labels(data: LabelledFrames, cfg: TrainConfig) -> np.ndarray:
+    return labels.by_protocol(cfg.protocol, data.peaks, data.strong_spots, min_peaks=cfg.min_peaks,
+                              seed=cfg.seed)
+
+
+def _validate_and_save(cfg: TrainConfig, f: _Fitted) -> tuple[Path, str]:
+    val_scores = predict(f.net, f.val_data.regions)
+    threshold, calibration = cfg.threshold, {}
+    if cfg.target_sensitivity is not None:
+        v = _labels(f.val_data, cfg)
+        used = v != labels.UNUSED
+        threshold = labels.calibrate_threshold(val_scores[used], v[used] == labels.HIT,
+                                               cfg.target_sensitivity)
+        calibration = {"target_sensitivity": cfg.target_sensitivity, "on": "validation runs",
+                       "labels": cfg.protocol}
+    val = summarise(val_scores, f.val_data, threshold, cfg.min_peaks)
+    train_scores = predict(f.net, f.train_data.regions)
+    trn = labels.confusion(f.y == labels.HIT, train_scores[f.labelled] >= threshold)
+    prof = stream_profile.profile(stream_profile.frame_statistics(f.train_data.regions, train_scores,
+                                                                  threshold, f.spec))
+    net = f.net.cpu().eval()               # the artifact is device-neutral; the daemon places it
+    info = artifact.ModelInfo(
+        version=f"{cfg.architecture}-{networks.weights_digest(net)}", architecture=cfg.architecture,
+        detector=f.spec.detector, raw_shape=f.spec.raw_shape, roi_shape=f.spec.roi_shape,
+        adu_per_photon=f.spec.adu_per_photon, threshold=threshold,
+        training=_training_record(cfg, f, calibration),
+        validation={"runs": [str(p) for p in cfg.val_runs], **val}, profile=prof.to_dict())
+    path = artifact.save(cfg.out, torch.jit.freeze(torch.jit.script(net)), info, f.spec.roi_index)
+    return path, _report(cfg, f, trn, val, threshold, bool(calibration), f"{path} ({info.version})")
+
+
+def _training_record(cfg: TrainConfig, f: _Fitted, calibration: dict[str, Any]) -> dict[str, Any]:
+    return {"runs": [str(p) for p in cfg.train_runs], "frames": int(len(f.train_data.peaks)),
+            "labelled_frames": int(len(f.y)),
+            "labels": labels.PROTOCOLS[cfg.protocol].format(n=cfg.min_peaks),
+            "threshold_calibration": calibration,
+            "recipe": {"name": cfg.recipe_name, **dataclasses.asdict(cfg.recipe), "seed": cfg.seed},
+            "processes": f.world, "loss_per_epoch": f.losses,
+            "peakfinder8": dataclasses.asdict(cfg.peaks), "seconds": f.seconds}
+
+
+def _report(cfg: TrainConfig, f: _Fitted, trn: dict[str, float], val: dict[str, Any], threshold: float,
+            calibrated: bool, written: str) -> str:
+    tables = [labels.study_table(trn, f"Training data ({cfg.protocol} protocol)"),
+              labels.study_table(val["quartile"], "Validation runs (quartile protocol)")]
+    if cfg.protocol == "min-peaks":
+        tables.append(labels.study_table(val["min_peaks"], "Validation runs (min-peaks protocol)"))
+    if cfg.protocol == "truth":
+        tables.append(labels.study_table(
+            val["visible"], f"Validation runs, all frames vs truth (>= {cfg.min_peaks} strong spots)"))
+    if "truth" in val:
+        tables.append(labels.study_table(val["truth"], "Validation runs, all frames vs truth"))
+    calibrated_for = f" (calibrated for sensitivity {cfg.target_sensitivity})" if calibrated else ""
+    s = f.seconds
+    return "\n\n".join([
+        *tables, f"threshold {threshold:.4f}{calibrated_for}",
+        f"frames: {len(f.train_data.peaks)} train ({len(f.y)} labelled), {len(f.val_data.peaks)} validation;"
+        f" data+labels {s['data_and_labels']:.1f} s, fit {s['fit']:.1f} s; artifact {written}"])

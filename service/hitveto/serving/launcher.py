@@ -1,0 +1,99 @@
+"""Start a daemon process and wait for its READY=1 the way systemd does (NOTIFY_SOCKET).
+
+Used by the demo, the benchmarks and the fault tests; deploy/ has the systemd unit for production.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from hitveto.serving.sockets import free_tcp_endpoint
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DaemonProcess:
+    process: subprocess.Popen
+    ingest: str
+    publish: str
+    control: str
+    metrics_port: int
+    messages: tuple[str, ...]       # sd_notify messages received up to READY
+    command: tuple[str, ...]
+    log_path: Path | None = None
+
+    def stop(self, timeout_s: float = 20.0) -> int:
+        """SIGTERM (the daemon drains), then wait; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout_s)
+
+    def rss_mb(self) -> float:
+        """The process's resident memory now (MB), from /proc; NaN once it has exited."""
+        try:
+            status = Path(f"/proc/{self.process.pid}/status").read_text()
+        except FileNotFoundError:
+            return float("nan")
+        kb = next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))
+        return int(kb) / 1024
+
+    def restart(self, timeout_s: float = 60.0) -> DaemonProcess:
+        """Start the same command on the same endpoints once this process has ended, as systemd's
+        Restart= does; returns the new process, READY."""
+        self.process.wait()
+        return _launch(self.command, self, timeout_s)
+
+
+def start_daemon(*settings: str, artifact: Path | None = None, timeout_s: float = 60.0,
+                 log_path: Path | None = None) -> DaemonProcess:
+    """Launch `hitveto serve` on free loopback ports; returns once it says READY=1.
+
+    settings are extra `section.key=value` overrides. Raises RuntimeError if it dies or times out.
+    """
+    ingest, publish = free_tcp_endpoint(), free_tcp_endpoint()
+    control = f"ipc://{tempfile.mkdtemp(prefix='hitveto-')}/control"   # owner-only Unix socket
+    port = int(free_tcp_endpoint().rsplit(":", 1)[1])
+    cmd = [sys.executable, "-m", "hitveto.cli", "serve", "--ingest", ingest, "--publish", publish,
+           "--control", control, "--metrics-port", str(port), *[a for s in settings for a in ("--set", s)]]
+    if artifact is not None:
+        cmd += ["--artifact", str(artifact)]
+    where = DaemonProcess(process=None, ingest=ingest, publish=publish, control=control,
+                          metrics_port=port, messages=(), command=tuple(cmd), log_path=log_path)
+    return _launch(tuple(cmd), where, timeout_s)
+
+
+def _launch(cmd: tuple[str, ...], where: DaemonProcess, timeout_s: float) -> DaemonProcess:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "notify")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(path)
+            log = open(where.log_path, "ab") if where.log_path else subprocess.DEVNULL
+            proc = subprocess.Popen(cmd, env={**os.environ, "NOTIFY_SOCKET": path},
+                                    stdout=log, stderr=subprocess.STDOUT)
+            messages = _wait_ready(sock, proc, timeout_s)
+    return dataclasses.replace(where, process=proc, messages=messages)
+
+
+def _wait_ready(sock: socket.socket, proc: subprocess.Popen, timeout_s: float) -> tuple[str, ...]:
+    end = time.monotonic() + timeout_s
+    messages: list[str] = []
+    sock.settimeout(0.2)
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"daemon exited with code {proc.returncode} before READY")
+        try:
+            messages += sock.recv(4096).decode().splitlines()
+        except TimeoutError:
+            continue
+        if "READY=1" in messages:
+            return tuple(messages)
+    proc.kill()
+    raise RuntimeError(f"daemon not READY within {timeout_s} s")
