@@ -12,10 +12,11 @@ evaluation run with `hitveto evaluate`'s code. Prints a table, saves JSON and a 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
+
+from common import figure, parser, record
 
 from hitveto.models import artifact
 from hitveto.offline.adapt import AdaptConfig, adapt
@@ -23,7 +24,7 @@ from hitveto.offline.evaluate import evaluate_runs
 from hitveto.offline.labels import balanced_accuracy
 from hitveto.sim.run import simulate_runs
 
-EXPERIMENTS = {"thermolysin": (52, 21), "myoglobin": (42, 31)}    # window run, evaluation run
+EXPERIMENTS = {"thermolysin": (52, 21), "myoglobin": (42, 31)}  # window run, evaluation run
 
 
 def vs_truth(c: dict) -> str:
@@ -33,61 +34,91 @@ def vs_truth(c: dict) -> str:
 def run(frames: int, out: Path) -> dict:
     results = {}
     for preset, (window_run, eval_run) in EXPERIMENTS.items():
-        (window,) = simulate_runs(out / "runs", runs=[window_run], n_frames=frames, preset=preset,
-                                  layout="roi", fmt="xtc2", seed=window_run)
-        (evaluation,) = simulate_runs(out / "runs", runs=[eval_run], n_frames=1000, preset=preset,
-                                      layout="roi", fmt="xtc2", seed=eval_run)
-        adapted = adapt(AdaptConfig(sources=(window,), model=artifact.DEFAULT_ARTIFACT,
-                                    out=out / f"{preset}-adapted.pt", frames=frames))
+        (window,) = simulate_runs(
+            out / "runs",
+            runs=[window_run],
+            n_frames=frames,
+            preset=preset,
+            layout="roi",
+            fmt="xtc2",
+            seed=window_run,
+        )
+        (evaluation,) = simulate_runs(
+            out / "runs",
+            runs=[eval_run],
+            n_frames=1000,
+            preset=preset,
+            layout="roi",
+            fmt="xtc2",
+            seed=eval_run,
+        )
+        adapted = adapt(
+            AdaptConfig(
+                sources=(window,),
+                model=artifact.DEFAULT_ARTIFACT,
+                out=out / f"{preset}-adapted.pt",
+                frames=frames,
+            )
+        )
         print("\n".join([f"== {preset}", *adapted.lines()]), flush=True)
-        row = {"window_frames": frames, "window_seconds_at_120hz": frames / 120,
-               "adapt_seconds": adapted.seconds, "written": adapted.path is not None,
-               "chosen": adapted.chosen,
-               "validation_part": {"before": adapted.before, **adapted.candidates}}
+        row = {
+            "window_frames": frames,
+            "window_seconds_at_120hz": frames / 120,
+            "adapt_seconds": adapted.seconds,
+            "written": adapted.path is not None,
+            "chosen": adapted.chosen,
+            "validation_part": {"before": adapted.before, **adapted.candidates},
+        }
         for name, model in (("shipped", artifact.DEFAULT_ARTIFACT), ("adapted", adapted.path)):
             if model is not None:
                 evaluate_runs(model, (evaluation,), out_dir=out / f"{preset}-{name}")
                 report = json.loads((out / f"{preset}-{name}" / "evaluation.json").read_text())
-                row[name] = {k: report[k] for k in ("truth", "peakfinder8_truth", "visible",
-                                                    "peakfinder8_visible", "kept_fraction")}
+                row[name] = {
+                    k: report[k]
+                    for k in ("truth", "peakfinder8_truth", "visible", "peakfinder8_visible", "kept_fraction")
+                }
         results[preset] = row
     return results
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.8))
-    for ax, (preset, row) in zip(axes, results.items()):
-        names = [n for n in ("shipped", "adapted") if n in row]
-        for k, metric in enumerate(("sensitivity", "specificity")):
-            ax.bar([i + 0.35 * k for i in range(len(names))], [row[n]["truth"][metric] for n in names],
-                   width=0.35, label=metric)
-        ax.axhline(row["shipped"]["peakfinder8_truth"]["sensitivity"], color="grey", ls="--",
-                   label="peakfinder8 sensitivity")
-        ax.set_xticks([i + 0.175 for i in range(len(names))], names)
-        ax.set(ylim=(0, 1.05), xlim=(-0.4, 1.75), title=f"{preset}: vs truth on another run")
-        ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with figure(path, len(results), figsize=(5 * len(results), 3.8)) as (_fig, axes):
+        for ax, (preset, row) in zip(axes, results.items()):
+            names = [n for n in ("shipped", "adapted") if n in row]
+            for k, metric in enumerate(("sensitivity", "specificity")):
+                ax.bar(
+                    [i + 0.35 * k for i in range(len(names))],
+                    [row[n]["truth"][metric] for n in names],
+                    width=0.35,
+                    label=metric,
+                )
+            ax.axhline(
+                row["shipped"]["peakfinder8_truth"]["sensitivity"],
+                color="grey",
+                ls="--",
+                label="peakfinder8 sensitivity",
+            )
+            ax.set_xticks([i + 0.175 for i in range(len(names))], names)
+            ax.set(ylim=(0, 1.05), xlim=(-0.4, 1.75), title=f"{preset}: vs truth on another run")
+            ax.legend(fontsize=8, loc="lower right")
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--frames", type=int, default=7200, help="the window (7200 = a minute at 120 Hz)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/adapt"))
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results = run(args.frames, args.out)
-    (args.out / "adapt.json").write_text(json.dumps(results, indent=1))
-    plot(results, args.out / "adapt.png")
+    record(args.out / "adapt.json", results, lambda png: plot(results, png))
     for preset, row in results.items():
         line = f"{preset:12s} shipped: {vs_truth(row['shipped']['truth'])}"
         if "adapted" in row:
             line += f" | adapted: {vs_truth(row['adapted']['truth'])}"
-        print(line + f" | adapt took {row['adapt_seconds']['total']:.0f} s after a "
-              f"{row['window_seconds_at_120hz']:.0f} s window")
+        print(
+            line + f" | adapt took {row['adapt_seconds']['total']:.0f} s after a "
+            f"{row['window_seconds_at_120hz']:.0f} s window"
+        )
     return 0
 
 

@@ -8,29 +8,24 @@ counted, so the figure is what embedding the client costs a DAQ writer, not the 
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
+from common import SHAPES, parser, poisson_images, record, subscribed
 
-from hitveto_client.veto import VetoClient
 from hitveto.serving.launcher import start_daemon
 from hitveto_client.protocol import EventKey
 
-SHAPES = {"region": (350, 350), "full": (32, 185, 388)}
-
 
 def cost(daemon, shape: tuple[int, ...], n: int, rate_hz: float) -> dict:
-    image = np.random.default_rng(0).poisson(3, shape).astype(np.int16)
+    (image,) = poisson_images(shape, 1)
     send_cpu, poll_cpu = [], []
-    with VetoClient(daemon.ingest, daemon.publish, deadline_ms=2000, max_pending=100_000) as veto:
-        veto.wait_subscribed()
+    with subscribed(daemon, deadline_ms=2000, max_pending=100_000) as veto:
         t0 = time.monotonic()
         for i in range(n):
             while time.monotonic() < t0 + i / rate_hz:
-                pass                                  # pacing: not counted below
+                pass  # pacing: not counted below
             c0 = time.thread_time()
             veto.send(EventKey(run=1, pulse_id=i), image)
             c1 = time.thread_time()
@@ -40,13 +35,17 @@ def cost(daemon, shape: tuple[int, ...], n: int, rate_hz: float) -> dict:
             poll_cpu.append(c2 - c1)
         veto.flush()
         decided = veto.counts.decided
-    return {"frames": n, "decided": decided, "send_us_median": float(np.median(send_cpu) * 1e6),
-            "poll_us_mean": float(np.mean(poll_cpu) * 1e6),
-            "total_us_per_frame": float((np.sum(send_cpu) + np.sum(poll_cpu)) / n * 1e6)}
+    return {
+        "frames": n,
+        "decided": decided,
+        "send_us_median": float(np.median(send_cpu) * 1e6),
+        "poll_us_mean": float(np.mean(poll_cpu) * 1e6),
+        "total_us_per_frame": float((np.sum(send_cpu) + np.sum(poll_cpu)) / n * 1e6),
+    }
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--frames", type=int, default=3000)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = p.parse_args()
@@ -57,13 +56,14 @@ def main() -> None:
             n = args.frames if kind == "region" else args.frames // 5
             rows[kind] = cost(daemon, SHAPES[kind], n, rate)
             r = rows[kind]
-            print(f"{kind:6s} {SHAPES[kind]} at {rate:.0f}/s: send {r['send_us_median']:.1f} us (median), "
-                  f"poll {r['poll_us_mean']:.1f} us (mean), {r['total_us_per_frame']:.1f} us CPU per frame "
-                  f"in the client thread; {r['decided']}/{r['frames']} decided")
+            print(
+                f"{kind:6s} {SHAPES[kind]} at {rate:.0f}/s: send {r['send_us_median']:.1f} us (median), "
+                f"poll {r['poll_us_mean']:.1f} us (mean), {r['total_us_per_frame']:.1f} us CPU per frame "
+                f"in the client thread; {r['decided']}/{r['frames']} decided"
+            )
     finally:
         daemon.stop()
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "client-overhead.json").write_text(json.dumps(rows, indent=1))
+    record(args.out / "client-overhead.json", rows)
 
 
 if __name__ == "__main__":

@@ -10,20 +10,16 @@ stability index against the artifact's training profile, as the daemon's DriftMo
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import numpy as np
+from common import figure, parser, record
 
-from hitveto.models import artifact
-
-from hitveto.models import stream_profile
+from hitveto.models import artifact, stream_profile
 from hitveto.models.engine import Engine
 from hitveto.sim.run import regions
 
-
-STREAMS = {   # name: (preset, seed, changes to its RunParams)
+STREAMS = {  # name: (preset, seed, changes to its RunParams)
     "lysozyme, new seed": ("lysozyme", 17, {}),
     "lysozyme, another seed": ("lysozyme", 29, {}),
     "lysozyme, detector at 12 cm": ("lysozyme", 17, {"distance_m": 0.12}),
@@ -37,8 +33,12 @@ def measure(n: int) -> dict:
     shipped = artifact.read(artifact.DEFAULT_ARTIFACT)
     engine = Engine(shipped, device="cpu", max_batch=64)
     prof = stream_profile.Profile.from_dict(shipped.info.profile)
-    results = {"model": shipped.info.version, "frames_per_stream": n, "alert_psi": stream_profile.ALERT_PSI,
-               "streams": {}}
+    results = {
+        "model": shipped.info.version,
+        "frames_per_stream": n,
+        "alert_psi": stream_profile.ALERT_PSI,
+        "streams": {},
+    }
     for name, (preset, seed, changes) in STREAMS.items():
         images = regions(preset, seed=seed, n=n, **changes)
         scores = engine.score(images)
@@ -50,35 +50,31 @@ def measure(n: int) -> dict:
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     streams = list(results["streams"])
     stats = list(results["streams"][streams[0]])
-    fig, ax = plt.subplots(figsize=(11, 4))
     width = 0.8 / len(stats)
-    for j, stat in enumerate(stats):
-        ax.bar(np.arange(len(streams)) + j * width, [max(1e-4, results["streams"][s][stat]) for s in streams],
-               width, label=stat)
-    ax.axhline(results["alert_psi"], color="k", ls="--", lw=1, label="alert (PSI 0.25)")
-    ax.set(yscale="log", ylabel="PSI vs the training profile",
-           title=f"drift scores of {results['model']}, {results['frames_per_stream']} frames per stream")
-    ax.set_xticks(np.arange(len(streams)) + 0.4, streams, rotation=15, ha="right", fontsize=8)
-    ax.legend(fontsize=8, ncol=4)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with figure(path, figsize=(11, 4)) as (_fig, ax):
+        for j, stat in enumerate(stats):
+            psi = [max(1e-4, results["streams"][s][stat]) for s in streams]
+            ax.bar(np.arange(len(streams)) + j * width, psi, width, label=stat)
+        ax.axhline(results["alert_psi"], color="k", ls="--", lw=1, label="alert (PSI 0.25)")
+        ax.set(
+            yscale="log",
+            ylabel="PSI vs the training profile",
+            title=f"drift scores of {results['model']}, {results['frames_per_stream']} frames per stream",
+        )
+        ax.set_xticks(np.arange(len(streams)) + 0.4, streams, rotation=15, ha="right", fontsize=8)
+        ax.legend(fontsize=8, ncol=4)
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--frames", type=int, default=400)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/drift"))
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results = measure(args.frames)
-    (args.out / "drift.json").write_text(json.dumps(results, indent=1))
-    plot(results, args.out / "drift.png")
-    print(f"saved {args.out}/drift.json and drift.png")
+    record(args.out / "drift.json", results, lambda png: plot(results, png), say=True)
     return 0
 
 

@@ -9,83 +9,95 @@ kept by fallback) and the p50/p99/max verdict latency seen by the client. Saves 
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
-import time
 from pathlib import Path
 
-import numpy as np
+from common import SHAPES, figure, machine, parser, poisson_images, record, subscribed
 
-from hitveto_client.hitwriter import Frame, stream
-from hitveto_client.veto import VetoClient
 from hitveto.serving.launcher import start_daemon
+from hitveto_client.hitwriter import Frame, stream
 from hitveto_client.protocol import EventKey
-
-KINDS = {"region": (350, 350), "full": (32, 185, 388)}
 
 
 def frames(shape: tuple[int, ...], n: int, pool: int = 16):
     """n frames cycling through a pool of Poisson images (generation stays out of the timing)."""
-    rng = np.random.default_rng(0)
-    images = [rng.poisson(3.0, shape).astype(np.int16) for _ in range(pool)]
+    images = poisson_images(shape, pool)
     return [Frame(key=EventKey(run=1, pulse_id=i), image=images[i % pool]) for i in range(n)]
 
 
 def measure(daemon, shape, rate_hz: float, seconds: float) -> dict:
-    n = int(rate_hz * seconds) if rate_hz else int(2000 * seconds if shape == KINDS["region"] else 150 * seconds)
-    with VetoClient(daemon.ingest, daemon.publish, deadline_ms=2000, max_pending=100_000) as veto:
-        veto.wait_subscribed()
+    n = (
+        int(rate_hz * seconds)
+        if rate_hz
+        else int(2000 * seconds if shape == SHAPES["region"] else 150 * seconds)
+    )
+    with subscribed(daemon, deadline_ms=2000, max_pending=100_000) as veto:
         summary = stream(frames(shape, n), veto, None, rate_hz=rate_hz)
     lost = summary.kept_fallback
-    return {"offered_hz": rate_hz or None, "frames": summary.sent,
-            "achieved_hz": round(summary.sent / summary.elapsed_s, 1), "fallback_keeps": lost,
-            "kept_by_reason": summary.kept_by_reason, "p50_ms": round(summary.latency_p50_ms, 3),
-            "p99_ms": round(summary.latency_p99_ms, 3), "max_ms": round(summary.latency_max_ms, 3)}
+    return {
+        "offered_hz": rate_hz or None,
+        "frames": summary.sent,
+        "achieved_hz": round(summary.sent / summary.elapsed_s, 1),
+        "fallback_keeps": lost,
+        "kept_by_reason": summary.kept_by_reason,
+        "p50_ms": round(summary.latency_p50_ms, 3),
+        "p99_ms": round(summary.latency_p99_ms, 3),
+        "max_ms": round(summary.latency_max_ms, 3),
+    }
 
 
-def sweep(kind: str, settings: dict[str, str], rates: list[float], seconds: float, artifact, device,
-          log_dir: Path) -> list[dict]:
+def sweep(
+    kind: str, settings: dict[str, str], rates: list[float], seconds: float, artifact, device, log_dir: Path
+) -> list[dict]:
     sets = [f"{k}={v}" for k, v in settings.items()] + [f"model.device={device}"]
     daemon = start_daemon(*sets, artifact=artifact, log_path=log_dir / f"daemon-{kind}.log")
     rows = []
     try:
-        measure(daemon, KINDS[kind], rates[0] or 100, 1.0)   # warm-up, not reported: steady state only
+        measure(daemon, SHAPES[kind], rates[0] or 100, 1.0)  # warm-up, not reported: steady state only
         for rate in rates:
-            row = {"kind": kind, **settings, **measure(daemon, KINDS[kind], rate, seconds)}
+            row = {"kind": kind, **settings, **measure(daemon, SHAPES[kind], rate, seconds)}
             rows.append(row)
-            print(f"{kind:6s} {settings} offered {rate or 'max':>6} Hz -> {row['achieved_hz']:8.1f} Hz, "
-                  f"fallback {row['fallback_keeps']:5d}, p50 {row['p50_ms']:7.2f} ms, "
-                  f"p99 {row['p99_ms']:7.2f} ms, max {row['max_ms']:7.2f} ms", flush=True)
+            print(
+                f"{kind:6s} {settings} offered {rate or 'max':>6} Hz -> {row['achieved_hz']:8.1f} Hz, "
+                f"fallback {row['fallback_keeps']:5d}, p50 {row['p50_ms']:7.2f} ms, "
+                f"p99 {row['p99_ms']:7.2f} ms, max {row['max_ms']:7.2f} ms",
+                flush=True,
+            )
     finally:
         daemon.stop()
     return rows
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, kind in zip(axes, KINDS):
-        groups = {}
-        for r in rows:
-            if r["kind"] == kind:
-                groups.setdefault(f"batch {r['batch.max_batch']}, wait {r['batch.max_delay_ms']} ms", []).append(r)
-        for label, rs in groups.items():
-            ax.plot([r["achieved_hz"] for r in rs], [r["p99_ms"] for r in rs], "o-", label=f"{label} p99")
-            ax.plot([r["achieved_hz"] for r in rs], [r["p50_ms"] for r in rs], "x--", alpha=0.6,
-                    label=f"{label} p50")
-        ax.set(title=f"{kind} frames {KINDS[kind]}", xlabel="frames/s through the daemon",
-               ylabel="verdict latency (ms)", yscale="log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with figure(path, 2, dpi=120, figsize=(11, 4.2)) as (_fig, axes):
+        for ax, kind in zip(axes, SHAPES):
+            groups = {}
+            for r in rows:
+                if r["kind"] == kind:
+                    groups.setdefault(
+                        f"batch {r['batch.max_batch']}, wait {r['batch.max_delay_ms']} ms", []
+                    ).append(r)
+            for label, rs in groups.items():
+                ax.plot([r["achieved_hz"] for r in rs], [r["p99_ms"] for r in rs], "o-", label=f"{label} p99")
+                ax.plot(
+                    [r["achieved_hz"] for r in rs],
+                    [r["p50_ms"] for r in rs],
+                    "x--",
+                    alpha=0.6,
+                    label=f"{label} p50",
+                )
+            ax.set(
+                title=f"{kind} frames {SHAPES[kind]}",
+                xlabel="frames/s through the daemon",
+                ylabel="verdict latency (ms)",
+                yscale="log",
+            )
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--quick", action="store_true", help="short runs, fewer points")
     p.add_argument("--artifact", type=Path)
     p.add_argument("--device", default="cpu")
@@ -102,13 +114,13 @@ def main() -> None:
     rows = []
     for kind, settings, rates in plan:
         rows += sweep(kind, settings, rates, seconds, args.artifact, args.device, args.out)
-    meta = {"machine": platform.platform(), "processor": platform.processor(), "device": args.device,
-            "cores": __import__("os").cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M"),
-            "seconds_per_point": seconds}
-    tag = f"e2e-{args.device}"
-    (args.out / f"{tag}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    plot(rows, args.out / f"{tag}.png")
-    print(f"saved {args.out / tag}.json and .png")
+    meta = machine(processor=platform.processor(), device=args.device, seconds_per_point=seconds)
+    record(
+        args.out / f"e2e-{args.device}.json",
+        {"meta": meta, "rows": rows},
+        lambda png: plot(rows, png),
+        say=True,
+    )
 
 
 if __name__ == "__main__":

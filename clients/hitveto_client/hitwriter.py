@@ -9,10 +9,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+
 import numpy as np
 
-from hitveto_client.veto import Decision, VetoClient
 from hitveto_client.protocol import JUDGED, EventKey
+from hitveto_client.veto import Decision, VetoClient
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -27,7 +28,7 @@ class Summary:
     sent: int
     hits_kept: int
     misses_dropped: int
-    kept_by_reason: dict[str, int]   # fail-open keeps
+    kept_by_reason: dict[str, int]  # fail-open keeps
     audited: int
     written: int
     elapsed_s: float
@@ -35,9 +36,9 @@ class Summary:
     latency_p99_ms: float
     latency_max_ms: float
     files: list[str]
-    rejected: dict[str, int] = field(default_factory=dict)   # malformed messages, by reason
-    not_written: int = 0             # kept frames the writer could not store (lost hits)
-    write_error: str = ""            # why the first of them was not stored
+    rejected: dict[str, int] = field(default_factory=dict)  # malformed messages, by reason
+    not_written: int = 0  # kept frames the writer could not store (lost hits)
+    write_error: str = ""  # why the first of them was not stored
 
     @property
     def ok(self) -> bool:
@@ -63,21 +64,35 @@ class Summary:
             f"kept by fallback   {self.kept_fallback} ({fallback})",
             f"frames written     {self.written} "
             f"({100 * (1 - self.written / max(1, self.sent)):.1f}% data reduction)",
-            *([f"NOT WRITTEN        {self.not_written} kept frames ({self.write_error})"]
-              if self.not_written else []),
+            *(
+                [f"NOT WRITTEN        {self.not_written} kept frames ({self.write_error})"]
+                if self.not_written
+                else []
+            ),
             f"accounting         sent {self.sent} = {self.hits_kept} + {self.misses_dropped} + "
             f"{self.audited} + {self.kept_fallback}: {'OK' if self.accounted else 'MISMATCH'}",
-            *([f"rejected           {sum(self.rejected.values())} malformed messages "
-               f"({', '.join(f'{k} {v}' for k, v in sorted(self.rejected.items()))})"]
-              if self.rejected else []),
+            *(
+                [
+                    f"rejected           {sum(self.rejected.values())} malformed messages "
+                    f"({', '.join(f'{k} {v}' for k, v in sorted(self.rejected.items()))})"
+                ]
+                if self.rejected
+                else []
+            ),
             f"throughput         {rate:.1f} frames/s over {self.elapsed_s:.2f} s",
             f"verdict latency    p50 {self.latency_p50_ms:.2f} ms, p99 {self.latency_p99_ms:.2f} ms",
             f"output             {', '.join(self.files) or '(nothing kept)'}",
         ]
 
 
-def stream(frames: Iterable[Frame | None], veto: VetoClient, writer, *, rate_hz: float = 0.0,
-           on_decision: Callable[[Decision], None] | None = None) -> Summary:
+def stream(
+    frames: Iterable[Frame | None],
+    veto: VetoClient,
+    writer,
+    *,
+    rate_hz: float = 0.0,
+    on_decision: Callable[[Decision], None] | None = None,
+) -> Summary:
     """Send each frame, write each kept one to `writer` (a CxiWriter or None); returns the summary.
 
     rate_hz > 0 paces the stream like a detector; 0 sends as fast as the daemon takes them. A None
@@ -95,27 +110,38 @@ def stream(frames: Iterable[Frame | None], veto: VetoClient, writer, *, rate_hz:
         due = t0 + i / rate_hz if rate_hz > 0 else 0.0
         i += 1
         while (wait := due - time.monotonic()) > 0:  # pace on verdicts, not on a sleep
-            written += _settle(veto.poll(max(1, int(wait * 1000))), writer, truths, latencies,
-                              on_decision)
+            written += _settle(veto.poll(max(1, int(wait * 1000))), writer, truths, latencies, on_decision)
         truths[frame.key.as_tuple()] = frame.truth
         veto.send(frame.key, frame.image)
         written += _settle(veto.poll(), writer, truths, latencies, on_decision)
     written += _settle(veto.flush(), writer, truths, latencies, on_decision)
     elapsed = time.monotonic() - t0
     c = veto.counts
-    p50, p99, pmax = (np.percentile(latencies, [50, 99, 100]) * 1e3 if latencies
-                      else (float("nan"),) * 3)
-    return Summary(sent=c.sent, hits_kept=c.hits, misses_dropped=c.misses, audited=c.audited,
-                   kept_by_reason={str(k): v for k, v in c.kept_by_reason.items()}, written=written,
-                   elapsed_s=elapsed, latency_p50_ms=float(p50), latency_p99_ms=float(p99),
-                   latency_max_ms=float(pmax),
-                   files=[str(p) for p in getattr(writer, "files", [])],
-                   not_written=getattr(writer, "not_written", 0),
-                   write_error=getattr(writer, "error", ""))
+    p50, p99, pmax = np.percentile(latencies, [50, 99, 100]) * 1e3 if latencies else (float("nan"),) * 3
+    return Summary(
+        sent=c.sent,
+        hits_kept=c.hits,
+        misses_dropped=c.misses,
+        audited=c.audited,
+        kept_by_reason={str(k): v for k, v in c.kept_by_reason.items()},
+        written=written,
+        elapsed_s=elapsed,
+        latency_p50_ms=float(p50),
+        latency_p99_ms=float(p99),
+        latency_max_ms=float(pmax),
+        files=[str(p) for p in getattr(writer, "files", [])],
+        not_written=getattr(writer, "not_written", 0),
+        write_error=getattr(writer, "error", ""),
+    )
 
 
-def _settle(decisions: list[Decision], writer, truths: dict, latencies: list[float],
-            on_decision: Callable[[Decision], None] | None) -> int:
+def _settle(
+    decisions: list[Decision],
+    writer,
+    truths: dict,
+    latencies: list[float],
+    on_decision: Callable[[Decision], None] | None,
+) -> int:
     written = 0
     for d in decisions:
         if on_decision is not None:
@@ -125,9 +151,15 @@ def _settle(decisions: list[Decision], writer, truths: dict, latencies: list[flo
             latencies.append(d.latency_s)
         if d.keep and writer is not None:
             v = d.verdict
-            written += writer.write(d.image, run=d.key.run, pulse_id=d.key.pulse_id,
-                                    timestamp=d.key.timestamp, score=v.score if v else float("nan"),
-                                    keep_reason=d.reason.value,
-                                    model_version=v.model_version if v else "",
-                                    threshold=v.threshold if v else float("nan"), truth=truth)
+            written += writer.write(
+                d.image,
+                run=d.key.run,
+                pulse_id=d.key.pulse_id,
+                timestamp=d.key.timestamp,
+                score=v.score if v else float("nan"),
+                keep_reason=d.reason.value,
+                model_version=v.model_version if v else "",
+                threshold=v.threshold if v else float("nan"),
+                truth=truth,
+            )
     return written

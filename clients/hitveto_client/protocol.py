@@ -11,7 +11,7 @@ import enum
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import msgpack
 import numpy as np
@@ -24,8 +24,8 @@ MAX_HEADER_BYTES = 4096
 MAX_FRAME_BYTES = 64 * 1024 * 1024  # a 16 Mpix float32 frame; bigger is refused before any reshape
 MAX_NDIM = 4
 MAX_DETECTOR_CHARS = 64
-INT64 = (-(1 << 63), (1 << 63) - 1)   # run and pulse id: signed 64-bit (CXI event/run, pulse_id)
-UINT64 = (0, (1 << 64) - 1)           # timestamp: psana's unsigned 64-bit event time
+INT64 = (-(1 << 63), (1 << 63) - 1)  # run and pulse id: signed 64-bit (CXI event/run, pulse_id)
+UINT64 = (0, (1 << 64) - 1)  # timestamp: psana's unsigned 64-bit event time
 WELCOME = b"hitveto-welcome"  # sent by the verdict socket to each new subscriber (XPUB welcome)
 
 
@@ -42,18 +42,18 @@ class Reason(enum.StrEnum):
     """Why a verdict says what it says. MODEL and AUDIT are judged; everything else is a
     fail-open keep."""
 
-    MODEL = "model"              # judged by the model: keep == hit
-    AUDIT = "audit"              # judged a miss, kept anyway: the audit sample (service/hitveto/serving/audit.py)
-    OVERLOAD = "overload"        # not judged in time: backlog over the latency budget or queue full
-    MALFORMED = "malformed"      # header readable, frame not usable (shape, dtype, size, detector)
+    MODEL = "model"  # judged by the model: keep == hit
+    AUDIT = "audit"  # judged a miss, kept anyway: the audit sample (service/hitveto/serving/audit.py)
+    OVERLOAD = "overload"  # not judged in time: backlog over the latency budget or queue full
+    MALFORMED = "malformed"  # header readable, frame not usable (shape, dtype, size, detector)
     MODEL_ERROR = "model_error"  # the model raised on this batch, or an internal error on the frame
-    BAD_SCORE = "bad_score"      # the model's score is not a number (NaN/Inf): not a verdict
-    SHUTDOWN = "shutdown"        # the daemon stopped before judging it
-    NO_VERDICT = "no_verdict"    # client side only: no verdict before the deadline
-    DUPLICATE = "duplicate"      # client side only: its key already awaits a verdict; not sent
+    BAD_SCORE = "bad_score"  # the model's score is not a number (NaN/Inf): not a verdict
+    SHUTDOWN = "shutdown"  # the daemon stopped before judging it
+    NO_VERDICT = "no_verdict"  # client side only: no verdict before the deadline
+    DUPLICATE = "duplicate"  # client side only: its key already awaits a verdict; not sent
 
 
-JUDGED = frozenset({Reason.MODEL, Reason.AUDIT})   # verdicts the model gave (with a score)
+JUDGED = frozenset({Reason.MODEL, Reason.AUDIT})  # verdicts the model gave (with a score)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,64 +69,104 @@ class EventKey:
         """The join key used by clients: (detector, run, pulse_id)."""
         return (self.detector, self.run, self.pulse_id)
 
+    def wire_fields(self) -> dict[str, Any]:
+        """The key as frame and verdict messages both carry it."""
+        return {"run": self.run, "pulse_id": self.pulse_id, "timestamp": self.timestamp, "detector": self.detector}
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FrameHeader:
     key: EventKey
     dtype: str
     shape: tuple[int, ...]
-    sent_ns: int = 0                          # sender's wall clock (time.time_ns) at send
+    sent_ns: int = 0  # sender's wall clock (time.time_ns) at send
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_wire(self) -> bytes:
-        return msgpack.packb({
-            "v": PROTOCOL_VERSION, "run": self.key.run, "pulse_id": self.key.pulse_id,
-            "timestamp": self.key.timestamp, "detector": self.key.detector,
-            "dtype": self.dtype, "shape": list(self.shape), "sent_ns": self.sent_ns, "meta": self.meta,
-        })
+        return _packed(
+            {
+                "v": PROTOCOL_VERSION,
+                **self.key.wire_fields(),
+                "dtype": self.dtype,
+                "shape": list(self.shape),
+                "sent_ns": self.sent_ns,
+                "meta": self.meta,
+            }
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Verdict:
     key: EventKey
-    keep: bool             # what the writer should do: always True unless the model judged a miss
-    hit: bool              # the model's call (False when not judged)
-    score: float           # model probability of a hit; NaN when not judged
+    keep: bool  # what the writer should do: always True unless the model judged a miss
+    hit: bool  # the model's call (False when not judged)
+    score: float  # model probability of a hit; NaN when not judged
     threshold: float
     model_version: str
     reason: Reason
-    sent_ns: int = 0       # echoed from the frame header
-    received_ns: int = 0   # daemon wall clock at receipt
+    sent_ns: int = 0  # echoed from the frame header
+    received_ns: int = 0  # daemon wall clock at receipt
     published_ns: int = 0  # daemon wall clock at publish
     inference_ms: float = 0.0
 
     def to_wire_at(self, published_ns: int) -> bytes:
         """Wire form, stamped with the publish time."""
-        return msgpack.packb({
-            "v": PROTOCOL_VERSION, "run": self.key.run, "pulse_id": self.key.pulse_id,
-            "timestamp": self.key.timestamp, "detector": self.key.detector,
-            "keep": self.keep, "hit": self.hit, "score": self.score, "threshold": self.threshold,
-            "model_version": self.model_version, "reason": self.reason.value,
-            "sent_ns": self.sent_ns, "received_ns": self.received_ns,
-            "published_ns": published_ns, "inference_ms": self.inference_ms,
-        })
+        return _packed(
+            {
+                "v": PROTOCOL_VERSION,
+                **self.key.wire_fields(),
+                "keep": self.keep,
+                "hit": self.hit,
+                "score": self.score,
+                "threshold": self.threshold,
+                "model_version": self.model_version,
+                "reason": self.reason.value,
+                "sent_ns": self.sent_ns,
+                "received_ns": self.received_ns,
+                "published_ns": published_ns,
+                "inference_ms": self.inference_ms,
+            }
+        )
 
     @classmethod
-    def fail_open(cls, key: EventKey, reason: Reason, *, model_version: str = "",
-                  threshold: float = math.nan, sent_ns: int = 0, received_ns: int = 0) -> Verdict:
+    def fail_open(
+        cls,
+        key: EventKey,
+        reason: Reason,
+        *,
+        model_version: str = "",
+        threshold: float = math.nan,
+        sent_ns: int = 0,
+        received_ns: int = 0,
+    ) -> Verdict:
         """A keep verdict for a frame that was not judged."""
-        return cls(key=key, keep=True, hit=False, score=math.nan, threshold=threshold,
-                   model_version=model_version, reason=reason, sent_ns=sent_ns, received_ns=received_ns)
+        return cls(
+            key=key,
+            keep=True,
+            hit=False,
+            score=math.nan,
+            threshold=threshold,
+            model_version=model_version,
+            reason=reason,
+            sent_ns=sent_ns,
+            received_ns=received_ns,
+        )
 
 
-def encode_frame(key: EventKey, image: np.ndarray, *, meta: dict[str, Any] | None = None,
-                 sent_ns: int | None = None) -> list[Any]:
+def encode_frame(
+    key: EventKey, image: np.ndarray, *, meta: dict[str, Any] | None = None, sent_ns: int | None = None
+) -> list[Any]:
     """Message parts for one frame; the pixel part is the array itself (sent without copy)."""
     if image.dtype.name not in ALLOWED_DTYPES:
         raise ProtocolError("bad_dtype", f"dtype {image.dtype} not in {sorted(ALLOWED_DTYPES)}", key)
     image = np.ascontiguousarray(image)
-    header = FrameHeader(key=key, dtype=image.dtype.name, shape=tuple(image.shape),
-                         sent_ns=time.time_ns() if sent_ns is None else sent_ns, meta=meta or {})
+    header = FrameHeader(
+        key=key,
+        dtype=image.dtype.name,
+        shape=tuple(image.shape),
+        sent_ns=time.time_ns() if sent_ns is None else sent_ns,
+        meta=meta or {},
+    )
     return [header.to_wire(), image]
 
 
@@ -143,8 +183,11 @@ def decode_frame(parts: list[Any]) -> tuple[FrameHeader, np.ndarray]:
     dtype = ALLOWED_DTYPES[header.dtype]
     expected = math.prod(header.shape) * dtype.itemsize
     if expected != len(pixels):
-        raise ProtocolError("bad_size", f"shape {header.shape} {header.dtype} needs {expected} bytes, "
-                            f"got {len(pixels)}", header.key)
+        raise ProtocolError(
+            "bad_size",
+            f"shape {header.shape} {header.dtype} needs {expected} bytes, got {len(pixels)}",
+            header.key,
+        )
     image = np.frombuffer(pixels, dtype=dtype).reshape(header.shape)
     return header, image
 
@@ -154,26 +197,37 @@ def _decode_header(raw: bytes) -> FrameHeader:
     key = _read_key(meta)
     version = meta.get("v")
     if not (_is_int(version) and version == PROTOCOL_VERSION):
-        raise ProtocolError("bad_version", f"protocol version {version!r}, "
-                            f"this daemon speaks {PROTOCOL_VERSION}", key)
+        raise ProtocolError(
+            "bad_version", f"protocol version {version!r}, this daemon speaks {PROTOCOL_VERSION}", key
+        )
     if key is None:
-        raise ProtocolError("bad_header", "missing, mistyped or out-of-range event key (run, pulse_id: "
-                            "64-bit signed ints; timestamp: 64-bit unsigned; detector: a short string)")
+        raise ProtocolError(
+            "bad_header",
+            "missing, mistyped or out-of-range event key (run, pulse_id: "
+            "64-bit signed ints; timestamp: 64-bit unsigned; detector: a short string)",
+        )
     dtype, shape = meta.get("dtype"), meta.get("shape")
     if not (isinstance(dtype, str) and dtype in ALLOWED_DTYPES):
         raise ProtocolError("bad_dtype", f"dtype {dtype!r} not in {sorted(ALLOWED_DTYPES)}", key)
-    if not (isinstance(shape, list) and 0 < len(shape) <= MAX_NDIM
-            and all(_is_int(n) and 0 < n <= MAX_FRAME_BYTES for n in shape)):
+    if not (
+        isinstance(shape, list)
+        and 0 < len(shape) <= MAX_NDIM
+        and all(_is_int(n) and 0 < n <= MAX_FRAME_BYTES for n in shape)
+    ):
         raise ProtocolError("bad_shape", f"shape {shape!r} is not 1-{MAX_NDIM} positive ints", key)
     if math.prod(shape) * ALLOWED_DTYPES[dtype].itemsize > MAX_FRAME_BYTES:
         raise ProtocolError("bad_size", f"declared frame exceeds {MAX_FRAME_BYTES} bytes", key)
     sent_ns, extra = meta.get("sent_ns", 0), meta.get("meta", {})
-    return FrameHeader(key=key, dtype=dtype, shape=tuple(shape),
-                       sent_ns=sent_ns if _in_range(sent_ns, INT64) and sent_ns >= 0 else 0,
-                       meta=extra if isinstance(extra, dict) else {})
+    return FrameHeader(
+        key=key,
+        dtype=dtype,
+        shape=tuple(shape),
+        sent_ns=sent_ns if _in_range(sent_ns, INT64) and sent_ns >= 0 else 0,
+        meta=extra if isinstance(extra, dict) else {},
+    )
 
 
-def _unpack_header(raw: bytes) -> dict:
+def _unpack_header(raw: bytes) -> dict[str, Any]:
     if len(raw) > MAX_HEADER_BYTES:
         raise ProtocolError("bad_header", f"header of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}")
     try:
@@ -183,6 +237,11 @@ def _unpack_header(raw: bytes) -> dict:
     if not isinstance(meta, dict):
         raise ProtocolError("bad_header", "header is not a map")
     return meta
+
+
+def _packed(message: dict[str, Any]) -> bytes:
+    wire: bytes = msgpack.packb(message)
+    return wire
 
 
 def peek_key(parts: list[Any]) -> EventKey | None:
@@ -199,19 +258,24 @@ def _is_int(x: Any) -> bool:
     return type(x) is int
 
 
-def _in_range(x: Any, bounds: tuple[int, int]) -> bool:
+def _in_range(x: Any, bounds: tuple[int, int]) -> TypeGuard[int]:
     return _is_int(x) and bounds[0] <= x <= bounds[1]
 
 
-def _read_key(meta: dict) -> EventKey | None:
+def _read_key(meta: dict[str, Any]) -> EventKey | None:
     """The event key, or None unless run and pulse_id are signed 64-bit ints, the timestamp
     (optional) an unsigned 64-bit int and the detector a short string."""
     run, pulse_id, ts, det = (meta.get(k) for k in ("run", "pulse_id", "timestamp", "detector"))
     ts = 0 if ts is None else ts
-    if not (_in_range(run, INT64) and _in_range(pulse_id, INT64) and _in_range(ts, UINT64)
-            and isinstance(det, str) and 0 < len(det) <= MAX_DETECTOR_CHARS):
-        return None
-    return EventKey(run=run, pulse_id=pulse_id, timestamp=ts, detector=det)
+    if (
+        _in_range(run, INT64)
+        and _in_range(pulse_id, INT64)
+        and _in_range(ts, UINT64)
+        and isinstance(det, str)
+        and 0 < len(det) <= MAX_DETECTOR_CHARS
+    ):
+        return EventKey(run=run, pulse_id=pulse_id, timestamp=ts, detector=det)
+    return None
 
 
 def decode_verdict(raw: bytes) -> Verdict:
@@ -221,11 +285,19 @@ def decode_verdict(raw: bytes) -> Verdict:
         key = _read_key(m)
         if m["v"] != PROTOCOL_VERSION or key is None:
             raise KeyError("v")
-        return Verdict(key=key, keep=bool(m["keep"]), hit=bool(m["hit"]), score=float(m["score"]),
-                       threshold=float(m["threshold"]), model_version=str(m["model_version"]),
-                       reason=Reason(m["reason"]), sent_ns=int(m["sent_ns"]),
-                       received_ns=int(m["received_ns"]), published_ns=int(m["published_ns"]),
-                       inference_ms=float(m["inference_ms"]))
+        return Verdict(
+            key=key,
+            keep=bool(m["keep"]),
+            hit=bool(m["hit"]),
+            score=float(m["score"]),
+            threshold=float(m["threshold"]),
+            model_version=str(m["model_version"]),
+            reason=Reason(m["reason"]),
+            sent_ns=int(m["sent_ns"]),
+            received_ns=int(m["received_ns"]),
+            published_ns=int(m["published_ns"]),
+            inference_ms=float(m["inference_ms"]),
+        )
     except Exception as exc:
         raise ProtocolError("bad_verdict", f"unreadable verdict ({type(exc).__name__}: {exc})") from None
 

@@ -25,23 +25,24 @@ import zmq
 
 from hitveto_client.cxi import CxiWriter
 from hitveto_client.hitwriter import Frame, Summary, stream
-from hitveto_client.veto import VetoClient
 from hitveto_client.protocol import ProtocolError, decode_frame
+from hitveto_client.veto import VetoClient
 
 log = logging.getLogger("hitveto.write")
-IDLE_MS = 50       # how often the writer checks deadlines and the stop flag while no frame arrives
+IDLE_MS = 50  # how often the writer checks deadlines and the stop flag while no frame arrives
 STOP_GRACE_S = 2.0  # after SIGTERM, frames still arriving are taken this long at most
 
 
-def receive_frames(sock: zmq.Socket, stop: threading.Event, rejected: Counter, *,
-                   count: int | None = None) -> Iterator[Frame | None]:
+def receive_frames(
+    sock: zmq.Socket, stop: threading.Event, rejected: Counter, *, count: int | None = None
+) -> Iterator[Frame | None]:
     """Frames from a PULL socket until `count` came, or `stop` is set and no frame came for
     IDLE_MS (frames on their way are taken, for at most STOP_GRACE_S); None while idle."""
     received, stopping_since = 0, None
     while count is None or received < count:
         if stop.is_set():
             stopping_since = stopping_since or time.monotonic()
-            if time.monotonic() - stopping_since > STOP_GRACE_S:   # a sender that never pauses
+            if time.monotonic() - stopping_since > STOP_GRACE_S:  # a sender that never pauses
                 return
         if not sock.poll(IDLE_MS, zmq.POLLIN):
             if stop.is_set():
@@ -58,10 +59,19 @@ def receive_frames(sock: zmq.Socket, stop: threading.Event, rejected: Counter, *
         yield Frame(key=header.key, image=image)
 
 
-def write_hits(listen: str, *, frames_endpoint: str, verdicts_endpoint: str, out_dir: Path,
-               deadline_ms: float = 1000.0, max_frames: int = 10_000, max_bytes: int = 4 << 30,
-               count: int | None = None, stop: threading.Event | None = None,
-               metrics_port: int | None = None) -> Summary:
+def write_hits(
+    listen: str,
+    *,
+    frames_endpoint: str,
+    verdicts_endpoint: str,
+    out_dir: Path,
+    deadline_ms: float = 1000.0,
+    max_frames: int = 10_000,
+    max_bytes: int = 4 << 30,
+    count: int | None = None,
+    stop: threading.Event | None = None,
+    metrics_port: int | None = None,
+) -> Summary:
     """Receive frames on `listen` (bound), relay them to the daemon, write what it keeps.
 
     Runs until `stop` is set or `count` frames arrived; then waits for the verdicts in flight (at
@@ -76,13 +86,18 @@ def write_hits(listen: str, *, frames_endpoint: str, verdicts_endpoint: str, out
     pull.setsockopt(zmq.RCVHWM, 1000)
     try:
         pull.bind(listen)
-        with VetoClient(frames_endpoint, verdicts_endpoint, deadline_ms=deadline_ms,
-                        context=context) as veto, \
-                CxiWriter(Path(out_dir) / "hits", max_frames=max_frames, max_bytes=max_bytes) as writer:
+        with (
+            VetoClient(frames_endpoint, verdicts_endpoint, deadline_ms=deadline_ms, context=context) as veto,
+            CxiWriter(Path(out_dir) / "hits", max_frames=max_frames, max_bytes=max_bytes) as writer,
+        ):
             server = serve_metrics(writer, metrics_port) if metrics_port is not None else None
             veto.wait_subscribed()
-            log.info("listening for frames on %s; daemon %s, verdicts %s", listen, frames_endpoint,
-                     verdicts_endpoint)
+            log.info(
+                "listening for frames on %s; daemon %s, verdicts %s",
+                listen,
+                frames_endpoint,
+                verdicts_endpoint,
+            )
             try:
                 summary = stream(receive_frames(pull, stop, rejected, count=count), veto, writer)
             finally:
@@ -106,11 +121,14 @@ def serve_metrics(writer: CxiWriter, port: int, address: str = "127.0.0.1") -> A
 
     class Counts:
         def collect(self) -> Iterator[CounterMetricFamily]:
-            yield CounterMetricFamily("hitveto_writer_frames_written", "Kept frames written",
-                                      value=writer.written)
-            yield CounterMetricFamily("hitveto_writer_frames_not_written",
-                                      "Kept frames the writer could not store (lost hits)",
-                                      value=writer.not_written)
+            yield CounterMetricFamily(
+                "hitveto_writer_frames_written", "Kept frames written", value=writer.written
+            )
+            yield CounterMetricFamily(
+                "hitveto_writer_frames_not_written",
+                "Kept frames the writer could not store (lost hits)",
+                value=writer.not_written,
+            )
 
     registry = CollectorRegistry()
     registry.register(Counts())

@@ -11,12 +11,13 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import zmq
 
-from hitveto_client.veto import endpoint_list
 from hitveto_client.protocol import JUDGED, WELCOME, ProtocolError, Verdict, decode_verdict
+from hitveto_client.veto import endpoint_list
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -34,10 +35,12 @@ class Window:
         rate = self.verdicts / self.seconds if self.seconds else 0.0
         hit_rate = self.hits / self.judged if self.judged else float("nan")
         fallback = {k: v for k, v in self.by_reason.items() if k not in JUDGED}
-        return (f"{time.strftime('%H:%M:%S')} {rate:8.1f} verdicts/s  hit rate {100 * hit_rate:5.1f}%  "
-                f"kept w/o model {sum(fallback.values()):5d} {fallback or ''}  "
-                f"latency p50 {self.latency_p50_ms:6.2f} ms p99 {self.latency_p99_ms:6.2f} ms  "
-                f"{','.join(self.versions)}")
+        return (
+            f"{time.strftime('%H:%M:%S')} {rate:8.1f} verdicts/s  hit rate {100 * hit_rate:5.1f}%  "
+            f"kept w/o model {sum(fallback.values()):5d} {fallback or ''}  "
+            f"latency p50 {self.latency_p50_ms:6.2f} ms p99 {self.latency_p99_ms:6.2f} ms  "
+            f"{','.join(self.versions)}"
+        )
 
 
 def summarise(verdicts: list[Verdict], seconds: float) -> Window:
@@ -45,23 +48,35 @@ def summarise(verdicts: list[Verdict], seconds: float) -> Window:
     judged = [v for v in verdicts if v.reason in JUDGED]
     lat = [(v.published_ns - v.sent_ns) / 1e6 for v in verdicts if v.sent_ns]
     p50, p99 = np.percentile(lat, [50, 99]) if lat else (float("nan"), float("nan"))
-    return Window(seconds=seconds, verdicts=len(verdicts), hits=sum(v.hit for v in judged),
-                  judged=len(judged), by_reason=dict(reasons), latency_p50_ms=float(p50),
-                  latency_p99_ms=float(p99), versions=tuple(sorted({v.model_version for v in verdicts})))
+    return Window(
+        seconds=seconds,
+        verdicts=len(verdicts),
+        hits=sum(v.hit for v in judged),
+        judged=len(judged),
+        by_reason=dict(reasons),
+        latency_p50_ms=float(p50),
+        latency_p99_ms=float(p99),
+        versions=tuple(sorted({v.model_version for v in verdicts})),
+    )
 
 
-def tail(endpoint: str, *, interval_s: float = 1.0, windows: int | None = None,
-         emit: Callable[[Window], None] = lambda w: print(w.line(), flush=True),
-         subscribed: threading.Event | None = None) -> None:
+def tail(
+    endpoint: str,
+    *,
+    interval_s: float = 1.0,
+    windows: int | None = None,
+    emit: Callable[[Window], None] = lambda w: print(w.line(), flush=True),
+    subscribed: threading.Event | None = None,
+) -> None:
     """Subscribe to `endpoint` and emit a Window every interval (forever, or `windows` times).
 
     `subscribed` is set when the daemon's welcome arrives (from then on no verdict is missed).
     """
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[Any] = zmq.Context.instance()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
-    for one in endpoint_list(endpoint):          # one daemon, or several: "tcp://a:5551,tcp://b:5551"
+    for one in endpoint_list(endpoint):  # one daemon, or several: "tcp://a:5551,tcp://b:5551"
         sub.connect(one)
     try:
         done = 0

@@ -21,7 +21,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
-from hitveto_client.protocol import WELCOME, EventKey, ProtocolError, Reason, Verdict, decode_verdict, encode_frame
+from hitveto_client.protocol import (
+    WELCOME,
+    EventKey,
+    ProtocolError,
+    Reason,
+    Verdict,
+    decode_verdict,
+    encode_frame,
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -35,8 +43,11 @@ class CurveKeys:
     @classmethod
     def from_files(cls, server_public_file: str, client_secret_file: str) -> CurveKeys:
         import zmq.auth
+
         server_public, _ = zmq.auth.load_certificate(server_public_file)
         public, secret = zmq.auth.load_certificate(client_secret_file)
+        if secret is None:
+            raise ValueError(f"{client_secret_file}: no secret key in it (the client's *.key_secret)")
         return cls(server_public=server_public, public=public, secret=secret)
 
     def apply(self, sock: zmq.Socket) -> None:
@@ -50,20 +61,20 @@ class Decision:
     key: EventKey
     image: np.ndarray
     keep: bool
-    reason: Reason                 # MODEL or AUDIT when judged; anything else is a fail-open keep
-    verdict: Verdict | None        # None when kept without a verdict
-    latency_s: float               # send to decision
+    reason: Reason  # MODEL or AUDIT when judged; anything else is a fail-open keep
+    verdict: Verdict | None  # None when kept without a verdict
+    latency_s: float  # send to decision
 
 
 @dataclass(slots=True)
 class ClientCounts:
     sent: int = 0
-    hits: int = 0                  # kept because the model called a hit
-    misses: int = 0                # dropped because the model called a miss
-    audited: int = 0               # called a miss, kept for the audit sample
+    hits: int = 0  # kept because the model called a hit
+    misses: int = 0  # dropped because the model called a miss
+    audited: int = 0  # called a miss, kept for the audit sample
     kept_by_reason: Counter = field(default_factory=Counter)  # fail-open keeps, by reason
-    late_verdicts: int = 0         # verdicts for frames already kept by the deadline
-    foreign_verdicts: int = 0      # verdicts for frames this client did not send
+    late_verdicts: int = 0  # verdicts for frames already kept by the deadline
+    foreign_verdicts: int = 0  # verdicts for frames this client did not send
     bad_verdicts: int = 0
 
     @property
@@ -85,9 +96,17 @@ class _Waiting:
 class VetoClient:
     """Client of one veto daemon; a context manager. Not thread-safe: one DAQ thread uses it."""
 
-    def __init__(self, frames_endpoint: str | Sequence[str], verdicts_endpoint: str | Sequence[str],
-                 *, deadline_ms: float = 1000.0, max_pending: int = 10_000, sndhwm: int = 1000,
-                 curve: CurveKeys | None = None, context: zmq.Context | None = None) -> None:
+    def __init__(
+        self,
+        frames_endpoint: str | Sequence[str],
+        verdicts_endpoint: str | Sequence[str],
+        *,
+        deadline_ms: float = 1000.0,
+        max_pending: int = 10_000,
+        sndhwm: int = 1000,
+        curve: CurveKeys | None = None,
+        context: zmq.Context | None = None,
+    ) -> None:
         frames_to, verdicts_from = endpoint_list(frames_endpoint), endpoint_list(verdicts_endpoint)
         self._own_context = context is None
         self._context = context or zmq.Context()
@@ -124,8 +143,7 @@ class VetoClient:
         while not self.subscribed:
             left_ms = int((end - time.monotonic()) * 1000)
             if left_ms <= 0:
-                raise TimeoutError(f"no welcome from verdict socket {self.endpoints[1]} "
-                                   f"within {timeout_s} s")
+                raise TimeoutError(f"no welcome from verdict socket {self.endpoints[1]} within {timeout_s} s")
             self._receive(left_ms)
 
     def send(self, key: EventKey, image: np.ndarray, meta: dict | None = None) -> None:
@@ -139,8 +157,7 @@ class VetoClient:
             return
         now = time.monotonic()
         try:
-            self._push.send_multipart(encode_frame(key, image, meta=meta), copy=False,
-                                      flags=zmq.NOBLOCK)
+            self._push.send_multipart(encode_frame(key, image, meta=meta), copy=False, flags=zmq.NOBLOCK)
         except zmq.Again:  # daemon gone or saturated beyond HWM: never stall the DAQ
             self._keep_unsent(key, image, Reason.OVERLOAD)
             return
@@ -199,8 +216,16 @@ class VetoClient:
             self.counts.audited += 1
         else:
             self.counts.kept_by_reason[verdict.reason] += 1
-        self._ready.append(Decision(key=verdict.key, image=waiting.image, keep=verdict.keep,
-                                    reason=verdict.reason, verdict=verdict, latency_s=latency))
+        self._ready.append(
+            Decision(
+                key=verdict.key,
+                image=waiting.image,
+                keep=verdict.keep,
+                reason=verdict.reason,
+                verdict=verdict,
+                latency_s=latency,
+            )
+        )
 
     def _count_unmatched(self, verdict: Verdict) -> None:
         if verdict.key.as_tuple() in self._expired:
@@ -218,16 +243,25 @@ class VetoClient:
 
     def _keep_unsent(self, key: EventKey, image: np.ndarray, reason: Reason) -> None:
         self.counts.kept_by_reason[reason] += 1
-        self._ready.append(Decision(key=key, image=image, keep=True, reason=reason, verdict=None,
-                                    latency_s=0.0))
+        self._ready.append(
+            Decision(key=key, image=image, keep=True, reason=reason, verdict=None, latency_s=0.0)
+        )
 
     def _fallback(self, key: tuple, waiting: _Waiting, reason: Reason) -> None:
         self._expired[key] = None
         while len(self._expired) > 4 * self.max_pending:  # remember recent expiries, bounded
             self._expired.popitem(last=False)
         self.counts.kept_by_reason[reason] += 1
-        self._ready.append(Decision(key=waiting.key, image=waiting.image, keep=True, reason=reason, verdict=None,
-                                    latency_s=time.monotonic() - waiting.sent_s))
+        self._ready.append(
+            Decision(
+                key=waiting.key,
+                image=waiting.image,
+                keep=True,
+                reason=reason,
+                verdict=None,
+                latency_s=time.monotonic() - waiting.sent_s,
+            )
+        )
 
     def close(self) -> None:
         """Close the sockets; the context only if this client created it."""

@@ -33,7 +33,7 @@ import numpy as np
 RAW_SHAPE = (32, 185, 388)
 PIXEL_SIZE_M = 109.92e-6
 GEOMETRY_FILE = "pscalib/geometry/data/geometry-def-cspad.data"
-CACHE_FORMAT = 2           # bump when the cached tables change meaning (v2: LAB frame)
+CACHE_FORMAT = 2  # bump when the cached tables change meaning (v2: LAB frame)
 _TABLES = ("x_um", "y_um", "z_um", "rows", "cols", "beam")
 
 
@@ -41,21 +41,21 @@ _TABLES = ("x_um", "y_um", "z_um", "rows", "cols", "beam")
 class PixelMap:
     """Pixel positions in the lab frame: origin at the interaction point, beam along +z, metres."""
 
-    x_m: np.ndarray       # float32, shape == frame shape
+    x_m: np.ndarray  # float32, shape == frame shape
     y_m: np.ndarray
     z_m: np.ndarray
-    mask: np.ndarray      # bool, True = a real pixel (False for gaps of the region layout)
+    mask: np.ndarray  # bool, True = a real pixel (False for gaps of the region layout)
     pixel_size_m: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Tables:
-    x_um: np.ndarray      # LAB frame, RAW_SHAPE, beam at (0, 0)
+    x_um: np.ndarray  # LAB frame, RAW_SHAPE, beam at (0, 0)
     y_um: np.ndarray
-    z_um: np.ndarray      # relative to the detector's mean plane
-    rows: np.ndarray      # assembled-image row and column of each raw pixel (int32)
+    z_um: np.ndarray  # relative to the detector's mean plane
+    rows: np.ndarray  # assembled-image row and column of each raw pixel (int32)
     cols: np.ndarray
-    beam: np.ndarray      # (row, column) of the beam in the assembled image
+    beam: np.ndarray  # (row, column) of the beam in the assembled image
 
 
 def geometry_path() -> Path:
@@ -80,15 +80,15 @@ def _tables() -> _Tables:
         with np.load(cached) as z:
             return _Tables(**{k: _read_only(z[k]) for k in _TABLES})
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-        pass                      # absent or damaged: compute again
+        pass  # absent or damaged: compute again
     tables = _compute(geometry_path())
     tmp = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp.npz")
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         np.savez(tmp, **{k: getattr(tables, k) for k in _TABLES})
-        tmp.replace(cached)   # atomic: concurrent processes never read half a file
+        tmp.replace(cached)  # atomic: concurrent processes never read half a file
     except OSError:
-        tmp.unlink(missing_ok=True)   # the cache only saves time; a read-only home is no error
+        tmp.unlink(missing_ok=True)  # the cache only saves time; a read-only home is no error
     return tables
 
 
@@ -96,16 +96,19 @@ def _compute(path: Path) -> _Tables:
     from hitveto.io.psana_import import import_psana
 
     geo = import_psana("psana.pscalib.geometry.GeometryAccess").GeometryAccess(str(path))
-    rows, cols = geo.get_pixel_coord_indexes()              # psana's image grid (its frame 0)
+    rows, cols = geo.get_pixel_coord_indexes()  # psana's image grid (its frame 0)
     x, y, z = (np.array(a) for a in geo.get_pixel_coords(cframe=1))
-    x0, y0 = (x.min() + x.max()) / 2, (y.min() + y.max()) / 2   # centre of the central hole
+    x0, y0 = (x.min() + x.max()) / 2, (y.min() + y.max()) / 2  # centre of the central hole
     # psana frame 0 is (x, y) = (-y_lab, -x_lab): the same point, for the image's indexing.
     beam = geo.point_coord_indexes(p_um=(-y0, -x0), cframe=0)
-    return _Tables(x_um=_read_only((x - x0).astype(np.float32)),
-                   y_um=_read_only((y - y0).astype(np.float32)),
-                   z_um=_read_only((z - z.mean()).astype(np.float32)),
-                   rows=_read_only(rows.astype(np.int32)), cols=_read_only(cols.astype(np.int32)),
-                   beam=_read_only(np.array(beam, dtype=np.int64)))
+    return _Tables(
+        x_um=_read_only((x - x0).astype(np.float32)),
+        y_um=_read_only((y - y0).astype(np.float32)),
+        z_um=_read_only((z - z.mean()).astype(np.float32)),
+        rows=_read_only(rows.astype(np.int32)),
+        cols=_read_only(cols.astype(np.int32)),
+        beam=_read_only(np.array(beam, dtype=np.int64)),
+    )
 
 
 def image_shape() -> tuple[int, int]:
@@ -133,7 +136,7 @@ def roi_index(roi_size: int = 350) -> np.ndarray:
     r0, c0 = (int(b) - roi_size // 2 for b in t.beam)
     if min(r0, c0) < 0 or r0 + roi_size > image.shape[0] or c0 + roi_size > image.shape[1]:
         raise ValueError(f"roi_size {roi_size}: the region leaves the {image.shape} image")
-    return _read_only(image[r0:r0 + roi_size, c0:c0 + roi_size].copy())
+    return _read_only(image[r0 : r0 + roi_size, c0 : c0 + roi_size].copy())
 
 
 def assemble(raw: np.ndarray) -> np.ndarray:
@@ -157,7 +160,8 @@ def pixel_map(layout: str, distance_m: float, roi_size: int = 350) -> PixelMap:
     x, y = t.x_um * np.float32(1e-6), t.y_um * np.float32(1e-6)
     z = t.z_um * np.float32(1e-6) + np.float32(distance_m)
     if layout == "raw":
-        coords, mask = (x, y, z), np.ones(RAW_SHAPE, bool)
+        coords: tuple[np.ndarray, ...] = (x, y, z)
+        mask = np.ones(RAW_SHAPE, bool)
     elif layout == "roi":
         index = roi_index(roi_size)
         mask = index >= 0
@@ -174,7 +178,8 @@ def radius_px(pixels: PixelMap) -> np.ndarray:
 
 
 def _fill_gaps(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    rows, cols = np.indices(mask.shape)
+    grid = np.indices(mask.shape)
+    rows, cols = grid[0], grid[1]
     design = np.column_stack([rows[mask], cols[mask], np.ones(mask.sum())])
     coef, *_ = np.linalg.lstsq(design, values[mask], rcond=None)
     out = (coef[0] * rows + coef[1] * cols + coef[2]).astype(np.float32)

@@ -20,7 +20,8 @@ import numpy as np
 
 from hitveto.models.preprocess import InputSpec
 
-PHOTONS_AT_THRESHOLD = 150.0 / 35.0   # the default threshold, in photons
+PHOTONS_AT_THRESHOLD = 150.0 / 35.0  # the default threshold, in photons
+MIN_PEAKS_FOR_HIT = 10  # peakfinder8 as a hit finder: Cheetah/OM's usual "min peaks" floor
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -30,20 +31,19 @@ class PeakFinderParams:
     The simulator's frames use 35 ADU/photon; use `for_gain` for another detector gain.
     """
 
-    adc_threshold: float = 150.0        # ADU a peak pixel must exceed (~4 photons)
-    minimum_snr: float = 5.0            # over the local background's rms
+    adc_threshold: float = 150.0  # ADU a peak pixel must exceed (~4 photons)
+    minimum_snr: float = 5.0  # over the local background's rms
     min_pixel_count: int = 2
     max_pixel_count: int = 60
-    local_bg_radius: int = 4            # pixels
-    min_res: int = 0                    # pixels from the beam
+    local_bg_radius: int = 4  # pixels
+    min_res: int = 0  # pixels from the beam
     max_res: int = 2000
-    max_num_peaks: int = 2048           # peakfinder8 stops counting here
+    max_num_peaks: int = 2048  # peakfinder8 stops counting here
 
     @classmethod
     def for_gain(cls, adu_per_photon: float, **overrides) -> PeakFinderParams:
         """Defaults with the ADU threshold at the same number of photons for this gain."""
-        return dataclasses.replace(cls(adc_threshold=PHOTONS_AT_THRESHOLD * adu_per_photon),
-                                   **overrides)
+        return dataclasses.replace(cls(adc_threshold=PHOTONS_AT_THRESHOLD * adu_per_photon), **overrides)
 
 
 class PeakFinder:
@@ -61,7 +61,7 @@ class PeakFinder:
         self._asic_ny, self._asic_nx = mask.shape[-2:]
         keep = mask & (radius_px >= params.min_res) & (radius_px <= params.max_res)
         self._mask = np.ascontiguousarray(_slab(keep), dtype=np.int8)
-        self._radius = np.array(_slab(radius_px), dtype=np.float32, order="C")   # own, writable
+        self._radius = np.array(_slab(radius_px), dtype=np.float32, order="C")  # own, writable
 
     def find(self, frame: np.ndarray) -> np.ndarray:
         """(n, 3) float64: slab column, slab row, integrated intensity (ADU, background subtracted).
@@ -72,9 +72,21 @@ class PeakFinder:
             raise ValueError(f"frame shape {frame.shape} != peak finder layout {self.shape}")
         p = self.params
         data = _writable_float32(_slab(frame))
-        found = self._pf8(p.max_num_peaks, data, self._mask, self._radius, self._asic_nx,
-                          self._asic_ny, 1, self._panels, p.adc_threshold, p.minimum_snr,
-                          p.min_pixel_count, p.max_pixel_count, p.local_bg_radius)
+        found = self._pf8(
+            p.max_num_peaks,
+            data,
+            self._mask,
+            self._radius,
+            self._asic_nx,
+            self._asic_ny,
+            1,
+            self._panels,
+            p.adc_threshold,
+            p.minimum_snr,
+            p.min_pixel_count,
+            p.max_pixel_count,
+            p.local_bg_radius,
+        )
         return np.column_stack(found[:3]) if len(found[0]) else np.empty((0, 3))
 
     def count(self, frame: np.ndarray) -> int:
@@ -84,18 +96,23 @@ class PeakFinder:
 def region_peak_finder(spec: InputSpec, params: PeakFinderParams) -> PeakFinder:
     """peakfinder8 on a model's region: real pixels only, radii from the CSPAD geometry."""
     from hitveto.io import geometry
+
     pixels = geometry.pixel_map("roi", distance_m=0.1, roi_size=spec.roi_shape[0])
     return PeakFinder(spec.roi_index >= 0, geometry.radius_px(pixels), params)
 
 
-def region_counter_pool(spec: InputSpec, params: PeakFinderParams, workers: int,
-                        nice: int = 0) -> concurrent.futures.ProcessPoolExecutor:
+def region_counter_pool(
+    spec: InputSpec, params: PeakFinderParams, workers: int, nice: int = 0
+) -> concurrent.futures.ProcessPoolExecutor:
     """Processes counting peaks in regions (submit `count_in_region`): peakfinder8 holds the GIL,
     so threads would not run it in parallel. Started, with psana imported, before this returns."""
     # spawn, not fork: a daemon has threads and ZMQ sockets that a fork would copy half-alive
     pool = concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_counter,
-        initargs=(spec, params, nice))
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_counter,
+        initargs=(spec, params, nice),
+    )
     for started in [pool.submit(os.getpid) for _ in range(workers)]:
         started.result(timeout=120)
     return pool
@@ -112,11 +129,13 @@ def _start_counter(spec: InputSpec, params: PeakFinderParams, nice: int) -> None
 
 def count_in_region(region: np.ndarray) -> int:
     """Peaks in one region, in a region_counter_pool process."""
+    assert _counter is not None  # the pool's initializer made it
     return _counter.count(region)
 
 
-def find_peaks(frame: np.ndarray, mask: np.ndarray | None, params: PeakFinderParams,
-               radius_px: np.ndarray | None = None) -> np.ndarray:
+def find_peaks(
+    frame: np.ndarray, mask: np.ndarray | None, params: PeakFinderParams, radius_px: np.ndarray | None = None
+) -> np.ndarray:
     """peakfinder8 on one frame: (n, 3) slab column, slab row, integrated intensity.
 
     mask: True = good pixel; None = all. radius_px: default from the CSPAD geometry for the raw
@@ -127,8 +146,9 @@ def find_peaks(frame: np.ndarray, mask: np.ndarray | None, params: PeakFinderPar
     return PeakFinder(good, radius, params).find(frame)
 
 
-def count_peaks(frame: np.ndarray, mask: np.ndarray | None, params: PeakFinderParams,
-                radius_px: np.ndarray | None = None) -> int:
+def count_peaks(
+    frame: np.ndarray, mask: np.ndarray | None, params: PeakFinderParams, radius_px: np.ndarray | None = None
+) -> int:
     """Number of peaks peakfinder8 finds (at most params.max_num_peaks); see `find_peaks`."""
     return len(find_peaks(frame, mask, params, radius_px))
 

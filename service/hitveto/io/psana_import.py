@@ -82,5 +82,5 @@ def _scan_dir_offline() -> None:
             return {}
         return original(self, runnum)
 
-    file_info._hitveto_offline = True
+    file_info._hitveto_offline = True  # type: ignore[attr-defined]  # marks the patch as ours
     DataSourceBase._get_file_info_from_db = file_info

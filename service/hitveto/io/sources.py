@@ -25,10 +25,12 @@ def events(path: Path, *, detector: str = "cspad", limit: int | None = None) -> 
     path = Path(path)
     if dataset is not None:
         from hitveto.io.xtc2 import read_experiment_run
+
         folder, experiment, run = dataset
         stream = read_experiment_run(folder, experiment=experiment, run=run, detector=detector)
     elif path.suffix == ".xtc2":
         from hitveto.io.xtc2 import read_run
+
         stream = read_run(path, detector=detector)
     elif path.suffix in CXI_SUFFIXES:
         stream = _cxi_events(path)
@@ -49,8 +51,11 @@ def run_info(path: Path) -> dict[str, Any]:
 
 def sidecar_gain(paths: Iterable[Path | str]) -> float | None:
     """The ADU per photon the runs' sidecars agree on, or None (no sidecar, or they differ)."""
-    gains = {run_info(p).get("adu_per_photon") for p in paths}
-    return float(gains.pop()) if len(gains) == 1 and None not in gains else None
+    gains = {run_info(Path(p)).get("adu_per_photon") for p in paths}
+    if len(gains) != 1:
+        return None
+    (gain,) = gains
+    return None if gain is None else float(gain)
 
 
 def run_file(path: Path | str) -> Path:
@@ -59,6 +64,7 @@ def run_file(path: Path | str) -> Path:
     if dataset is None:
         return Path(path)
     from hitveto.io.xtc2 import run_path
+
     return run_path(*dataset)
 
 
@@ -84,6 +90,9 @@ def _cxi_events(path: Path) -> Iterator[RunEvent]:
         columns = {n: event[n][()] for n in ("pulse_id", "timestamp")} if event else {}
         truth_cols = {n: d[()] for n, d in truth.items()} if truth else {}
         for i in range(data.shape[0]):
-            yield RunEvent(timestamp=int(columns["timestamp"][i]) if columns else i,
-                           pulse_id=int(columns["pulse_id"][i]) if columns else i,
-                           image=data[i], truth={n: int(c[i]) for n, c in truth_cols.items()})
+            yield RunEvent(
+                timestamp=int(columns["timestamp"][i]) if columns else i,
+                pulse_id=int(columns["pulse_id"][i]) if columns else i,
+                image=data[i],
+                truth={n: int(c[i]) for n, c in truth_cols.items()},
+            )

@@ -40,11 +40,11 @@ DAQ_NAME = re.compile(r"(?P<exp>.+)-r(?P<run>\d{4})-s\d{3}-c\d{3}\.xtc2")
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunEvent:
-    timestamp: int                  # the event's xtc2 timestamp (unique, increasing)
-    pulse_id: int                   # 0, 1, 2, ... within the run
-    image: np.ndarray               # the detector frame (read-only when read from a file)
-    truth: dict[str, int] = field(default_factory=dict)   # simulator truth; {} for real data
-    run: int = 0                    # the run number its BeginRun carries; 0 when unknown
+    timestamp: int  # the event's xtc2 timestamp (unique, increasing)
+    pulse_id: int  # 0, 1, 2, ... within the run
+    image: np.ndarray  # the detector frame (read-only when read from a file)
+    truth: dict[str, int] = field(default_factory=dict)  # simulator truth; {} for real data
+    run: int = 0  # the run number its BeginRun carries; 0 when unknown
 
 
 def run_path(directory: Path, experiment: str, run: int) -> Path:
@@ -58,8 +58,14 @@ def smalldata_path(path: Path) -> Path:
     return path.parent / "smalldata" / f"{path.name.removesuffix('.xtc2')}.smd.xtc2"
 
 
-def write_run(path: Path, events: Iterable[RunEvent], *, detector: str = "cspad",
-              experiment: str | None = None, run: int | None = None) -> int:
+def write_run(
+    path: Path,
+    events: Iterable[RunEvent],
+    *,
+    detector: str = "cspad",
+    experiment: str | None = None,
+    run: int | None = None,
+) -> int:
     """Write the events as one xtc2 run plus its smalldata index (streaming); returns the count.
 
     experiment and run default to those in a DAQ-style file name, else xpptut15 and 1. The first
@@ -89,8 +95,9 @@ def write_run(path: Path, events: Iterable[RunEvent], *, detector: str = "cspad"
     return n
 
 
-def _write_dgrams(out, first: RunEvent, events: Iterator[RunEvent], detector: str,
-                  experiment: str, run: int) -> int:
+def _write_dgrams(
+    out, first: RunEvent, events: Iterator[RunEvent], detector: str, experiment: str, run: int
+) -> int:
     de = import_psana("psana.dgramedit")
     T = de.PyTransitionId
     buf = bytearray(first.image.nbytes + (1 << 20))  # one dgram at a time: a frame plus headers
@@ -103,14 +110,21 @@ def _write_dgrams(out, first: RunEvent, events: Iterator[RunEvent], detector: st
     clash = RESERVED.intersection(names)
     if clash:
         raise ValueError(f"truth field names {sorted(clash)} are reserved")
-    fields = {"image": (first.image.dtype.type, first.image.ndim), "pulse_id": (np.int64, 0),
-              **{name: (np.int64, 0) for name in names}}
-    ts = first.timestamp - 4             # the transitions take the timestamps before the first event
+    fields = {
+        "image": (first.image.dtype.type, first.image.ndim),
+        "pulse_id": (np.int64, 0),
+        **dict.fromkeys(names, (np.int64, 0)),
+    }
+    ts = first.timestamp - 4  # the transitions take the timestamps before the first event
     config = de.DgramEdit(transition_id=T.Configure, ts=ts)
-    det = config.Detector(de.DetectorDef(detector, "generic_container", "hitveto"),
-                          de.AlgDef(*ALGORITHM), fields)
-    info = config.Detector(de.DetectorDef("runinfo", "runinfo", ""), de.AlgDef("runinfo", 0, 0, 1),
-                           {"expt": (str, 1), "runnum": (np.uint32, 0)})
+    det = config.Detector(
+        de.DetectorDef(detector, "generic_container", "hitveto"), de.AlgDef(*ALGORITHM), fields
+    )
+    info = config.Detector(
+        de.DetectorDef("runinfo", "runinfo", ""),
+        de.AlgDef("runinfo", 0, 0, 1),
+        {"expt": (str, 1), "runnum": (np.uint32, 0)},
+    )
     save(config)
     begin_run = de.DgramEdit(transition_id=T.BeginRun, config_dgramedit=config, ts=ts + 1)
     info.runinfo.expt, info.runinfo.runnum = experiment, run
@@ -139,18 +153,23 @@ def _check(ev: RunEvent, first: RunEvent, previous_ts: int) -> None:
     if ev.timestamp <= previous_ts:
         raise ValueError(f"pulse {ev.pulse_id}: timestamp {ev.timestamp} <= {previous_ts}")
     if ev.image.dtype != first.image.dtype or ev.image.shape != first.image.shape:
-        raise ValueError(f"pulse {ev.pulse_id}: image {ev.image.dtype}{ev.image.shape} differs "
-                         f"from the run's {first.image.dtype}{first.image.shape}")
+        raise ValueError(
+            f"pulse {ev.pulse_id}: image {ev.image.dtype}{ev.image.shape} differs "
+            f"from the run's {first.image.dtype}{first.image.shape}"
+        )
     if ev.truth.keys() != first.truth.keys():
-        raise ValueError(f"pulse {ev.pulse_id}: truth fields {sorted(ev.truth)} differ "
-                         f"from the run's {sorted(first.truth)}")
+        raise ValueError(
+            f"pulse {ev.pulse_id}: truth fields {sorted(ev.truth)} differ "
+            f"from the run's {sorted(first.truth)}"
+        )
 
 
 def _index(bigdata: Path, out: Path) -> None:
     """The smalldata index, by the psana wheel's own `smdwriter` (milliseconds per run)."""
     smdwriter = psana_tool("smdwriter")
-    done = subprocess.run([str(smdwriter), "-f", str(bigdata), "-o", str(out)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [str(smdwriter), "-f", str(bigdata), "-o", str(out)], capture_output=True, text=True
+    )
     if done.returncode != 0 or not out.exists():
         raise RuntimeError(f"{smdwriter} failed on {bigdata}: {done.stderr.strip() or done.stdout}")
 
@@ -167,16 +186,18 @@ def read_run(path: Path, *, detector: str = "cspad") -> Iterator[RunEvent]:
         yield from _events(run, detector, parallel=False)
 
 
-def read_experiment_run(directory: Path, *, experiment: str, run: int, detector: str = "cspad",
-                        batch_size: int = 10) -> Iterator[RunEvent]:
+def read_experiment_run(
+    directory: Path, *, experiment: str, run: int, detector: str = "cspad", batch_size: int = 10
+) -> Iterator[RunEvent]:
     """The events of one run in an experiment directory, via `DataSource(exp=, run=, dir=)`.
 
     Under mpirun call it on every rank: each big-data rank yields its share (batches of
     batch_size events), the others yield nothing.
     """
     psana = import_psana()
-    ds = psana.DataSource(exp=experiment, run=run, dir=str(directory), skip_calib_load="all",
-                          batch_size=batch_size)
+    ds = psana.DataSource(
+        exp=experiment, run=run, dir=str(directory), skip_calib_load="all", batch_size=batch_size
+    )
     parallel = import_psana("mpi4py.MPI").COMM_WORLD.Get_size() > 1
     for r in ds.runs():
         yield from _events(r, detector, parallel=parallel)
@@ -213,8 +234,9 @@ def read_live(tag: str, *, detector: str = "cspad", runs: int | None = None) -> 
         ds.dm.close_reader()
 
 
-def shmem_server(path: Path, tag: str, *, rate_hz: float = 0.0, clients: int = 1,
-                 buffers: int = 8, loops: int = 1) -> subprocess.Popen:
+def shmem_server(
+    path: Path, tag: str, *, rate_hz: float = 0.0, clients: int = 1, buffers: int = 8, loops: int = 1
+) -> subprocess.Popen:
     """Start the psana wheel's `shmemServer` serving one run file under `tag`, as a live DAQ would.
 
     It waits for `clients` readers and serves the run to each, `loops` times over. Stop it only
@@ -222,8 +244,21 @@ def shmem_server(path: Path, tag: str, *, rate_hz: float = 0.0, clients: int = 1
     memory (`/dev/shm/PdsMonitorSharedMemory_<tag>`) behind.
     """
     largest = max(_dgram_sizes(Path(path)))
-    cmd = [str(psana_tool("shmemServer")), "-p", tag, "-n", str(buffers), "-s", hex(largest + 4096),
-           "-f", str(path), "-c", str(clients), "-L", str(loops)]
+    cmd = [
+        str(psana_tool("shmemServer")),
+        "-p",
+        tag,
+        "-n",
+        str(buffers),
+        "-s",
+        hex(largest + 4096),
+        "-f",
+        str(path),
+        "-c",
+        str(clients),
+        "-L",
+        str(loops),
+    ]
     if rate_hz > 0:
         cmd += ["-r", str(int(rate_hz))]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -252,12 +287,17 @@ def _events(run, detector: str, *, parallel: bool) -> Iterator[RunEvent]:
     has_pulse_id = "pulse_id" in fields
     for i, evt in enumerate(run.events()):
         image = det.image(evt)
-        if image is None:               # an event without this detector
+        if image is None:  # an event without this detector
             continue
         # Without a stored pulse id the count is the id, which holds only when one reader sees all.
         pulse_id = int(det.pulse_id(evt)) if has_pulse_id else (-1 if parallel else i)
-        yield RunEvent(timestamp=int(evt.timestamp), pulse_id=pulse_id, image=image, run=number,
-                       truth={name: int(getattr(det, name)(evt)) for name in truth})
+        yield RunEvent(
+            timestamp=int(evt.timestamp),
+            pulse_id=pulse_id,
+            image=image,
+            run=number,
+            truth={name: int(getattr(det, name)(evt)) for name in truth},
+        )
 
 
 def _fields(run, detector: str) -> list[str]:
@@ -280,8 +320,7 @@ def _run_identity(path: Path, experiment: str | None, run: int | None) -> tuple[
         return experiment or DEFAULT_EXPERIMENT, DEFAULT_RUN if run is None else run
     exp, number = named["exp"], int(named["run"])
     if (experiment or exp, number if run is None else run) != (exp, number):
-        raise ValueError(f"{path.name} names experiment {exp} run {number}, "
-                         f"not {experiment} run {run}")
+        raise ValueError(f"{path.name} names experiment {exp} run {number}, not {experiment} run {run}")
     return exp, number
 
 

@@ -27,8 +27,8 @@ FORMAT = "hitveto-model/1"
 INFO_NAME = "hitveto.json"
 INDEX_NAME = "roi_index.npy"
 DEFAULT_ARTIFACT = Path(__file__).parent / "default.pt"
-MAX_ARTIFACT_BYTES = 1 << 30      # a model file larger than this is refused before it is read
-READ_TIMEOUT_S = 30.0             # reading it must not take longer (a stalled network mount)
+MAX_ARTIFACT_BYTES = 1 << 30  # a model file larger than this is refused before it is read
+READ_TIMEOUT_S = 30.0  # reading it must not take longer (a stalled network mount)
 
 
 class ArtifactError(ValueError):
@@ -37,17 +37,17 @@ class ArtifactError(ValueError):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelInfo:
-    version: str                      # e.g. "compact-3f2a9c1e" (architecture + weights digest)
+    version: str  # e.g. "compact-3f2a9c1e" (architecture + weights digest)
     architecture: str
     detector: str
     raw_shape: tuple[int, ...]
     roi_shape: tuple[int, int]
     adu_per_photon: float
-    threshold: float                  # decision threshold on the hit probability
+    threshold: float  # decision threshold on the hit probability
     created: str = ""
-    training: dict[str, Any] = field(default_factory=dict)    # runs, frames, labels, recipe
+    training: dict[str, Any] = field(default_factory=dict)  # runs, frames, labels, recipe
     validation: dict[str, Any] = field(default_factory=dict)  # held-out confusion and rates
-    profile: dict[str, Any] = field(default_factory=dict)     # training data statistics (drift.py)
+    profile: dict[str, Any] = field(default_factory=dict)  # training data statistics (drift.py)
     format: str = FORMAT
 
     def to_json(self) -> str:
@@ -70,7 +70,7 @@ class Artifact:
     spec: InputSpec
     sha256: str
     path: Path
-    data: bytes = field(default=b"", repr=False)   # the file as read and checked; loaded from here
+    data: bytes = field(default=b"", repr=False)  # the file as read and checked; loaded from here
 
     @property
     def served_version(self) -> str:
@@ -88,8 +88,7 @@ def save(path: Path, scripted: Any, info: ModelInfo, roi_index: np.ndarray) -> P
     if not info.created:
         info = dataclasses.replace(info, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(scripted, str(path), _extra_files={INFO_NAME: info.to_json(),
-                                                      INDEX_NAME: buf.getvalue()})
+    torch.jit.save(scripted, str(path), _extra_files={INFO_NAME: info.to_json(), INDEX_NAME: buf.getvalue()})
     return path
 
 
@@ -108,10 +107,14 @@ def read(path: Path) -> Artifact:
         if isinstance(exc, ArtifactError):
             raise
         raise ArtifactError(f"{path}: unreadable model artifact ({type(exc).__name__}: {exc})") from None
-    spec = InputSpec(detector=info.detector, raw_shape=info.raw_shape, roi_shape=info.roi_shape,
-                     roi_index=index, adu_per_photon=info.adu_per_photon)
-    return Artifact(info=info, spec=spec, sha256=hashlib.sha256(data).hexdigest(), path=path,
-                    data=data)
+    spec = InputSpec(
+        detector=info.detector,
+        raw_shape=info.raw_shape,
+        roi_shape=info.roi_shape,
+        roi_index=index,
+        adu_per_photon=info.adu_per_photon,
+    )
+    return Artifact(info=info, spec=spec, sha256=hashlib.sha256(data).hexdigest(), path=path, data=data)
 
 
 def trusted_path(path: str | Path, folders: list[str]) -> Path:
@@ -120,16 +123,18 @@ def trusted_path(path: str | Path, folders: list[str]) -> Path:
     real = Path(os.path.realpath(path))
     roots = [Path(os.path.realpath(f)) for f in folders]
     if not any(real.is_relative_to(root) for root in roots):
-        raise ArtifactError(f"{path}: not in a reload folder ({', '.join(map(str, roots))}; "
-                            "model.reload_dirs sets them)")
+        raise ArtifactError(
+            f"{path}: not in a reload folder ({', '.join(map(str, roots))}; model.reload_dirs sets them)"
+        )
     return real
 
 
-def read_regular_file(path: Path, *, max_bytes: int = MAX_ARTIFACT_BYTES,
-                      timeout_s: float = READ_TIMEOUT_S) -> bytes:
+def read_regular_file(
+    path: Path, *, max_bytes: int = MAX_ARTIFACT_BYTES, timeout_s: float = READ_TIMEOUT_S
+) -> bytes:
     """A regular file's bytes, with bounds: a FIFO, a device (/dev/zero), a file over `max_bytes`
     or a read slower than `timeout_s` is an ArtifactError, and none of them can block the caller."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)   # a FIFO must not block open
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block open
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -140,8 +145,9 @@ def read_regular_file(path: Path, *, max_bytes: int = MAX_ARTIFACT_BYTES,
         while chunk := os.read(fd, 1 << 20):
             size += len(chunk)
             if size > max_bytes or time.monotonic() > end:
-                raise ArtifactError(f"{path}: grew past {max_bytes} bytes or took over "
-                                    f"{timeout_s:.0f} s to read")
+                raise ArtifactError(
+                    f"{path}: grew past {max_bytes} bytes or took over {timeout_s:.0f} s to read"
+                )
             chunks.append(chunk)
         return b"".join(chunks)
     finally:
@@ -158,7 +164,7 @@ def load_module(artifact: Artifact, device: str) -> Any:
     """The TorchScript module on `device`, in eval mode."""
     import torch
 
-    try:   # from the bytes read and checked, not the path again: the file may have changed since
+    try:  # from the bytes read and checked, not the path again: the file may have changed since
         source = io.BytesIO(artifact.data) if artifact.data else str(artifact.path)
         module = torch.jit.load(source, map_location=device)
     except RuntimeError as exc:
@@ -170,8 +176,26 @@ def check_fits(artifact: Artifact, detector: str, shape: tuple[int, ...]) -> Non
     """ArtifactError saying why, if frames of this detector and shape cannot be judged by it."""
     spec = artifact.spec
     if detector != spec.detector:
-        raise ArtifactError(f"model {artifact.info.version} was trained for detector "
-                            f"{spec.detector!r}, frames come from {detector!r}")
+        raise ArtifactError(
+            f"model {artifact.info.version} was trained for detector "
+            f"{spec.detector!r}, frames come from {detector!r}"
+        )
     if not spec.accepts(shape):
-        raise ArtifactError(f"model {artifact.info.version} takes {spec.raw_shape} raw or "
-                            f"{spec.roi_shape} region frames, not {tuple(shape)}")
+        raise ArtifactError(
+            f"model {artifact.info.version} takes {spec.raw_shape} raw or "
+            f"{spec.roi_shape} region frames, not {tuple(shape)}"
+        )
+
+
+def check_swappable(old: Artifact, new: Artifact) -> None:
+    """ArtifactError unless `new` takes the same frames, as the same input, as `old` (a reload)."""
+    if (new.spec.detector, new.spec.raw_shape, new.spec.roi_shape) != (
+        old.spec.detector,
+        old.spec.raw_shape,
+        old.spec.roi_shape,
+    ):
+        raise ArtifactError(
+            f"{new.path}: model {new.info.version} takes {new.spec.detector} "
+            f"{new.spec.raw_shape}/{new.spec.roi_shape}, the stream is {old.spec.detector} "
+            f"{old.spec.raw_shape}/{old.spec.roi_shape}; still serving {old.served_version}"
+        )

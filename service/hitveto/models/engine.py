@@ -11,7 +11,6 @@ import torch
 
 from hitveto.models.artifact import Artifact, load_module
 
-
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Wire dtypes torch cannot reduce (amax is not implemented for uint16): staged as the next wider
 # type. Found by benchmarks/fuzz_header.py: every uint16 frame was kept as model_error.
@@ -44,8 +43,15 @@ def resolve_devices(spec: str) -> list[str]:
 class Engine:
     """Runs an artifact's model on batches of regions; thread: one inference thread owns it."""
 
-    def __init__(self, artifact: Artifact, *, device: str = "auto", max_batch: int = 32,
-                 threads: int = 0, precision: str = "fp32") -> None:
+    def __init__(
+        self,
+        artifact: Artifact,
+        *,
+        device: str = "auto",
+        max_batch: int = 32,
+        threads: int = 0,
+        precision: str = "fp32",
+    ) -> None:
         # Not again when a reload builds a new engine: the pool is the process's, and the serving
         # engine is using it.
         if threads > 0 and torch.get_num_threads() != threads:
@@ -75,8 +81,9 @@ class Engine:
 
     def score(self, regions: Sequence[np.ndarray]) -> np.ndarray:
         """P(hit) for any number of regions, max_batch at a time (offline: evaluations, profiles)."""
-        return np.concatenate([self.infer(regions[i:i + self.max_batch])
-                               for i in range(0, len(regions), self.max_batch)])
+        return np.concatenate(
+            [self.infer(regions[i : i + self.max_batch]) for i in range(0, len(regions), self.max_batch)]
+        )
 
     def _autocast(self):
         """Mixed precision for the convolutions when asked (a GPU option: on CPU fp32 is fastest)."""

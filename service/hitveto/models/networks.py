@@ -42,13 +42,20 @@ class SeedCNN(nn.Module):
     def __init__(self, roi: int = 350) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 8, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(8, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(1, 8, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
         side = roi // 8
-        self.classify = nn.Sequential(nn.Flatten(), nn.Linear(32 * side * side, 64), nn.ReLU(),
-                                      nn.Linear(64, 1))
+        self.classify = nn.Sequential(
+            nn.Flatten(), nn.Linear(32 * side * side, 64), nn.ReLU(), nn.Linear(64, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classify(self.features(x)).squeeze(1)
@@ -70,9 +77,12 @@ class CompactCNN(nn.Module):
         self.input_pool = input_pool
         c = channels
         self.features = nn.Sequential(
-            nn.Conv2d(1, c // 2, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(c // 2, c, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(1, c // 2, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(c // 2, c, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(c, 2 * c, 3, stride=2, padding=1),
+            nn.ReLU(),
         )
         self.classify = nn.Linear(4 * c, 1)
 

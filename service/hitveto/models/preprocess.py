@@ -19,10 +19,10 @@ class InputMismatch(ValueError):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InputSpec:
     detector: str
-    raw_shape: tuple[int, ...]       # e.g. (32, 185, 388): the detector's raw stack
-    roi_shape: tuple[int, int]       # e.g. (350, 350): what the model sees
-    roi_index: np.ndarray            # int64, roi_shape: flat index into the raw stack, -1 for gaps
-    adu_per_photon: float            # used by the model's normalisation layer
+    raw_shape: tuple[int, ...]  # e.g. (32, 185, 388): the detector's raw stack
+    roi_shape: tuple[int, int]  # e.g. (350, 350): what the model sees
+    roi_index: np.ndarray  # int64, roi_shape: flat index into the raw stack, -1 for gaps
+    adu_per_photon: float  # used by the model's normalisation layer
     _gather: np.ndarray = field(init=False, repr=False, compare=False)
     _gaps: np.ndarray = field(init=False, repr=False, compare=False)
 
@@ -56,8 +56,10 @@ def masked_region(frame: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, int]:
         out[spec._gaps] = 0
         out = out.reshape(spec.roi_shape)
     else:
-        raise InputMismatch(f"frame shape {frame.shape} fits neither the raw layout {spec.raw_shape} "
-                            f"nor the region {spec.roi_shape} of detector {spec.detector!r}")
+        raise InputMismatch(
+            f"frame shape {frame.shape} fits neither the raw layout {spec.raw_shape} "
+            f"nor the region {spec.roi_shape} of detector {spec.detector!r}"
+        )
     return _mask_nonfinite(out)
 
 

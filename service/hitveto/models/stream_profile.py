@@ -13,17 +13,18 @@ a shift the model was not trained for (the alert's level).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from hitveto.models.preprocess import InputSpec
 
-ALERT_PSI = 0.25                # the alert level (deploy/prometheus/alerts.yml)
+ALERT_PSI = 0.25  # the alert level (deploy/prometheus/alerts.yml)
 STATISTICS = ("score", "hit", "intensity", "background", "saturated", "masked")
-SATURATION_ADU = 15000.0        # CSPAD: a 14-bit ADC less its pedestal
-FLOOR = 1e-3                    # an empty bin counts as this share (PSI is infinite otherwise)
-MEDIAN_STRIDE = 7               # the background median is taken on every 7th real pixel
+SATURATION_ADU = 15000.0  # CSPAD: a 14-bit ADC less its pedestal
+FLOOR = 1e-3  # an empty bin counts as this share (PSI is infinite otherwise)
+MEDIAN_STRIDE = 7  # the background median is taken on every 7th real pixel
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,32 +37,60 @@ class Profile:
     saturation_adu: float = SATURATION_ADU
 
     def to_dict(self) -> dict:
-        return {"edges": self.edges, "expected": self.expected, "frames": self.frames,
-                "saturation_adu": self.saturation_adu}
+        return {
+            "edges": self.edges,
+            "expected": self.expected,
+            "frames": self.frames,
+            "saturation_adu": self.saturation_adu,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> Profile:
-        return cls(edges=d["edges"], expected=d["expected"], frames=d["frames"],
-                   saturation_adu=d.get("saturation_adu", SATURATION_ADU))
+        return cls(
+            edges=d["edges"],
+            expected=d["expected"],
+            frames=d["frames"],
+            saturation_adu=d.get("saturation_adu", SATURATION_ADU),
+        )
 
 
-def frame_statistics(regions: np.ndarray, scores: np.ndarray, threshold: float, spec: InputSpec,
-                     saturation_adu: float = SATURATION_ADU) -> np.ndarray:
+def frame_statistics(
+    regions: Sequence[np.ndarray] | np.ndarray,
+    scores: np.ndarray,
+    threshold: float,
+    spec: InputSpec,
+    saturation_adu: float = SATURATION_ADU,
+) -> np.ndarray:
     """(N, 6): the STATISTICS of each of N ADU regions, given the model's scores."""
     real = np.flatnonzero(spec.roi_index.reshape(-1) >= 0)
-    return np.array([statistics_row(r, s, threshold, real, spec.adu_per_photon, saturation_adu)
-                     for r, s in zip(regions, scores)]).reshape(-1, len(STATISTICS))
+    return np.array(
+        [
+            statistics_row(r, s, threshold, real, spec.adu_per_photon, saturation_adu)
+            for r, s in zip(regions, scores)
+        ]
+    ).reshape(-1, len(STATISTICS))
 
 
-def statistics_row(region: np.ndarray, score: float, threshold: float, real: np.ndarray,
-                   adu_per_photon: float, saturation_adu: float) -> np.ndarray:
+def statistics_row(
+    region: np.ndarray,
+    score: float,
+    threshold: float,
+    real: np.ndarray,
+    adu_per_photon: float,
+    saturation_adu: float,
+) -> np.ndarray:
     """The STATISTICS of one region; `real`: flat indices of its real (not gap) pixels."""
     px = region.reshape(-1)[real]
-    return np.array([score, float(score >= threshold),
-                     px.mean(dtype=np.float64) / adu_per_photon,
-                     float(np.median(px[::MEDIAN_STRIDE])) / adu_per_photon,
-                     np.count_nonzero(px >= saturation_adu) / px.size,
-                     np.count_nonzero(px == 0) / px.size])
+    return np.array(
+        [
+            score,
+            float(score >= threshold),
+            px.mean(dtype=np.float64) / adu_per_photon,
+            float(np.median(px[::MEDIAN_STRIDE])) / adu_per_photon,
+            np.count_nonzero(px >= saturation_adu) / px.size,
+            np.count_nonzero(px == 0) / px.size,
+        ]
+    )
 
 
 def profile(stats: np.ndarray) -> Profile:
@@ -86,5 +115,7 @@ def psi(expected: np.ndarray, actual: np.ndarray) -> float:
 
 def drift_scores(prof: Profile, stats: np.ndarray) -> dict[str, float]:
     """PSI of each statistic of (N, 6) frame statistics against the profile."""
-    return {name: psi(np.array(prof.expected[name]), shares(values, prof.edges[name]))
-            for name, values in zip(STATISTICS, stats.T)}
+    return {
+        name: psi(np.array(prof.expected[name]), shares(values, prof.edges[name]))
+        for name, values in zip(STATISTICS, stats.T)
+    }

@@ -1,0 +1,1 @@
+"""Work on stored runs: datasets and labels, training, evaluation, adaptation, replay, reprocessing."""

@@ -24,26 +24,23 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from hitveto.models import artifact, networks, preprocess
-
-from hitveto.models import stream_profile
-
-from hitveto.offline import labels
-
 from hitveto.io import sources
-from hitveto.models.artifact import Artifact, ArtifactError
-from hitveto.serving.audit import wilson
 from hitveto.io.peaks import PeakFinderParams, count_in_region, region_counter_pool
+from hitveto.models import artifact, networks, preprocess, stream_profile
+from hitveto.models.artifact import Artifact, ArtifactError
+from hitveto.offline import labels
 from hitveto.offline.train import Recipe, fit, predict
+from hitveto.serving.audit import wilson
 
 log = logging.getLogger(__name__)
-FIT_SHARE, CALIBRATION_SHARE = 0.6, 0.2          # the rest validates
-HIT_SHARE = 0.3                                  # of the fine-tuning samples, by repetition
+FIT_SHARE, CALIBRATION_SHARE = 0.6, 0.2  # the rest validates
+HIT_SHARE = 0.3  # of the fine-tuning samples, by repetition
 # A window holds tens to a few hundred calibration hits: the threshold for 99 % is one of the
 # lowest hit scores. When all of them are strong, that is near 1 and says nothing of the weaker
 # hits to come, so the threshold stays at or below the network's own decision boundary.
@@ -52,50 +49,55 @@ MAX_THRESHOLD = 0.5
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AdaptConfig:
-    sources: tuple[Path, ...]          # run files or learn-mode CXI files, in time order
-    model: Path                        # the model serving now
+    sources: tuple[Path, ...]  # run files or learn-mode CXI files, in time order
+    model: Path  # the model serving now
     out: Path
-    frames: int = 3000                 # the window: this many first frames of the sources
-    min_peaks: int = 3                 # a peakfinder8 hit (in the region: fewer than on the detector)
+    frames: int = 3000  # the window: this many first frames of the sources
+    min_peaks: int = 3  # a peakfinder8 hit (in the region: fewer than on the detector)
     target_sensitivity: float = 0.99
-    min_specificity: float = 0.9       # and vetoes this share of the misses (keep-all would pass)
-    adu_per_photon: float = 0.0        # 0: the runs' sidecar if they have one, else the model's
+    min_specificity: float = 0.9  # and vetoes this share of the misses (keep-all would pass)
+    adu_per_photon: float = 0.0  # 0: the runs' sidecar if they have one, else the model's
     recipe: Recipe = Recipe(optimiser="adamw", lr=3e-4, batch_size=64, epochs=4, augment=True)
-    workers: int = 2                   # peakfinder8 processes
+    workers: int = 2  # peakfinder8 processes
     seed: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AdaptResult:
-    path: Path | None                  # None: the new model missed the target; nothing written
+    path: Path | None  # None: the new model missed the target; nothing written
     previous: str
     version: str
-    chosen: str                        # "fine-tuned", or "new gain only" (the same weights)
+    chosen: str  # "fine-tuned", or "new gain only" (the same weights)
     threshold: float
-    frames: dict[str, int]             # fit, calibration, validation
-    before: dict                       # the serving model on the validation part
-    after: dict                        # the chosen candidate there
-    candidates: dict[str, dict]        # every candidate there
+    frames: dict[str, int]  # fit, calibration, validation
+    before: dict  # the serving model on the validation part
+    after: dict  # the chosen candidate there
+    candidates: dict[str, dict]  # every candidate there
     seconds: dict[str, float]
 
     def lines(self) -> list[str]:
         def row(name: str, c: dict) -> str:
             lo, hi = c["sensitivity_95"]
-            return (f"{name:24s} {c['sensitivity']:.3f} ({lo:.3f}-{hi:.3f})   {c['specificity']:.3f}"
-                    + (f"        {c['truth']['sensitivity']:.3f} / {c['truth']['specificity']:.3f}"
-                       if "truth" in c else ""))
+            return f"{name:24s} {c['sensitivity']:.3f} ({lo:.3f}-{hi:.3f})   {c['specificity']:.3f}" + (
+                f"        {c['truth']['sensitivity']:.3f} / {c['truth']['specificity']:.3f}"
+                if "truth" in c
+                else ""
+            )
+
         f, s = self.frames, self.seconds
-        return [f"window: {sum(f.values())} frames: {f['fit']} fine-tune, {f['calibration']} "
-                f"calibrate, {f['validation']} validate (in time order)",
-                "validation part          sensitivity (95%)      specificity  vs truth: sens. / spec.",
-                row(f"before: {self.previous}", self.before),
-                *[row(f"{'best' if n == self.chosen else '    '}: {n}", c)
-                  for n, c in self.candidates.items()],
-                f"threshold {self.threshold:.4f} for target sensitivity; time: read {s['read']:.1f} s, "
-                f"label {s['label']:.1f} s, fine-tune {s['fit']:.1f} s, total {s['total']:.1f} s",
-                f"written: {self.path} ({self.version}, {self.chosen})" if self.path else
-                "NOT written: no candidate meets the sensitivity target and the specificity floor "
-                "on the validation part"]
+        return [
+            f"window: {sum(f.values())} frames: {f['fit']} fine-tune, {f['calibration']} "
+            f"calibrate, {f['validation']} validate (in time order)",
+            "validation part          sensitivity (95%)      specificity  vs truth: sens. / spec.",
+            row(f"before: {self.previous}", self.before),
+            *[row(f"{'best' if n == self.chosen else '    '}: {n}", c) for n, c in self.candidates.items()],
+            f"threshold {self.threshold:.4f} for target sensitivity; time: read {s['read']:.1f} s, "
+            f"label {s['label']:.1f} s, fine-tune {s['fit']:.1f} s, total {s['total']:.1f} s",
+            f"written: {self.path} ({self.version}, {self.chosen})"
+            if self.path
+            else "NOT written: no candidate meets the sensitivity target and the specificity floor "
+            "on the validation part",
+        ]
 
 
 def adapt(cfg: AdaptConfig) -> AdaptResult:
@@ -109,55 +111,89 @@ def adapt(cfg: AdaptConfig) -> AdaptResult:
     t_label = time.monotonic() - t0 - t_read
     parts = _split(len(regions))
     serving = trainable(current, current.info.adu_per_photon)
-    before = _figures(predict(serving, regions, parts["validation"]), current.info.threshold, y,
-                      truth, parts["validation"])
-    candidates = {"new gain only": networks.at_gain(serving, adu)} if adu != current.info.adu_per_photon else {}
+    before = _figures(
+        predict(serving, regions, parts["validation"]), current.info.threshold, y, truth, parts["validation"]
+    )
+    candidates = (
+        {"new gain only": networks.at_gain(serving, adu)} if adu != current.info.adu_per_photon else {}
+    )
     net = networks.at_gain(serving, adu)
     rows = _balanced(parts["fit"], y)
     losses = fit(net, regions, y[rows], cfg.recipe, seed=cfg.seed, rows=rows)
     candidates["fine-tuned"] = net
     t_fit = time.monotonic() - t0 - t_read - t_label
-    judged = {name: _judge(c, regions, y, truth, parts, cfg.target_sensitivity)
-              for name, c in candidates.items()}
-    passing = [n for n, j in judged.items() if j.figures["sensitivity"] >= cfg.target_sensitivity
-               and j.figures["specificity"] >= cfg.min_specificity]
+    judged = {
+        name: _judge(c, regions, y, truth, parts, cfg.target_sensitivity) for name, c in candidates.items()
+    }
+    passing = [
+        n
+        for n, j in judged.items()
+        if j.figures["sensitivity"] >= cfg.target_sensitivity
+        and j.figures["specificity"] >= cfg.min_specificity
+    ]
     chosen = max(passing or judged, key=lambda n: labels.balanced_accuracy(judged[n].figures))
     best = judged[chosen]
     # the same weights at another gain are another model: the gain is in the digest
     gain = np.float64(candidates[chosen].normalise.scale).tobytes()
     version = f"{current.info.architecture}-{networks.weights_digest(candidates[chosen], gain)}"
     seconds = {"read": t_read, "label": t_label, "fit": t_fit, "total": time.monotonic() - t0}
-    path = _save(cfg, current, candidates[chosen], chosen, spec, best, version, regions, losses,
-                 before, seconds) if passing else None
-    return AdaptResult(path=path, previous=current.info.version, version=version, chosen=chosen,
-                       threshold=best.threshold, frames={k: len(v) for k, v in parts.items()},
-                       before=before, after=best.figures,
-                       candidates={n: j.figures for n, j in judged.items()},
-                       seconds={k: round(v, 1) for k, v in seconds.items()})
+    path = (
+        _save(cfg, current, candidates[chosen], chosen, spec, best, version, regions, losses, before, seconds)
+        if passing
+        else None
+    )
+    return AdaptResult(
+        path=path,
+        previous=current.info.version,
+        version=version,
+        chosen=chosen,
+        threshold=best.threshold,
+        frames={k: len(v) for k, v in parts.items()},
+        before=before,
+        after=best.figures,
+        candidates={n: j.figures for n, j in judged.items()},
+        seconds={k: round(v, 1) for k, v in seconds.items()},
+    )
 
 
 def _peak_counts(regions: np.ndarray, spec: preprocess.InputSpec, workers: int) -> np.ndarray:
     """peakfinder8 on every region, on worker processes, thresholds in photons of this gain."""
     with region_counter_pool(spec, PeakFinderParams.for_gain(spec.adu_per_photon), workers) as pool:
         counts = pool.map(count_in_region, regions, chunksize=16)
-        return np.fromiter(tqdm(counts, total=len(regions), desc="label (peakfinder8)", unit="frame",
-                                mininterval=1.0, leave=False), dtype=np.int64)
+        return np.fromiter(
+            tqdm(
+                counts,
+                total=len(regions),
+                desc="label (peakfinder8)",
+                unit="frame",
+                mininterval=1.0,
+                leave=False,
+            ),
+            dtype=np.int64,
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class _Judged:
-    scores: np.ndarray                 # every frame of the window
-    threshold: float                   # calibrated on the calibration part
-    figures: dict                      # on the validation part
+    scores: np.ndarray  # every frame of the window
+    threshold: float  # calibrated on the calibration part
+    figures: dict  # on the validation part
 
 
-def _judge(net: networks.HitClassifier, regions: np.ndarray, y: np.ndarray, truth: np.ndarray | None,
-           parts: dict[str, np.ndarray], target: float) -> _Judged:
+def _judge(
+    net: networks.HitClassifier,
+    regions: np.ndarray,
+    y: np.ndarray,
+    truth: np.ndarray | None,
+    parts: dict[str, np.ndarray],
+    target: float,
+) -> _Judged:
     scores = predict(net, regions)
     cal = parts["calibration"]
     threshold = min(MAX_THRESHOLD, labels.calibrate_threshold(scores[cal], y[cal] == 1, target))
-    return _Judged(scores, threshold, _figures(scores[parts["validation"]], threshold, y, truth,
-                                               parts["validation"]))
+    return _Judged(
+        scores, threshold, _figures(scores[parts["validation"]], threshold, y, truth, parts["validation"])
+    )
 
 
 def trainable(art: Artifact, adu_per_photon: float) -> networks.HitClassifier:
@@ -169,8 +205,11 @@ def trainable(art: Artifact, adu_per_photon: float) -> networks.HitClassifier:
     """
     frozen = artifact.load_module(art, "cpu")
     net = networks.build(art.info.architecture, art.spec.roi_shape[0], art.info.adu_per_photon)
-    consts = [n.t("value") for n in frozen.graph.nodes()
-              if n.kind() == "prim::Constant" and n.output().type().kind() == "TensorType"]
+    consts = [
+        n.t("value")
+        for n in frozen.graph.nodes()
+        if n.kind() == "prim::Constant" and n.output().type().kind() == "TensorType"
+    ]
     by_shape = {tuple(c.shape): c for c in consts}
     params = dict(net.named_parameters())
     if len(by_shape) != len(consts) or sorted(by_shape) != sorted(tuple(p.shape) for p in params.values()):
@@ -184,11 +223,15 @@ def trainable(art: Artifact, adu_per_photon: float) -> networks.HitClassifier:
     return net if adu_per_photon == art.info.adu_per_photon else networks.at_gain(net, adu_per_photon)
 
 
-def _window(paths: tuple[Path, ...], spec: preprocess.InputSpec, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+def _window(
+    paths: tuple[Path, ...], spec: preprocess.InputSpec, n: int
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The first n regions of the sources in pulse order, and truth (crystal in the beam) where they
     all have it. A writer's files hold frames in decision order, which can differ slightly from
     pulse order; sorting makes the time split the same on every read."""
-    regions, crystals, keys = [], [], []
+    regions: list[np.ndarray] = []
+    crystals: list[int] = []
+    keys: list[tuple[int, int]] = []
     for path in paths:
         for ev in sources.events(path, limit=n - len(regions)):
             regions.append(np.array(preprocess.region(ev.image, spec)))
@@ -197,8 +240,8 @@ def _window(paths: tuple[Path, ...], spec: preprocess.InputSpec, n: int) -> tupl
         if len(regions) >= n:
             break
     order = sorted(range(len(keys)), key=keys.__getitem__)
-    crystals = np.array(crystals)[order]
-    return np.stack([regions[i] for i in order]), (crystals > 0 if (crystals >= 0).all() else None)
+    counts = np.array(crystals)[order]
+    return np.stack([regions[i] for i in order]), (counts > 0 if (counts >= 0).all() else None)
 
 
 def _split(n: int) -> dict[str, np.ndarray]:
@@ -214,41 +257,66 @@ def _balanced(rows: np.ndarray, y: np.ndarray) -> np.ndarray:
     """
     hits, misses = rows[y[rows] == 1], rows[y[rows] != 1]
     if len(hits) == 0:
-        raise ValueError("no peakfinder8 hits in the window's fine-tuning part: a longer window, "
-                         "or fewer --min-peaks")
+        raise ValueError(
+            "no peakfinder8 hits in the window's fine-tuning part: a longer window, or fewer --min-peaks"
+        )
     want = HIT_SHARE / (1 - HIT_SHARE) * len(misses)
     repeat = max(1, int(round(want / len(hits))))
     return np.concatenate([misses, np.repeat(hits, repeat)])
 
 
-def _figures(scores: np.ndarray, threshold: float, y: np.ndarray, truth: np.ndarray | None,
-             rows: np.ndarray) -> dict:
+def _figures(
+    scores: np.ndarray, threshold: float, y: np.ndarray, truth: np.ndarray | None, rows: np.ndarray
+) -> dict[str, Any]:
     kept = scores >= threshold
-    c = labels.confusion(y[rows] == 1, kept)
+    c: dict[str, Any] = dict(labels.confusion(y[rows] == 1, kept))
     c["sensitivity_95"] = wilson(c["tp"], c["tp"] + c["fn"])
     if truth is not None:
         c["truth"] = labels.confusion(truth[rows], kept)
     return c
 
 
-def _save(cfg: AdaptConfig, current: Artifact, net: networks.HitClassifier, chosen: str, spec,
-          judged: _Judged, version: str, regions: np.ndarray, losses: list[float], before: dict,
-          seconds: dict) -> Path:
+def _save(
+    cfg: AdaptConfig,
+    current: Artifact,
+    net: networks.HitClassifier,
+    chosen: str,
+    spec,
+    judged: _Judged,
+    version: str,
+    regions: np.ndarray,
+    losses: list[float],
+    before: dict,
+    seconds: dict,
+) -> Path:
     threshold, scores, after = judged.threshold, judged.scores, judged.figures
     net = net.cpu().eval()
     scripted = torch.jit.freeze(torch.jit.script(net))
     prof = stream_profile.profile(stream_profile.frame_statistics(regions, scores, threshold, spec))
     info = artifact.ModelInfo(
-        version=version, architecture=current.info.architecture, detector=spec.detector,
-        raw_shape=spec.raw_shape, roi_shape=spec.roi_shape, adu_per_photon=spec.adu_per_photon,
-        threshold=threshold, profile=prof.to_dict(),
-        training={"adapted_from": current.info.version, "candidate": chosen,
-                  "runs": [str(p) for p in cfg.sources],
-                  "frames": len(regions), "labels": f"peakfinder8 >= {cfg.min_peaks} peaks, every frame",
-                  "threshold_calibration": {"target_sensitivity": cfg.target_sensitivity,
-                                            "on": "the window's calibration part"},
-                  "recipe": {"name": "adapt", **dataclasses.asdict(cfg.recipe), "seed": cfg.seed},
-                  "peakfinder8": dataclasses.asdict(PeakFinderParams.for_gain(spec.adu_per_photon)),
-                  "loss_per_epoch": losses, "seconds": seconds},
-        validation={"on": "the last 20 % of the window", "before": before, "min_peaks": after})
+        version=version,
+        architecture=current.info.architecture,
+        detector=spec.detector,
+        raw_shape=spec.raw_shape,
+        roi_shape=spec.roi_shape,
+        adu_per_photon=spec.adu_per_photon,
+        threshold=threshold,
+        profile=prof.to_dict(),
+        training={
+            "adapted_from": current.info.version,
+            "candidate": chosen,
+            "runs": [str(p) for p in cfg.sources],
+            "frames": len(regions),
+            "labels": f"peakfinder8 >= {cfg.min_peaks} peaks, every frame",
+            "threshold_calibration": {
+                "target_sensitivity": cfg.target_sensitivity,
+                "on": "the window's calibration part",
+            },
+            "recipe": {"name": "adapt", **dataclasses.asdict(cfg.recipe), "seed": cfg.seed},
+            "peakfinder8": dataclasses.asdict(PeakFinderParams.for_gain(spec.adu_per_photon)),
+            "loss_per_epoch": losses,
+            "seconds": seconds,
+        },
+        validation={"on": "the last 20 % of the window", "before": before, "min_peaks": after},
+    )
     return artifact.save(cfg.out, scripted, info, spec.roi_index)

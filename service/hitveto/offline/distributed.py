@@ -46,6 +46,6 @@ def start() -> tuple[int, int]:
     """Join torchrun's process group when launched by it (gloo on CPU, nccl on GPU); (rank, world)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
         if torch.cuda.is_available():
-            torch.cuda.setdevice(device())
+            torch.cuda.set_device(device())
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return rank_and_world()

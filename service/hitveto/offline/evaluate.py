@@ -15,24 +15,28 @@ from pathlib import Path
 import numpy as np
 
 from hitveto.models import artifact
-
 from hitveto.offline import labels
 
-KINDS = ("clean miss", "ice miss", "strong hit", "weak hit", "multiple hit")   # sim FrameKind order
+KINDS = ("clean miss", "ice miss", "strong hit", "weak hit", "multiple hit")  # sim FrameKind order
 
 
-def evaluate_runs(artifact_path: Path, runs: tuple[Path, ...], *, min_peaks: int = labels.MIN_PEAKS_FOR_HIT,
-                  out_dir: Path | None = None) -> str:
+def evaluate_runs(
+    artifact_path: Path,
+    runs: tuple[Path, ...],
+    *,
+    min_peaks: int = labels.MIN_PEAKS_FOR_HIT,
+    out_dir: Path | None = None,
+) -> str:
     """The report as text; with out_dir, also `evaluation.json` and `evaluation.png` there."""
-    from hitveto.models.engine import Engine  # torch and psana only when evaluating
     from hitveto.io.peaks import PeakFinderParams
+    from hitveto.models.engine import Engine  # torch and psana only when evaluating
     from hitveto.offline.datasets import load_runs
 
     art = artifact.read(artifact_path)
     params = PeakFinderParams(**art.info.training.get("peakfinder8", {}))
     data = load_runs(runs, art.spec, params)
     engine = Engine(art, device="cpu", max_batch=64)
-    scores = engine.score(data.regions)
+    scores = engine.score(list(data.regions))  # views, no copy
     result = summarise(scores, data, art.info.threshold, min_peaks)
     text = report(result, art.info.version, art.info.threshold, min_peaks)
     if out_dir is not None:
@@ -48,18 +52,26 @@ def summarise(scores: np.ndarray, data, threshold: float, min_peaks: int) -> dic
     q = labels.quartile_labels(data.peaks)
     used = q != labels.UNUSED
     every = labels.min_peak_labels(data.peaks, min_peaks).astype(bool)
-    result = {"frames": int(len(scores)), "kept_fraction": float(kept.mean()),
-              "quartile": labels.confusion(q[used] == labels.HIT, kept[used]),
-              "min_peaks": labels.confusion(every, kept),
-              "peakfinder8_min_peaks_vs_quartile": labels.confusion(q[used] == labels.HIT, every[used])}
+    result = {
+        "frames": int(len(scores)),
+        "kept_fraction": float(kept.mean()),
+        "quartile": labels.confusion(q[used] == labels.HIT, kept[used]),
+        "min_peaks": labels.confusion(every, kept),
+        "peakfinder8_min_peaks_vs_quartile": labels.confusion(q[used] == labels.HIT, every[used]),
+    }
     if (data.n_crystals >= 0).all():
         truth = labels.truth_labels(data.n_crystals).astype(bool)
         result["truth"] = labels.confusion(truth, kept)
         result["peakfinder8_truth"] = labels.confusion(truth, every)
-        result["by_kind"] = {KINDS[k]: {"frames": int((data.kinds == k).sum()),
-                                        "kept_by_model": float(kept[data.kinds == k].mean()),
-                                        "kept_by_peakfinder8": float(every[data.kinds == k].mean())}
-                             for k in range(len(KINDS)) if (data.kinds == k).any()}
+        result["by_kind"] = {
+            KINDS[k]: {
+                "frames": int((data.kinds == k).sum()),
+                "kept_by_model": float(kept[data.kinds == k].mean()),
+                "kept_by_peakfinder8": float(every[data.kinds == k].mean()),
+            }
+            for k in range(len(KINDS))
+            if (data.kinds == k).any()
+        }
     if (data.strong_spots >= 0).all():
         visible = labels.visible_labels(data.strong_spots, min_peaks).astype(bool)
         result["visible"] = labels.confusion(visible, kept)
@@ -68,25 +80,43 @@ def summarise(scores: np.ndarray, data, threshold: float, min_peaks: int) -> dic
 
 
 def report(r: dict, version: str, threshold: float, min_peaks: int) -> str:
-    lines = [f"model {version}, threshold {threshold:.4f}, {r['frames']} frames; "
-             f"kept {100 * r['kept_fraction']:.1f}% (data reduction {100 * (1 - r['kept_fraction']):.1f}%)", "",
-             labels.study_table(r["quartile"], "Quartile protocol (the study's)"), "",
-             labels.study_table(r["min_peaks"], f"Every frame, peakfinder8 >= {min_peaks} peaks = hit")]
+    lines = [
+        f"model {version}, threshold {threshold:.4f}, {r['frames']} frames; "
+        f"kept {100 * r['kept_fraction']:.1f}% (data reduction {100 * (1 - r['kept_fraction']):.1f}%)",
+        "",
+        labels.study_table(r["quartile"], "Quartile protocol (the study's)"),
+        "",
+        labels.study_table(r["min_peaks"], f"Every frame, peakfinder8 >= {min_peaks} peaks = hit"),
+    ]
     if "truth" in r:
-        lines += ["", labels.study_table(r["truth"], "Every frame vs simulator truth (a crystal = hit)"), "",
-                  labels.study_table(r["peakfinder8_truth"], f"peakfinder8 (>= {min_peaks} peaks) vs truth"),
-                  "", "kind             frames   kept by model   kept by peakfinder8"]
-        lines += [f"{kind:15s} {v['frames']:7d}   {100 * v['kept_by_model']:12.1f}%   "
-                  f"{100 * v['kept_by_peakfinder8']:18.1f}%" for kind, v in r["by_kind"].items()]
+        lines += [
+            "",
+            labels.study_table(r["truth"], "Every frame vs simulator truth (a crystal = hit)"),
+            "",
+            labels.study_table(r["peakfinder8_truth"], f"peakfinder8 (>= {min_peaks} peaks) vs truth"),
+            "",
+            "kind             frames   kept by model   kept by peakfinder8",
+        ]
+        lines += [
+            f"{kind:15s} {v['frames']:7d}   {100 * v['kept_by_model']:12.1f}%   "
+            f"{100 * v['kept_by_peakfinder8']:18.1f}%"
+            for kind, v in r["by_kind"].items()
+        ]
     if "visible" in r:
-        lines += ["", labels.study_table(r["visible"], f"Every frame vs truth (>= {min_peaks} strong spots = hit)"),
-                  "", labels.study_table(r["peakfinder8_visible"],
-                                         f"peakfinder8 (>= {min_peaks} peaks) vs the same truth")]
+        lines += [
+            "",
+            labels.study_table(r["visible"], f"Every frame vs truth (>= {min_peaks} strong spots = hit)"),
+            "",
+            labels.study_table(
+                r["peakfinder8_visible"], f"peakfinder8 (>= {min_peaks} peaks) vs the same truth"
+            ),
+        ]
     return "\n".join(lines)
 
 
 def plot(scores: np.ndarray, data, min_peaks: int, threshold: float, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -97,8 +127,13 @@ def plot(scores: np.ndarray, data, min_peaks: int, threshold: float, path: Path)
         fpr, tpr, precision = _curves(s, truth)
         roc.plot(fpr, tpr, label=name)
         pr.plot(tpr, precision, label=name)
-    roc.set(xlabel="false positive rate (misses kept)", ylabel="sensitivity (hits kept)", title="ROC",
-            xscale="log", xlim=(1e-4, 1))
+    roc.set(
+        xlabel="false positive rate (misses kept)",
+        ylabel="sensitivity (hits kept)",
+        title="ROC",
+        xscale="log",
+        xlim=(1e-4, 1),
+    )
     pr.set(xlabel="recall (sensitivity)", ylabel="precision", title="precision-recall")
     bins = np.linspace(0, 1, 51)
     hist.hist(scores[truth], bins, alpha=0.6, label="hits")
@@ -115,11 +150,14 @@ def plot(scores: np.ndarray, data, min_peaks: int, threshold: float, path: Path)
 def _reference(data, min_peaks: int) -> tuple[np.ndarray, str]:
     """What the curves count as a hit: the simulator's strong spots when the runs have them."""
     if (data.strong_spots >= 0).all():
-        return labels.visible_labels(data.strong_spots, min_peaks).astype(bool), \
-            f"simulator truth, >= {min_peaks} strong spots = hit"
+        return labels.visible_labels(data.strong_spots, min_peaks).astype(
+            bool
+        ), f"simulator truth, >= {min_peaks} strong spots = hit"
     if (data.n_crystals >= 0).all():
         return labels.truth_labels(data.n_crystals).astype(bool), "simulator truth, a crystal = hit"
-    return labels.min_peak_labels(data.peaks, min_peaks).astype(bool), f"peakfinder8 >= {min_peaks} peaks = hit"
+    return labels.min_peak_labels(data.peaks, min_peaks).astype(
+        bool
+    ), f"peakfinder8 >= {min_peaks} peaks = hit"
 
 
 def _curves(scores: np.ndarray, truth: np.ndarray):

@@ -1,11 +1,13 @@
-"""Labels from peak counts (the study's quartile protocol, every frame by a floor) and from simulator truth."""
+"""Labels from peak counts (the study's quartile protocol, every frame by a floor) and from simulator
+truth."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from hitveto.io.peaks import MIN_PEAKS_FOR_HIT as MIN_PEAKS_FOR_HIT  # the hit floor, re-exported
+
 HIT, MISS, UNUSED = 1, 0, -1
-MIN_PEAKS_FOR_HIT = 10  # peakfinder8 as a hit finder: Cheetah/OM's usual "min peaks" floor
 
 
 def quartile_labels(peak_counts: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -20,7 +22,7 @@ def quartile_labels(peak_counts: np.ndarray, seed: int = 0) -> np.ndarray:
     labels = np.full(n, UNUSED, dtype=np.int8)
     quarter = n // 4
     labels[order[:quarter]] = MISS
-    labels[order[n - quarter:]] = HIT
+    labels[order[n - quarter :]] = HIT
     return labels
 
 
@@ -62,9 +64,14 @@ def confusion(actual: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
     actual, predicted = np.asarray(actual, bool), np.asarray(predicted, bool)
     tp, fn = int((actual & predicted).sum()), int((actual & ~predicted).sum())
     fp, tn = int((~actual & predicted).sum()), int((~actual & ~predicted).sum())
-    return {"tp": tp, "fn": fn, "fp": fp, "tn": tn,
-            "sensitivity": tp / (tp + fn) if tp + fn else float("nan"),
-            "specificity": tn / (tn + fp) if tn + fp else float("nan")}
+    return {
+        "tp": tp,
+        "fn": fn,
+        "fp": fp,
+        "tn": tn,
+        "sensitivity": tp / (tp + fn) if tp + fn else float("nan"),
+        "specificity": tn / (tn + fp) if tn + fp else float("nan"),
+    }
 
 
 def balanced_accuracy(c: dict[str, float]) -> float:
@@ -75,23 +82,28 @@ def balanced_accuracy(c: dict[str, float]) -> float:
 def study_table(c: dict[str, float], title: str) -> str:
     """The confusion matrix in the study's layout: fractions of all frames, actual x prediction."""
     n = max(1, c["tp"] + c["fn"] + c["fp"] + c["tn"])
-    return "\n".join([
-        f"{title}",
-        "                Prediction",
-        "Actual          Hit       Miss",
-        f"   Hit      {c['tp'] / n:8.5f}   {c['fn'] / n:8.5f}",
-        f"   Miss     {c['fp'] / n:8.5f}   {c['tn'] / n:8.5f}",
-        f"Sensitivity: {c['sensitivity']:.5f}  Specificity: {c['specificity']:.5f}  (n = {n})",
-    ])
+    return "\n".join(
+        [
+            f"{title}",
+            "                Prediction",
+            "Actual          Hit       Miss",
+            f"   Hit      {c['tp'] / n:8.5f}   {c['fn'] / n:8.5f}",
+            f"   Miss     {c['fp'] / n:8.5f}   {c['tn'] / n:8.5f}",
+            f"Sensitivity: {c['sensitivity']:.5f}  Specificity: {c['specificity']:.5f}  (n = {n})",
+        ]
+    )
 
 
-PROTOCOLS = {"quartile": "peakfinder8 quartiles (study)",
-             "min-peaks": "peakfinder8 >= {n} peaks, every frame",
-             "truth": "simulator truth: >= {n} strong spots, every frame"}
+PROTOCOLS = {
+    "quartile": "peakfinder8 quartiles (study)",
+    "min-peaks": "peakfinder8 >= {n} peaks, every frame",
+    "truth": "simulator truth: >= {n} strong spots, every frame",
+}
 
 
-def by_protocol(protocol: str, peaks: np.ndarray, strong_spots: np.ndarray, *, min_peaks: int,
-                seed: int) -> np.ndarray:
+def by_protocol(
+    protocol: str, peaks: np.ndarray, strong_spots: np.ndarray, *, min_peaks: int, seed: int
+) -> np.ndarray:
     """Labels by one of the PROTOCOLS (UNUSED for frames it leaves out)."""
     if protocol == "quartile":
         return quartile_labels(peaks, seed)

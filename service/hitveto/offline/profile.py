@@ -19,8 +19,13 @@ def profile_runs(art: Artifact, runs: tuple[Path, ...]) -> Profile:
     engine = Engine(art, device="cpu", max_batch=64)
     stats = []
     for path in runs:
-        events = tqdm(sources.events(path), desc=f"profile {Path(path).name}", unit="frame",
-                      mininterval=1.0, leave=False)
+        events = tqdm(
+            sources.events(path),
+            desc=f"profile {Path(path).name}",
+            unit="frame",
+            mininterval=1.0,
+            leave=False,
+        )
         regions = [region(ev.image, art.spec) for ev in events]
         stats.append(frame_statistics(regions, engine.score(regions), art.info.threshold, art.spec))
     return profile(np.concatenate(stats))

@@ -9,13 +9,13 @@ from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
 
+from hitveto.io import sources, xtc2
+from hitveto.offline.reprocess import Row, write_verdicts
+from hitveto.serving.launcher import DaemonProcess, start_daemon
 from hitveto_client.cxi import CxiWriter
 from hitveto_client.hitwriter import Frame, Summary, stream
-from hitveto_client.veto import Decision, VetoClient
-from hitveto.io import sources, xtc2
-from hitveto.serving.launcher import DaemonProcess, start_daemon
 from hitveto_client.protocol import EventKey
-from hitveto.offline.reprocess import Row, write_verdicts
+from hitveto_client.veto import Decision, VetoClient
 
 log = logging.getLogger("hitveto.replay")
 
@@ -29,40 +29,49 @@ def frames_of(paths: list[Path], *, detector: str = "cspad", limit: int | None =
             yield _frame(ev, ev.run or sidecar_run, detector)
 
 
-def live_frames(tag: str, *, detector: str = "cspad", runs: int | None = None,
-                limit: int | None = None) -> Iterator[Frame]:
+def live_frames(
+    tag: str, *, detector: str = "cspad", runs: int | None = None, limit: int | None = None
+) -> Iterator[Frame]:
     """Frames from psana's shared-memory live mode under `tag`; see `xtc2.read_live`.
 
     psana may skip events when this reader falls behind: the gaps in the pulse ids are logged.
     """
-    seen, first, last = 0, None, None
+    seen, first, last = 0, None, None  # pulse ids: int once a frame came
     try:
         for ev in islice(xtc2.read_live(tag, detector=detector, runs=runs), limit):
             seen, last = seen + 1, ev.pulse_id
             first = ev.pulse_id if first is None else first
             yield _frame(ev, ev.run, detector)
     finally:
-        skipped = (last - first + 1 - seen) if seen else 0
+        skipped = (last - first + 1 - seen) if first is not None and last is not None else 0
         log.info("live mode: %d frames read, %d pulses skipped by psana's monitor", seen, skipped)
 
 
-def replay(frames: Iterable[Frame], *, frames_endpoint: str, verdicts_endpoint: str,
-           out_dir: Path | None = None, rate_hz: float = 0.0, deadline_ms: float = 1000.0,
-           verdict_log: Path | None = None) -> Summary:
+def replay(
+    frames: Iterable[Frame],
+    *,
+    frames_endpoint: str,
+    verdicts_endpoint: str,
+    out_dir: Path | None = None,
+    rate_hz: float = 0.0,
+    deadline_ms: float = 1000.0,
+    verdict_log: Path | None = None,
+) -> Summary:
     """Stream the frames through the daemon; kept frames go to CXI files under out_dir (if given),
     every verdict to the `verdict_log` CSV (if given)."""
     rows: list[Row] = []
 
     def log_verdict(d: Decision) -> None:
         v = d.verdict
-        rows.append(Row(d.key.pulse_id, d.key.timestamp, v.score if v else float("nan"),
-                        bool(v and v.hit)))
+        rows.append(Row(d.key.pulse_id, d.key.timestamp, v.score if v else float("nan"), bool(v and v.hit)))
+
     with VetoClient(frames_endpoint, verdicts_endpoint, deadline_ms=deadline_ms) as veto:
         veto.wait_subscribed()
         writer = CxiWriter(Path(out_dir) / "hits") if out_dir else None
         try:
-            summary = stream(frames, veto, writer, rate_hz=rate_hz,
-                             on_decision=log_verdict if verdict_log else None)
+            summary = stream(
+                frames, veto, writer, rate_hz=rate_hz, on_decision=log_verdict if verdict_log else None
+            )
         finally:
             if writer is not None:
                 writer.close()
@@ -75,8 +84,9 @@ def replay(frames: Iterable[Frame], *, frames_endpoint: str, verdicts_endpoint: 
 def private_daemon(model: Path, log_path: Path | None = None) -> Iterator[DaemonProcess]:
     """A daemon of our own on loopback serving `model` on CPU, one frame per batch: a frame's
     score then depends on the frame and the model only, so every replay gives the same verdicts."""
-    daemon = start_daemon("model.device=cpu", "batch.max_batch=1", "model.threads=1",
-                          artifact=model, log_path=log_path)
+    daemon = start_daemon(
+        "model.device=cpu", "batch.max_batch=1", "model.threads=1", artifact=model, log_path=log_path
+    )
     try:
         yield daemon
     finally:

@@ -19,10 +19,10 @@ import csv
 from dataclasses import astuple, dataclass
 from pathlib import Path
 
-from hitveto_client.cxi import CxiWriter
-from hitveto.models import artifact as artifacts
 from hitveto.io.psana_import import import_psana
 from hitveto.io.xtc2 import read_experiment_run
+from hitveto.models import artifact as artifacts
+from hitveto_client.cxi import CxiWriter
 
 FIELDS = ("pulse_id", "timestamp", "score", "hit")
 
@@ -35,8 +35,16 @@ class Row:
     hit: bool
 
 
-def reprocess(directory: Path, *, experiment: str, run: int, out: Path, model: Path | None = None,
-              detector: str = "cspad", batch_size: int = 10) -> Path | None:
+def reprocess(
+    directory: Path,
+    *,
+    experiment: str,
+    run: int,
+    out: Path,
+    model: Path | None = None,
+    detector: str = "cspad",
+    batch_size: int = 10,
+) -> Path | None:
     """Judge every event of the run; returns the verdict file on rank 0 (None on the others)."""
     from hitveto.models.engine import Engine
     from hitveto.models.preprocess import region
@@ -47,19 +55,28 @@ def reprocess(directory: Path, *, experiment: str, run: int, out: Path, model: P
     out = Path(out)
     rows: list[Row] = []
     writer: CxiWriter | None = None
-    for ev in read_experiment_run(directory, experiment=experiment, run=run, detector=detector,
-                                  batch_size=batch_size):
+    for ev in read_experiment_run(
+        directory, experiment=experiment, run=run, detector=detector, batch_size=batch_size
+    ):
         score = float(engine.infer([region(ev.image, loaded.spec)])[0])
         rows.append(Row(ev.pulse_id, ev.timestamp, score, score >= loaded.info.threshold))
         if rows[-1].hit:
             writer = writer or CxiWriter(out / f"hits-r{run:04d}-rank{comm.Get_rank():03d}")
-            if not writer.write(ev.image, run=run, pulse_id=ev.pulse_id, timestamp=ev.timestamp,
-                                score=score, keep_reason="model", model_version=loaded.info.version,
-                                threshold=loaded.info.threshold, truth=ev.truth):
+            if not writer.write(
+                ev.image,
+                run=run,
+                pulse_id=ev.pulse_id,
+                timestamp=ev.timestamp,
+                score=score,
+                keep_reason="model",
+                model_version=loaded.info.version,
+                threshold=loaded.info.threshold,
+                truth=ev.truth,
+            ):
                 raise OSError(f"hit {ev.pulse_id} of run {run} not written ({writer.error})")
     if writer is not None:
         writer.close()
-    gathered = comm.gather(rows, root=0)              # every rank calls it: collective
+    gathered = comm.gather(rows, root=0)  # every rank calls it: collective
     if comm.Get_rank() != 0:
         return None
     return write_verdicts(out / f"verdicts-r{run:04d}.csv", [r for part in gathered for r in part])
@@ -72,11 +89,13 @@ def write_verdicts(path: Path, rows: list[Row]) -> Path:
         w.writerow(FIELDS)
         for row in sorted(rows, key=lambda r: r.timestamp):
             pulse_id, timestamp, score, hit = astuple(row)
-            w.writerow([pulse_id, timestamp, repr(score), int(hit)])   # repr: every bit of the score
+            w.writerow([pulse_id, timestamp, repr(score), int(hit)])  # repr: every bit of the score
     return path
 
 
 def read_verdicts(path: Path) -> list[Row]:
     with open(path, newline="") as f:
-        return [Row(int(r["pulse_id"]), int(r["timestamp"]), float(r["score"]), r["hit"] == "1")
-                for r in csv.DictReader(f)]
+        return [
+            Row(int(r["pulse_id"]), int(r["timestamp"]), float(r["score"]), r["hit"] == "1")
+            for r in csv.DictReader(f)
+        ]

@@ -44,7 +44,7 @@ class Recipe:
     momentum: float = 0.0
     batch_size: int = 100
     epochs: int = 3
-    augment: bool = False   # fresh hot and dead pixels per sample (see augment())
+    augment: bool = False  # fresh hot and dead pixels per sample (see augment())
     gain_range: float = 1.0  # and each sample's ADU scaled by a factor in [1/g, 1] (see augment())
 
     def __post_init__(self) -> None:
@@ -59,10 +59,9 @@ RECIPES = {
     "fast": Recipe(optimiser="adamw", lr=0.003, batch_size=64, epochs=8, augment=True),
     # fast, and gains down to 1/8 of the runs': a detector in a lower gain mode (CSPAD low gain:
     # 1/6.9) looks like these, so the model need not be told the gain
-    "fast-gain": Recipe(optimiser="adamw", lr=0.003, batch_size=64, epochs=8, augment=True,
-                        gain_range=8.0),
+    "fast-gain": Recipe(optimiser="adamw", lr=0.003, batch_size=64, epochs=8, augment=True, gain_range=8.0),
 }
-HOT_PIXELS_PER_FRAME = 40        # ~3e-4 of a 350x350 region: more than a CSPAD's, on purpose
+HOT_PIXELS_PER_FRAME = 40  # ~3e-4 of a 350x350 region: more than a CSPAD's, on purpose
 HOT_PIXEL_MEAN_ADU = 2000.0
 
 
@@ -74,19 +73,26 @@ class TrainConfig:
     architecture: str = "seed"
     recipe: Recipe = RECIPES["seed"]
     recipe_name: str = "seed"
-    protocol: Literal["quartile", "min-peaks", "truth"] = "quartile"   # labels.PROTOCOLS
-    min_peaks: int = labels.MIN_PEAKS_FOR_HIT   # min-peaks / truth: a hit's peaks / strong spots
-    threshold: float = 0.5             # used when target_sensitivity is None
-    target_sensitivity: float | None = None   # calibrate the threshold on the validation runs
+    protocol: Literal["quartile", "min-peaks", "truth"] = "quartile"  # labels.PROTOCOLS
+    min_peaks: int = labels.MIN_PEAKS_FOR_HIT  # min-peaks / truth: a hit's peaks / strong spots
+    threshold: float = 0.5  # used when target_sensitivity is None
+    target_sensitivity: float | None = None  # calibrate the threshold on the validation runs
     seed: int = 0
     limit_per_run: int | None = None
     roi_size: int = 350
-    adu_per_photon: float = 0.0        # 0 = from the runs' sidecar (simulator), else required
+    adu_per_photon: float = 0.0  # 0 = from the runs' sidecar (simulator), else required
     peaks: PeakFinderParams = field(default_factory=PeakFinderParams)
 
 
-def fit(net: networks.HitClassifier, x: np.ndarray, y: np.ndarray, recipe: Recipe, *, seed: int,
-        rows: np.ndarray | None = None) -> list[float]:
+def fit(
+    net: networks.HitClassifier,
+    x: np.ndarray,
+    y: np.ndarray,
+    recipe: Recipe,
+    *,
+    seed: int,
+    rows: np.ndarray | None = None,
+) -> list[float]:
     """Minimise binary cross-entropy with the recipe; returns the mean loss per epoch.
 
     Trains on x[rows] (default: all of x) with labels y (one per row); x may be memory-mapped.
@@ -99,8 +105,11 @@ def fit(net: networks.HitClassifier, x: np.ndarray, y: np.ndarray, recipe: Recip
     rank, world = distributed.rank_and_world()
     distributed.sync_parameters(net)
     r = recipe
-    optimiser = (torch.optim.SGD(net.parameters(), lr=r.lr, momentum=r.momentum)
-                 if r.optimiser == "sgd" else torch.optim.AdamW(net.parameters(), lr=r.lr))
+    optimiser = (
+        torch.optim.SGD(net.parameters(), lr=r.lr, momentum=r.momentum)
+        if r.optimiser == "sgd"
+        else torch.optim.AdamW(net.parameters(), lr=r.lr)
+    )
     loss_fn = torch.nn.BCEWithLogitsLoss()
     rng = np.random.default_rng(seed)
     rows = np.arange(len(x)) if rows is None else rows
@@ -108,10 +117,15 @@ def fit(net: networks.HitClassifier, x: np.ndarray, y: np.ndarray, recipe: Recip
     net.train()
     for epoch in range(r.epochs):
         order, total = rng.permutation(len(rows)), 0.0
-        bar = tqdm(range(0, len(rows), r.batch_size), desc=f"epoch {epoch + 1}/{r.epochs}",
-                   unit="batch", leave=False, mininterval=1.0)
+        bar = tqdm(
+            range(0, len(rows), r.batch_size),
+            desc=f"epoch {epoch + 1}/{r.epochs}",
+            unit="batch",
+            leave=False,
+            mininterval=1.0,
+        )
         for start in bar:
-            idx = order[start:start + r.batch_size]
+            idx = order[start : start + r.batch_size]
             # Every process augments the whole batch (the random stream stays the one process's)
             # and keeps its share: with equal shares the averaged gradient is the whole batch's.
             whole = x[rows[idx]]
@@ -119,8 +133,9 @@ def fit(net: networks.HitClassifier, x: np.ndarray, y: np.ndarray, recipe: Recip
             idx = idx[rank::world]
             optimiser.zero_grad()
             device = next(net.parameters()).device
-            loss = loss_fn(net.logits(torch.from_numpy(batch).to(device)),
-                           torch.from_numpy(y[idx]).float().to(device))
+            loss = loss_fn(
+                net.logits(torch.from_numpy(batch).to(device)), torch.from_numpy(y[idx]).float().to(device)
+            )
             loss.backward()
             distributed.average_gradients(net, world)
             optimiser.step()
@@ -152,15 +167,20 @@ def augment(regions: np.ndarray, rng: np.random.Generator, gain_range: float = 1
     return out
 
 
-def predict(net: torch.nn.Module, x: np.ndarray, rows: np.ndarray | None = None,
-            batch: int = 128) -> np.ndarray:
+def predict(
+    net: torch.nn.Module, x: np.ndarray, rows: np.ndarray | None = None, batch: int = 128
+) -> np.ndarray:
     """P(hit) for each region of x[rows] (default: all of x; x may be memory-mapped)."""
     net.eval()
     device = next(net.parameters()).device
     rows = np.arange(len(x)) if rows is None else rows
     with torch.inference_mode():
-        return np.concatenate([net(torch.from_numpy(np.array(x[rows[i:i + batch]])).to(device)).cpu().numpy()
-                               for i in range(0, len(rows), batch)])
+        return np.concatenate(
+            [
+                net(torch.from_numpy(np.array(x[rows[i : i + batch]])).to(device)).cpu().numpy()
+                for i in range(0, len(rows), batch)
+            ]
+        )
 
 
 def train(cfg: TrainConfig) -> tuple[Path | None, str]:
@@ -181,8 +201,8 @@ class _Fitted:
     spec: InputSpec
     train_data: LabelledFrames
     val_data: LabelledFrames
-    labelled: np.ndarray      # training rows the protocol labels
-    y: np.ndarray             # their labels
+    labelled: np.ndarray  # training rows the protocol labels
+    y: np.ndarray  # their labels
     losses: list[float]
     world: int
     seconds: dict[str, float]
@@ -193,7 +213,7 @@ def _train(cfg: TrainConfig, spill: Path) -> tuple[Path | None, str]:
     rank, world = distributed.start()
     spec = input_spec(cfg.roi_size, cfg.adu_per_photon or adu_from_runs(cfg.train_runs))
     if rank > 0:
-        torch.distributed.barrier()      # rank 0 labels first and caches the peak counts
+        torch.distributed.barrier()  # rank 0 labels first and caches the peak counts
     train_data = load_runs(cfg.train_runs, spec, cfg.peaks, cfg.limit_per_run, spill)
     val_data = load_runs(cfg.val_runs, spec, cfg.peaks, cfg.limit_per_run, spill)
     if rank == 0 and world > 1:
@@ -207,14 +227,26 @@ def _train(cfg: TrainConfig, spill: Path) -> tuple[Path | None, str]:
     if rank > 0:
         return None, f"rank {rank} of {world}: trained; rank 0 validates and writes the artifact"
     seconds = {"data_and_labels": round(t_data, 1), "fit": round(time.monotonic() - t0 - t_data, 1)}
-    return _validate_and_save(cfg, _Fitted(net=net, spec=spec, train_data=train_data, val_data=val_data,
-                                           labelled=labelled, y=y, losses=losses, world=world,
-                                           seconds=seconds))
+    return _validate_and_save(
+        cfg,
+        _Fitted(
+            net=net,
+            spec=spec,
+            train_data=train_data,
+            val_data=val_data,
+            labelled=labelled,
+            y=y,
+            losses=losses,
+            world=world,
+            seconds=seconds,
+        ),
+    )
 
 
 def _labels(data: LabelledFrames, cfg: TrainConfig) -> np.ndarray:
-    return labels.by_protocol(cfg.protocol, data.peaks, data.strong_spots, min_peaks=cfg.min_peaks,
-                              seed=cfg.seed)
+    return labels.by_protocol(
+        cfg.protocol, data.peaks, data.strong_spots, min_peaks=cfg.min_peaks, seed=cfg.seed
+    )
 
 
 def _validate_and_save(cfg: TrainConfig, f: _Fitted) -> tuple[Path, str]:
@@ -223,50 +255,83 @@ def _validate_and_save(cfg: TrainConfig, f: _Fitted) -> tuple[Path, str]:
     if cfg.target_sensitivity is not None:
         v = _labels(f.val_data, cfg)
         used = v != labels.UNUSED
-        threshold = labels.calibrate_threshold(val_scores[used], v[used] == labels.HIT,
-                                               cfg.target_sensitivity)
-        calibration = {"target_sensitivity": cfg.target_sensitivity, "on": "validation runs",
-                       "labels": cfg.protocol}
+        threshold = labels.calibrate_threshold(
+            val_scores[used], v[used] == labels.HIT, cfg.target_sensitivity
+        )
+        calibration = {
+            "target_sensitivity": cfg.target_sensitivity,
+            "on": "validation runs",
+            "labels": cfg.protocol,
+        }
     val = summarise(val_scores, f.val_data, threshold, cfg.min_peaks)
     train_scores = predict(f.net, f.train_data.regions)
     trn = labels.confusion(f.y == labels.HIT, train_scores[f.labelled] >= threshold)
-    prof = stream_profile.profile(stream_profile.frame_statistics(f.train_data.regions, train_scores,
-                                                                  threshold, f.spec))
-    net = f.net.cpu().eval()               # the artifact is device-neutral; the daemon places it
+    prof = stream_profile.profile(
+        stream_profile.frame_statistics(f.train_data.regions, train_scores, threshold, f.spec)
+    )
+    net = f.net.cpu().eval()  # the artifact is device-neutral; the daemon places it
     info = artifact.ModelInfo(
-        version=f"{cfg.architecture}-{networks.weights_digest(net)}", architecture=cfg.architecture,
-        detector=f.spec.detector, raw_shape=f.spec.raw_shape, roi_shape=f.spec.roi_shape,
-        adu_per_photon=f.spec.adu_per_photon, threshold=threshold,
+        version=f"{cfg.architecture}-{networks.weights_digest(net)}",
+        architecture=cfg.architecture,
+        detector=f.spec.detector,
+        raw_shape=f.spec.raw_shape,
+        roi_shape=f.spec.roi_shape,
+        adu_per_photon=f.spec.adu_per_photon,
+        threshold=threshold,
         training=_training_record(cfg, f, calibration),
-        validation={"runs": [str(p) for p in cfg.val_runs], **val}, profile=prof.to_dict())
+        validation={"runs": [str(p) for p in cfg.val_runs], **val},
+        profile=prof.to_dict(),
+    )
     path = artifact.save(cfg.out, torch.jit.freeze(torch.jit.script(net)), info, f.spec.roi_index)
     return path, _report(cfg, f, trn, val, threshold, bool(calibration), f"{path} ({info.version})")
 
 
 def _training_record(cfg: TrainConfig, f: _Fitted, calibration: dict[str, Any]) -> dict[str, Any]:
-    return {"runs": [str(p) for p in cfg.train_runs], "frames": int(len(f.train_data.peaks)),
-            "labelled_frames": int(len(f.y)),
-            "labels": labels.PROTOCOLS[cfg.protocol].format(n=cfg.min_peaks),
-            "threshold_calibration": calibration,
-            "recipe": {"name": cfg.recipe_name, **dataclasses.asdict(cfg.recipe), "seed": cfg.seed},
-            "processes": f.world, "loss_per_epoch": f.losses,
-            "peakfinder8": dataclasses.asdict(cfg.peaks), "seconds": f.seconds}
+    return {
+        "runs": [str(p) for p in cfg.train_runs],
+        "frames": int(len(f.train_data.peaks)),
+        "labelled_frames": int(len(f.y)),
+        "labels": labels.PROTOCOLS[cfg.protocol].format(n=cfg.min_peaks),
+        "threshold_calibration": calibration,
+        "recipe": {"name": cfg.recipe_name, **dataclasses.asdict(cfg.recipe), "seed": cfg.seed},
+        "processes": f.world,
+        "loss_per_epoch": f.losses,
+        "peakfinder8": dataclasses.asdict(cfg.peaks),
+        "seconds": f.seconds,
+    }
 
 
-def _report(cfg: TrainConfig, f: _Fitted, trn: dict[str, float], val: dict[str, Any], threshold: float,
-            calibrated: bool, written: str) -> str:
-    tables = [labels.study_table(trn, f"Training data ({cfg.protocol} protocol)"),
-              labels.study_table(val["quartile"], "Validation runs (quartile protocol)")]
+def _report(
+    cfg: TrainConfig,
+    f: _Fitted,
+    trn: dict[str, float],
+    val: dict[str, Any],
+    threshold: float,
+    calibrated: bool,
+    written: str,
+) -> str:
+    tables = [
+        labels.study_table(trn, f"Training data ({cfg.protocol} protocol)"),
+        labels.study_table(val["quartile"], "Validation runs (quartile protocol)"),
+    ]
     if cfg.protocol == "min-peaks":
         tables.append(labels.study_table(val["min_peaks"], "Validation runs (min-peaks protocol)"))
     if cfg.protocol == "truth":
-        tables.append(labels.study_table(
-            val["visible"], f"Validation runs, all frames vs truth (>= {cfg.min_peaks} strong spots)"))
+        tables.append(
+            labels.study_table(
+                val["visible"], f"Validation runs, all frames vs truth (>= {cfg.min_peaks} strong spots)"
+            )
+        )
     if "truth" in val:
         tables.append(labels.study_table(val["truth"], "Validation runs, all frames vs truth"))
     calibrated_for = f" (calibrated for sensitivity {cfg.target_sensitivity})" if calibrated else ""
     s = f.seconds
-    return "\n\n".join([
-        *tables, f"threshold {threshold:.4f}{calibrated_for}",
-        f"frames: {len(f.train_data.peaks)} train ({len(f.y)} labelled), {len(f.val_data.peaks)} validation;"
-        f" data+labels {s['data_and_labels']:.1f} s, fit {s['fit']:.1f} s; artifact {written}"])
+    return "\n\n".join(
+        [
+            *tables,
+            f"threshold {threshold:.4f}{calibrated_for}",
+            f"frames: {len(f.train_data.peaks)} train ({len(f.y)} labelled), "
+            f"{len(f.val_data.peaks)} validation;"
+            f" data+labels {s['data_and_labels']:.1f} s, fit {s['fit']:.1f} s; artifact {written}",
+        ]
+    )

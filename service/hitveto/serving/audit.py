@@ -23,7 +23,7 @@ _U64 = (1 << 64) - 1
 
 @dataclass(frozen=True, slots=True)
 class AuditSample:
-    fraction: float          # share of misses kept for audit, 0 = off
+    fraction: float  # share of misses kept for audit, 0 = off
     seed: int = 0
 
     def picks(self, key: EventKey) -> bool:
@@ -32,8 +32,7 @@ class AuditSample:
         # As unsigned 64-bit words: the same bytes as signed ids, and no id can make pack raise
         # (an id out of range once silenced the inference thread).
         words = (w & _U64 for w in (self.seed, key.run, key.pulse_id))
-        digest = hashlib.blake2b(struct.pack("<QQQ", *words) + key.detector.encode(),
-                                 digest_size=8).digest()
+        digest = hashlib.blake2b(struct.pack("<QQQ", *words) + key.detector.encode(), digest_size=8).digest()
         return int.from_bytes(digest, "little") / 2**64 < self.fraction
 
 
@@ -45,3 +44,6 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+NO_AUDIT = AuditSample(0.0)

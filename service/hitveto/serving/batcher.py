@@ -25,19 +25,31 @@ class Pending:
     region: np.ndarray
     sent_ns: int
     received_ns: int
-    arrived_s: float     # batcher clock at offer
+    arrived_s: float  # batcher clock at offer
 
     def kept(self, reason: Reason, *, model_version: str, threshold: float) -> Verdict:
         """The keep verdict for this frame when it is not judged (overload, shutdown, errors)."""
-        return Verdict.fail_open(self.key, reason, model_version=model_version, threshold=threshold,
-                                 sent_ns=self.sent_ns, received_ns=self.received_ns)
+        return Verdict.fail_open(
+            self.key,
+            reason,
+            model_version=model_version,
+            threshold=threshold,
+            sent_ns=self.sent_ns,
+            received_ns=self.received_ns,
+        )
 
 
 class Batcher:
     """Bounded FIFO feeding the inference thread; offer() never blocks."""
 
-    def __init__(self, *, max_batch: int, max_delay_ms: float, max_queue: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        max_batch: int,
+        max_delay_ms: float,
+        max_queue: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_batch = max_batch
         self.max_delay_s = max_delay_ms / 1000.0
         self.max_queue = max_queue

@@ -52,19 +52,29 @@ def handle(target: Controlled, raw: bytes) -> bytes:
         if not isinstance(params, Mapping):
             raise TypeError("params must be a map")
     except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
-        return msgpack.packb({"ok": False, "error": f"bad request: {type(exc).__name__}: {exc}"})
+        return _packed({"ok": False, "error": f"bad request: {type(exc).__name__}: {exc}"})
     try:
-        return msgpack.packb({"ok": True, "result": HANDLERS[command](target, params)})
+        return _packed({"ok": True, "result": HANDLERS[command](target, params)})
     except Exception as exc:  # a failed command must not take the control thread down
         log.warning("control %s failed: %s", command.value, exc)
-        return msgpack.packb({"ok": False, "error": str(exc)})
+        return _packed({"ok": False, "error": str(exc)})
+
+
+def _packed(reply: dict[str, Any]) -> bytes:
+    packed: bytes = msgpack.packb(reply)
+    return packed
 
 
 class ControlServer:
     """Serves the control socket from one thread until stop() is called."""
 
-    def __init__(self, sock: zmq.Socket, target: Controlled, *,
-                 on_crash: Callable[[str], None] = lambda name: None) -> None:
+    def __init__(
+        self,
+        sock: zmq.Socket[Any],
+        target: Controlled,
+        *,
+        on_crash: Callable[[str], None] = lambda name: None,
+    ) -> None:
         self._sock = sock
         self._target = target
         self._stop = threading.Event()
@@ -83,7 +93,7 @@ class ControlServer:
 
 def request(endpoint: str, command: str, timeout_s: float = 10.0, **params: Any) -> dict[str, Any]:
     """Send one control command and return the reply map; TimeoutError names endpoint and wait."""
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[Any] = zmq.Context.instance()
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     try:
@@ -91,6 +101,7 @@ def request(endpoint: str, command: str, timeout_s: float = 10.0, **params: Any)
         sock.send(msgpack.packb({"command": command, "params": params}))
         if not sock.poll(int(timeout_s * 1000), zmq.POLLIN):
             raise TimeoutError(f"no reply from control socket {endpoint} within {timeout_s} s")
-        return msgpack.unpackb(sock.recv())
+        reply: dict[str, Any] = msgpack.unpackb(sock.recv())
+        return reply
     finally:
         sock.close()

@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 from collections import deque
+from typing import Any
 
 import numpy as np
 
@@ -22,20 +23,29 @@ from hitveto.serving.metrics import Metrics
 from hitveto.serving.supervise import Supervised
 
 log = logging.getLogger(__name__)
-BURST = 32                      # frames measured back to back (a batch) before the rate applies
+BURST = 32  # frames measured back to back (a batch) before the rate applies
 
 
 class DriftMonitor:
     """Measures a sample of the live stream (at most sample_hz) in its own thread; PSI gauges."""
 
-    def __init__(self, *, prof: Profile, spec: InputSpec, threshold: float, metrics: Metrics,
-                 sample_hz: float, window: int, min_frames: int) -> None:
+    def __init__(
+        self,
+        *,
+        prof: Profile,
+        spec: InputSpec,
+        threshold: float,
+        metrics: Metrics,
+        sample_hz: float,
+        window: int,
+        min_frames: int,
+    ) -> None:
         self._metrics = metrics
         self._rate_hz = sample_hz
         self._tokens, self._last_s = float(BURST), time.monotonic()
         self._window = window
         self._min_frames = min_frames
-        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()  # frames, or a Profile to use
         self._waiting = threading.BoundedSemaphore(BURST)
         self.use(prof, spec, threshold)
         self.stop = threading.Event()
@@ -47,7 +57,7 @@ class DriftMonitor:
 
     def offer(self, region: np.ndarray, score: float, hit: bool) -> None:
         """Measure this frame if the sample rate allows and the thread keeps up; never blocks."""
-        now = time.monotonic()        # a token bucket: sample_hz on average, BURST at once
+        now = time.monotonic()  # a token bucket: sample_hz on average, BURST at once
         self._tokens = min(BURST, self._tokens + (now - self._last_s) * self._rate_hz)
         self._last_s = now
         if self._tokens < 1.0 or not self._waiting.acquire(blocking=False):
@@ -65,7 +75,8 @@ class DriftMonitor:
             if isinstance(item[0], Profile):
                 prof, spec, threshold = item
                 self._scoring = (prof, spec, threshold, np.flatnonzero(spec.roi_index.reshape(-1) >= 0))
-                self._rows, self._measured = deque(maxlen=self._window), 0
+                self._rows: deque[np.ndarray] = deque(maxlen=self._window)
+                self._measured = 0
                 self._metrics.drift_score.clear()
                 continue
             self._waiting.release()
@@ -73,10 +84,11 @@ class DriftMonitor:
 
     def _measure(self, region: np.ndarray, score: float) -> None:
         prof, spec, threshold, real = self._scoring
-        self._rows.append(statistics_row(region, score, threshold, real, spec.adu_per_photon,
-                                         prof.saturation_adu))
+        self._rows.append(
+            statistics_row(region, score, threshold, real, spec.adu_per_photon, prof.saturation_adu)
+        )
         self._measured += 1
-        if len(self._rows) >= self._min_frames and self._measured % 10 == 0:   # every 10th frame
+        if len(self._rows) >= self._min_frames and self._measured % 10 == 0:  # every 10th frame
             for name, value in drift_scores(prof, np.array(self._rows)).items():
                 self._metrics.drift_score.labels(name).set(value)
             self._metrics.drift_window.set(len(self._rows))

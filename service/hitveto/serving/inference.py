@@ -19,12 +19,12 @@ from typing import Protocol
 
 import numpy as np
 
-from hitveto.serving.audit import AuditSample
-from hitveto.serving.batcher import Batcher, Pending
 from hitveto.models.engine import Engine
+from hitveto.serving.audit import NO_AUDIT, AuditSample
+from hitveto.serving.batcher import Batcher, Pending
 from hitveto.serving.metrics import Metrics
-from hitveto_client.protocol import Reason, Verdict
 from hitveto.serving.supervise import Supervised
+from hitveto_client.protocol import Reason, Verdict
 
 log = logging.getLogger(__name__)
 TICK_S = 0.1
@@ -37,19 +37,27 @@ class Watcher(Protocol):
 
 
 class InferenceLoop:
-    def __init__(self, *, engine: Engine, batcher: Batcher, metrics: Metrics,
-                 publish: Callable[[Verdict], None], latency_budget_ms: float,
-                 audit: AuditSample = AuditSample(0.0), watchers: Sequence[Watcher] = (),
-                 name: str = "hitveto-infer") -> None:
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        batcher: Batcher,
+        metrics: Metrics,
+        publish: Callable[[Verdict], None],
+        latency_budget_ms: float,
+        audit: AuditSample = NO_AUDIT,
+        watchers: Sequence[Watcher] = (),
+        name: str = "hitveto-infer",
+    ) -> None:
         self.engine = engine
         self._next_engine: Engine | None = None
         self._batcher = batcher
         self._metrics = metrics
         self._publish = publish
         self._budget_s = latency_budget_ms / 1000.0
-        self.audit = audit                 # replaced whole by learn mode
+        self.audit = audit  # replaced whole by learn mode
         self._watchers = watchers
-        self.judged = 0                    # frames this loop's engines scored
+        self.judged = 0  # frames this loop's engines scored
         self.stop = threading.Event()
         self.thread = Supervised(name, self._run, on_crash=metrics.thread_crashed)
 
@@ -98,9 +106,11 @@ class InferenceLoop:
             self._keep_all(batch, Reason.MODEL_ERROR)
             return
         seconds = time.perf_counter() - t0
-        try:   # all verdicts made before any is out: a failure keeps the whole batch, once
-            verdicts = [self._verdict(p, score, engine, seconds * 1e3)
-                        for p, score in zip(batch, scores.tolist(), strict=True)]
+        try:  # all verdicts made before any is out: a failure keeps the whole batch, once
+            verdicts = [
+                self._verdict(p, score, engine, seconds * 1e3)
+                for p, score in zip(batch, scores.tolist(), strict=True)
+            ]
         except Exception:
             log.exception("verdicts for a batch of %d failed; kept", len(batch))
             self._metrics.internal_errors.labels("inference").inc()
@@ -111,27 +121,35 @@ class InferenceLoop:
         self._metrics.batch_size.observe(len(batch))
         for verdict in verdicts:
             self._publish(verdict)
-        for p, v in zip(batch, verdicts):   # after the whole batch's verdicts are out
+        for p, v in zip(batch, verdicts):  # after the whole batch's verdicts are out
             if v.reason is not Reason.BAD_SCORE:
                 self._watch(p.region, v.score, v.hit)
 
     def _verdict(self, p: Pending, score: float, engine: Engine, inference_ms: float) -> Verdict:
-        if not math.isfinite(score):
-            return Verdict(key=p.key, keep=True, hit=False, score=score, threshold=engine.threshold,
-                           model_version=engine.version, reason=Reason.BAD_SCORE,
-                           sent_ns=p.sent_ns, received_ns=p.received_ns, inference_ms=inference_ms)
-        hit = score >= engine.threshold
-        audited = not hit and self.audit.picks(p.key)
-        return Verdict(key=p.key, keep=hit or audited, hit=hit, score=score,
-                       threshold=engine.threshold, model_version=engine.version,
-                       reason=Reason.AUDIT if audited else Reason.MODEL,
-                       sent_ns=p.sent_ns, received_ns=p.received_ns, inference_ms=inference_ms)
+        if not math.isfinite(score):  # kept, and said why: a NaN must not read as a miss
+            hit, keep, reason = False, True, Reason.BAD_SCORE
+        else:
+            hit = score >= engine.threshold
+            audited = not hit and self.audit.picks(p.key)
+            keep, reason = hit or audited, Reason.AUDIT if audited else Reason.MODEL
+        return Verdict(
+            key=p.key,
+            keep=keep,
+            hit=hit,
+            score=score,
+            threshold=engine.threshold,
+            model_version=engine.version,
+            reason=reason,
+            sent_ns=p.sent_ns,
+            received_ns=p.received_ns,
+            inference_ms=inference_ms,
+        )
 
     def _watch(self, region: np.ndarray, score: float, hit: bool) -> None:
         for watcher in self._watchers:
             try:
                 watcher.offer(region, score, hit)
-            except Exception:     # a watcher's failure must not reach the verdicts
+            except Exception:  # a watcher's failure must not reach the verdicts
                 log.exception("watcher %s failed; the frame's verdict is out", type(watcher).__name__)
 
     def _keep_all(self, batch: list[Pending], reason: Reason) -> None:
@@ -139,5 +157,4 @@ class InferenceLoop:
             self._keep(p, reason)
 
     def _keep(self, p: Pending, reason: Reason) -> None:
-        self._publish(p.kept(reason, model_version=self.engine.version,
-                             threshold=self.engine.threshold))
+        self._publish(p.kept(reason, model_version=self.engine.version, threshold=self.engine.threshold))

@@ -12,29 +12,38 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any, cast
 
 import zmq
 
 from hitveto.models.artifact import Artifact
+from hitveto.models.preprocess import InputMismatch, masked_region
 from hitveto.serving.batcher import Batcher, Pending
 from hitveto.serving.metrics import Metrics
-from hitveto.models.preprocess import InputMismatch, masked_region
-from hitveto_client.protocol import ProtocolError, Reason, Verdict, decode_frame, peek_key
 from hitveto.serving.supervise import Supervised
+from hitveto_client.protocol import EventKey, ProtocolError, Reason, Verdict, decode_frame, peek_key
 
 log = logging.getLogger(__name__)
 POLL_MS = 50
 
 
 class IngestWorker:
-    def __init__(self, *, sock: zmq.Socket, batcher: Batcher, metrics: Metrics,
-                 publish: Callable[[Verdict], None], artifact: Callable[[], Artifact],
-                 draining: threading.Event, name: str) -> None:
+    def __init__(
+        self,
+        *,
+        sock: zmq.Socket[Any],
+        batcher: Batcher,
+        metrics: Metrics,
+        publish: Callable[[Verdict], None],
+        artifact: Callable[[], Artifact],
+        draining: threading.Event,
+        name: str,
+    ) -> None:
         self._sock = sock
         self._batcher = batcher
         self._metrics = metrics
         self._publish = publish
-        self._artifact = artifact           # the current model's artifact (changes on reload)
+        self._artifact = artifact  # the current model's artifact (changes on reload)
         self._draining = draining
         self.last_frame_s = time.monotonic()
         self.stop = threading.Event()
@@ -49,7 +58,7 @@ class IngestWorker:
             self.handle(self._sock.recv_multipart(copy=False))
         self._sock.close(linger=0)
 
-    def handle(self, parts: list) -> None:
+    def handle(self, parts: list[zmq.Frame]) -> None:
         """One message in, exactly one outcome: queued, or answered with a keep, or counted as bad."""
         received_ns = time.time_ns()
         self.last_frame_s = time.monotonic()
@@ -60,8 +69,11 @@ class IngestWorker:
             header, image = decode_frame(parts)
             key = header.key
             if key.detector != artifact.spec.detector:
-                raise ProtocolError("unknown_detector", f"detector {key.detector!r}, model "
-                                    f"serves {artifact.spec.detector!r}", key)
+                raise ProtocolError(
+                    "unknown_detector",
+                    f"detector {key.detector!r}, model serves {artifact.spec.detector!r}",
+                    key,
+                )
             roi, nonfinite = masked_region(image, artifact.spec)
         except ProtocolError as exc:
             self._reject(exc.reason, exc.key, str(exc), received_ns, artifact)
@@ -72,51 +84,77 @@ class IngestWorker:
         except Exception:  # a bug must cost one frame (kept), never the worker: count and go on
             log.exception("internal error on a frame; kept")
             self._metrics.internal_errors.labels("ingest").inc()
-            self._reject("internal_error", key or peek_key(parts), "internal error", received_ns,
-                         artifact, reason=Reason.MODEL_ERROR)
+            self._reject(
+                "internal_error",
+                key or peek_key(parts),
+                "internal error",
+                received_ns,
+                artifact,
+                reason=Reason.MODEL_ERROR,
+            )
             return
         if nonfinite:
             self._metrics.nonfinite_frames.inc()
-        pending = Pending(key=header.key, region=roi, sent_ns=header.sent_ns,
-                          received_ns=received_ns, arrived_s=self._batcher.clock())
+        pending = Pending(
+            key=header.key,
+            region=roi,
+            sent_ns=header.sent_ns,
+            received_ns=received_ns,
+            arrived_s=self._batcher.clock(),
+        )
         if self._draining.is_set():
             self._keep(pending, Reason.SHUTDOWN, artifact)
         elif not self._batcher.offer(pending):
             self._keep(pending, Reason.OVERLOAD, artifact)
 
-    def _reject(self, label: str, key, detail: str, received_ns: int, artifact: Artifact,
-                reason: Reason = Reason.MALFORMED) -> None:
+    def _reject(
+        self,
+        label: str,
+        key: EventKey | None,
+        detail: str,
+        received_ns: int,
+        artifact: Artifact,
+        reason: Reason = Reason.MALFORMED,
+    ) -> None:
         self._metrics.bad_frames.labels(label).inc()
         log.debug("bad frame: %s", detail)
         if key is not None:  # answerable: the writer keeps it rather than waiting for the deadline
-            self._publish(Verdict.fail_open(key, reason, model_version=artifact.served_version,
-                                            threshold=artifact.info.threshold, received_ns=received_ns))
+            self._publish(
+                Verdict.fail_open(
+                    key,
+                    reason,
+                    model_version=artifact.served_version,
+                    threshold=artifact.info.threshold,
+                    received_ns=received_ns,
+                )
+            )
 
     def _keep(self, p: Pending, reason: Reason, artifact: Artifact) -> None:
-        self._publish(p.kept(reason, model_version=artifact.served_version,
-                             threshold=artifact.info.threshold))
+        self._publish(
+            p.kept(reason, model_version=artifact.served_version, threshold=artifact.info.threshold)
+        )
 
 
-def forward_frames(front: zmq.Socket, back: zmq.Socket, steer: zmq.Socket) -> None:
+def forward_frames(front: zmq.Socket[Any], back: zmq.Socket[Any], steer: zmq.Socket[Any]) -> None:
     """Frames from the ingest socket to the workers, until TERMINATE on `steer`."""
     while True:
         try:
             zmq.proxy_steerable(front, back, None, steer)
             break
-        except zmq.Again:   # reported on CURVE client connections (issue #18): nothing to read
-            continue        # after all, so go on rather than leave the daemon deaf
+        except zmq.Again:  # reported on CURVE client connections (issue #18): nothing to read
+            continue  # after all, so go on rather than leave the daemon deaf
         except zmq.ContextTerminated:
             break
     try:
         # Terminated at shutdown: pass on what already waits in the ingest socket (at most its
         # HWM), so that the workers answer it rather than the senders' deadlines.
-        for _ in range(front.getsockopt(zmq.RCVHWM)):
+        for _ in range(cast(int, front.getsockopt(zmq.RCVHWM))):
             if not front.poll(0, zmq.POLLIN):
                 break
             back.send_multipart(front.recv_multipart(copy=False), copy=False)
     except zmq.ContextTerminated:
         pass
     finally:
-        back.close(linger=1000)             # frames passed on must reach the workers
+        back.close(linger=1000)  # frames passed on must reach the workers
         front.close(linger=0)
         steer.close(linger=0)

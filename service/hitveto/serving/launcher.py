@@ -21,12 +21,12 @@ from hitveto.serving.sockets import free_tcp_endpoint
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DaemonProcess:
-    process: subprocess.Popen
+    process: subprocess.Popen[bytes]
     ingest: str
     publish: str
     control: str
     metrics_port: int
-    messages: tuple[str, ...]       # sd_notify messages received up to READY
+    messages: tuple[str, ...]  # sd_notify messages received up to READY
     command: tuple[str, ...]
     log_path: Path | None = None
 
@@ -49,40 +49,66 @@ class DaemonProcess:
         """Start the same command on the same endpoints once this process has ended, as systemd's
         Restart= does; returns the new process, READY."""
         self.process.wait()
-        return _launch(self.command, self, timeout_s)
+        process, messages = _launch(self.command, self.log_path, timeout_s)
+        return dataclasses.replace(self, process=process, messages=messages)
 
 
-def start_daemon(*settings: str, artifact: Path | None = None, timeout_s: float = 60.0,
-                 log_path: Path | None = None) -> DaemonProcess:
+def start_daemon(
+    *settings: str, artifact: Path | None = None, timeout_s: float = 60.0, log_path: Path | None = None
+) -> DaemonProcess:
     """Launch `hitveto serve` on free loopback ports; returns once it says READY=1.
 
     settings are extra `section.key=value` overrides. Raises RuntimeError if it dies or times out.
     """
     ingest, publish = free_tcp_endpoint(), free_tcp_endpoint()
-    control = f"ipc://{tempfile.mkdtemp(prefix='hitveto-')}/control"   # owner-only Unix socket
+    control = f"ipc://{tempfile.mkdtemp(prefix='hitveto-')}/control"  # owner-only Unix socket
     port = int(free_tcp_endpoint().rsplit(":", 1)[1])
-    cmd = [sys.executable, "-m", "hitveto.cli", "serve", "--ingest", ingest, "--publish", publish,
-           "--control", control, "--metrics-port", str(port), *[a for s in settings for a in ("--set", s)]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "hitveto.cli",
+        "serve",
+        "--ingest",
+        ingest,
+        "--publish",
+        publish,
+        "--control",
+        control,
+        "--metrics-port",
+        str(port),
+        *[a for s in settings for a in ("--set", s)],
+    ]
     if artifact is not None:
         cmd += ["--artifact", str(artifact)]
-    where = DaemonProcess(process=None, ingest=ingest, publish=publish, control=control,
-                          metrics_port=port, messages=(), command=tuple(cmd), log_path=log_path)
-    return _launch(tuple(cmd), where, timeout_s)
+    process, messages = _launch(tuple(cmd), log_path, timeout_s)
+    return DaemonProcess(
+        process=process,
+        ingest=ingest,
+        publish=publish,
+        control=control,
+        metrics_port=port,
+        messages=messages,
+        command=tuple(cmd),
+        log_path=log_path,
+    )
 
 
-def _launch(cmd: tuple[str, ...], where: DaemonProcess, timeout_s: float) -> DaemonProcess:
+def _launch(
+    cmd: tuple[str, ...], log_path: Path | None, timeout_s: float
+) -> tuple[subprocess.Popen[bytes], tuple[str, ...]]:
+    """The process, once it said READY=1 on its notify socket, and what it said."""
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "notify")
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.bind(path)
-            log = open(where.log_path, "ab") if where.log_path else subprocess.DEVNULL
-            proc = subprocess.Popen(cmd, env={**os.environ, "NOTIFY_SOCKET": path},
-                                    stdout=log, stderr=subprocess.STDOUT)
-            messages = _wait_ready(sock, proc, timeout_s)
-    return dataclasses.replace(where, process=proc, messages=messages)
+            log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+            proc = subprocess.Popen(
+                cmd, env={**os.environ, "NOTIFY_SOCKET": path}, stdout=log, stderr=subprocess.STDOUT
+            )
+            return proc, _wait_ready(sock, proc, timeout_s)
 
 
-def _wait_ready(sock: socket.socket, proc: subprocess.Popen, timeout_s: float) -> tuple[str, ...]:
+def _wait_ready(sock: socket.socket, proc: subprocess.Popen[bytes], timeout_s: float) -> tuple[str, ...]:
     end = time.monotonic() + timeout_s
     messages: list[str] = []
     sock.settimeout(0.2)

@@ -17,29 +17,36 @@ from __future__ import annotations
 import logging
 import queue
 import time
+from typing import Any
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from hitveto.serving.metrics import Metrics
-from hitveto_client.protocol import Verdict
 from hitveto.serving.security import REFUSED
+from hitveto.serving.sockets import readable
 from hitveto.serving.supervise import Supervised
+from hitveto_client.protocol import Verdict
 
 log = logging.getLogger(__name__)
 
-_STOP = object()
+
+class _Stop:
+    """What close() queues behind the last verdict."""
+
+
+_STOP = _Stop()
 IDLE_S = 0.05
 
 
 class Publisher:
-    def __init__(self, sock: zmq.Socket, metrics: Metrics, max_subscribers: int) -> None:
-        self._sock = sock                   # an XPUB with XPUB_MANUAL and XPUB_VERBOSER set
+    def __init__(self, sock: zmq.Socket[Any], metrics: Metrics, max_subscribers: int) -> None:
+        self._sock = sock  # an XPUB with XPUB_MANUAL and XPUB_VERBOSER set
         self._metrics = metrics
         self._max_subscribers = max_subscribers
         self._events = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | REFUSED)
-        self._admitted: set[int] = set()     # the connections (fds) that get verdicts
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._admitted: set[int] = set()  # the connections (fds) that get verdicts
+        self._queue: queue.SimpleQueue[Verdict | _Stop] = queue.SimpleQueue()
         self.thread = Supervised("hitveto-publish", self._run, on_crash=metrics.thread_crashed)
         self.published = 0
 
@@ -57,17 +64,19 @@ class Publisher:
 
     def _run(self) -> None:
         # Restarted as it is after a crash (Supervised): the monitor is closed on a clean stop only.
-        while (verdict := self._next()) is not _STOP:
+        while not isinstance(verdict := self._next(), _Stop):
             if verdict is None:
                 continue
             try:
                 wire = verdict.to_wire_at(now := time.time_ns())
-            except Exception:   # one verdict that cannot be sent must not stop the others
-                log.exception("verdict for %s not publishable; its writer keeps it by deadline",
-                              getattr(verdict, "key", "?"))
+            except Exception:  # one verdict that cannot be sent must not stop the others
+                log.exception(
+                    "verdict for %s not publishable; its writer keeps it by deadline",
+                    getattr(verdict, "key", "?"),
+                )
                 self._metrics.internal_errors.labels("publish").inc()
                 continue
-            self._admit_subscribers()         # before the send: a new subscriber gets this one
+            self._admit_subscribers()  # before the send: a new subscriber gets this one
             self._sock.send(wire)
             self._metrics.count_verdict(verdict.keep, verdict.reason.value)
             if verdict.received_ns:
@@ -75,7 +84,7 @@ class Publisher:
             self.published += 1
         self._events.close(linger=0)
 
-    def _next(self) -> object:
+    def _next(self) -> Verdict | _Stop | None:
         """The next verdict; None after a quiet 50 ms, in which subscribers are admitted."""
         try:
             return self._queue.get(timeout=IDLE_S)
@@ -86,13 +95,13 @@ class Publisher:
     def _admit_subscribers(self) -> None:
         """Departures first (a new connection may reuse a departed one's fd), then the XPUB's
         subscribe notices (first byte 1): a subscription is applied only while under the limit."""
-        while self._events.getsockopt(zmq.EVENTS) & zmq.POLLIN:   # no Poller object per verdict
+        while readable(self._events):  # no Poller object per verdict
             event = recv_monitor_message(self._events)
             if event["event"] == zmq.EVENT_DISCONNECTED:
                 self._admitted.discard(event["value"])
             elif event["event"] & REFUSED:
                 self._metrics.auth_failures.inc()
-        while self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while readable(self._sock):
             notice = self._sock.recv(copy=False)
             if notice.bytes[:1] == b"\x01":
                 self._subscribe(notice)
@@ -101,13 +110,16 @@ class Publisher:
     def _subscribe(self, notice: zmq.Frame) -> None:
         try:
             fd = notice.get(zmq.SRCFD)
-        except zmq.ZMQError:     # inproc: no connection to count, and only this process reaches it
+        except zmq.ZMQError:  # inproc: no connection to count, and only this process reaches it
             fd = None
         if fd is not None and fd not in self._admitted and len(self._admitted) >= self._max_subscribers:
             self._metrics.subscribers_refused.inc()
-            log.warning("subscriber refused: already %d (publish.max_subscribers); it gets no "
-                        "verdicts and keeps its frames by deadline", len(self._admitted))
+            log.warning(
+                "subscriber refused: already %d (publish.max_subscribers); it gets no "
+                "verdicts and keeps its frames by deadline",
+                len(self._admitted),
+            )
             return
-        self._sock.setsockopt(zmq.SUBSCRIBE, notice.bytes[1:])   # applies to the notice's sender
+        self._sock.setsockopt(zmq.SUBSCRIBE, notice.bytes[1:])  # applies to the notice's sender
         if fd is not None:
             self._admitted.add(fd)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import zmq
 import zmq.auth
@@ -25,8 +26,11 @@ from hitveto.serving.supervise import Supervised
 log = logging.getLogger(__name__)
 
 
-REFUSED = (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-           | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+REFUSED = (
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
 
 
 class AllowList:
@@ -44,7 +48,7 @@ class AllowList:
         return False
 
 
-def start_authenticator(context: zmq.Context, cfg: SecurityConfig) -> ThreadAuthenticator | None:
+def start_authenticator(context: zmq.Context[Any], cfg: SecurityConfig) -> ThreadAuthenticator | None:
     """Start ZAP for `context` when CURVE is on; None when off."""
     if not cfg.curve:
         return None
@@ -62,11 +66,11 @@ class HandshakeMonitor:
 
     def __init__(self, on_refused: Callable[[], None], on_crash: Callable[[str], None]) -> None:
         self._on_refused = on_refused
-        self._monitors: list[zmq.Socket] = []
+        self._monitors: list[zmq.Socket[Any]] = []
         self._stop = threading.Event()
         self.thread = Supervised("hitveto-handshakes", self._run, on_crash=on_crash)
 
-    def watch(self, sock: zmq.Socket) -> None:
+    def watch(self, sock: zmq.Socket[Any]) -> None:
         self._monitors.append(sock.get_monitor_socket(REFUSED))
 
     def start(self) -> None:
@@ -87,8 +91,12 @@ class HandshakeMonitor:
                 event = recv_monitor_message(monitor)
                 if event["event"] & REFUSED:
                     self._on_refused()
-                    log.warning("refused a handshake from %s (event %#x, error %s)",
-                                event.get("endpoint", b"?"), event["event"], event["value"])
+                    log.warning(
+                        "refused a handshake from %s (event %#x, error %s)",
+                        event.get("endpoint", b"?"),
+                        event["event"],
+                        event["value"],
+                    )
 
 
 def server_options(cfg: SecurityConfig) -> dict[int, int | bytes]:
@@ -109,11 +117,15 @@ def create_keys(folder: Path) -> dict[str, Path]:
     client_public, client_secret = zmq.auth.create_certificates(folder, "client")
     allowed = folder / "clients" / Path(client_public).name
     allowed.write_bytes(Path(client_public).read_bytes())
-    return {"server_public": Path(server_public), "server_secret": Path(server_secret),
-            "client_public": Path(client_public), "client_secret": Path(client_secret),
-            "clients_dir": folder / "clients"}
+    return {
+        "server_public": Path(server_public),
+        "server_secret": Path(server_secret),
+        "client_public": Path(client_public),
+        "client_secret": Path(client_secret),
+        "clients_dir": folder / "clients",
+    }
 
 
-def _certificates(folder: Path):
+def _certificates(folder: Path) -> Iterator[tuple[bytes, bytes | None]]:
     for path in sorted(Path(folder).glob("*.key")):
         yield zmq.auth.load_certificate(path)

@@ -23,15 +23,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hitveto.serving.audit import wilson
-from hitveto.serving.metrics import Metrics
 from hitveto.io.peaks import PeakFinderParams, count_in_region, region_counter_pool
 from hitveto.models.preprocess import InputSpec
+from hitveto.serving.audit import wilson
+from hitveto.serving.metrics import Metrics
 
 log = logging.getLogger(__name__)
 WAITING_PER_WORKER = 2
-NICE = 10                        # below the daemon's threads when cores are short
-AUTO_MAX_WORKERS = 4             # 400-800 shadowed frames/s: ample for the estimates
+NICE = 10  # below the daemon's threads when cores are short
+AUTO_MAX_WORKERS = 4  # 400-800 shadowed frames/s: ample for the estimates
 
 
 def spare_cores(*, ingest_workers: int, cpu_engines: int, cpu_threads: int) -> int:
@@ -44,7 +44,7 @@ def spare_cores(*, ingest_workers: int, cpu_engines: int, cpu_threads: int) -> i
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Estimate:
     value: float
-    lower: float                 # 95 % Wilson interval
+    lower: float  # 95 % Wilson interval
     upper: float
 
     @classmethod
@@ -74,14 +74,16 @@ class ShadowWindow:
             c, n = dict(self._counts), len(self._pairs)
         pf8_hits = c[(True, True)] + c[(False, True)]
         pf8_misses = c[(True, False)] + c[(False, False)]
-        return {"sensitivity": Estimate.of(c[(True, True)], pf8_hits),
-                "specificity": Estimate.of(c[(False, False)], pf8_misses),
-                "hit_rate_model": Estimate.of(c[(True, True)] + c[(True, False)], n),
-                "hit_rate_peakfinder8": Estimate.of(pf8_hits, n)}
+        return {
+            "sensitivity": Estimate.of(c[(True, True)], pf8_hits),
+            "specificity": Estimate.of(c[(False, False)], pf8_misses),
+            "hit_rate_model": Estimate.of(c[(True, True)] + c[(True, False)], n),
+            "hit_rate_peakfinder8": Estimate.of(pf8_hits, n),
+        }
 
     @property
     def size(self) -> int:
-        return self._pairs.maxlen
+        return self._pairs.maxlen or 0
 
     def __len__(self) -> int:
         return len(self._pairs)
@@ -90,8 +92,16 @@ class ShadowWindow:
 class ShadowPeakfinder:
     """Takes frames the model judged, when a worker is free; peakfinder8 labels them; updates gauges."""
 
-    def __init__(self, *, workers: int, spec: InputSpec, min_peaks: int, window: int,
-                 target_sensitivity: float, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        *,
+        workers: int,
+        spec: InputSpec,
+        min_peaks: int,
+        window: int,
+        target_sensitivity: float,
+        metrics: Metrics,
+    ) -> None:
         self.workers = workers
         self.min_peaks = min_peaks
         self.window = ShadowWindow(window)
@@ -103,8 +113,9 @@ class ShadowPeakfinder:
         metrics.shadow_workers.set(workers)
 
     def _start_pool(self, spec: InputSpec) -> concurrent.futures.ProcessPoolExecutor:
-        return region_counter_pool(spec, PeakFinderParams.for_gain(spec.adu_per_photon),
-                                   self.workers, nice=NICE)
+        return region_counter_pool(
+            spec, PeakFinderParams.for_gain(spec.adu_per_photon), self.workers, nice=NICE
+        )
 
     def use(self, spec: InputSpec) -> None:
         """Judge a new model from now on (a reload): the window starts afresh. The workers are
@@ -122,12 +133,12 @@ class ShadowPeakfinder:
             return
         try:
             future = self._pool.submit(count_in_region, np.array(region))
-        except RuntimeError:              # the pool is shut down (daemon stopping)
+        except RuntimeError:  # the pool is shut down (daemon stopping)
             self._waiting.release()
             return
         future.add_done_callback(lambda f: self._done(f, hit))
 
-    def _done(self, future: concurrent.futures.Future, model_hit: bool) -> None:
+    def _done(self, future: concurrent.futures.Future[int], model_hit: bool) -> None:
         self._waiting.release()
         if future.cancelled():
             return
@@ -137,8 +148,7 @@ class ShadowPeakfinder:
             return
         pf8_hit = future.result() >= self.min_peaks
         self.window.add(model_hit, pf8_hit)
-        self._metrics.shadow_frames.labels("hit" if model_hit else "miss",
-                                           "hit" if pf8_hit else "miss").inc()
+        self._metrics.shadow_frames.labels("hit" if model_hit else "miss", "hit" if pf8_hit else "miss").inc()
         self._metrics.set_shadow(self.window.estimates(), len(self.window))
 
     def close(self) -> None:

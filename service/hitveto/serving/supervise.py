@@ -15,24 +15,30 @@ from collections import deque
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
-MAX_RESTARTS = 5          # crashes within WINDOW_S before a loop is given up
+MAX_RESTARTS = 5  # crashes within WINDOW_S before a loop is given up
 WINDOW_S = 60.0
-RESTART_PAUSE_S = 0.05    # between a crash and the restart: a crash loop must not spin a core
+RESTART_PAUSE_S = 0.05  # between a crash and the restart: a crash loop must not spin a core
 
 
 class Supervised:
     """A daemon thread that runs `loop` until it returns; restarts it after a crash."""
 
-    def __init__(self, name: str, loop: Callable[[], None], *,
-                 on_crash: Callable[[str], None] = lambda name: None,
-                 max_restarts: int = MAX_RESTARTS, window_s: float = WINDOW_S) -> None:
+    def __init__(
+        self,
+        name: str,
+        loop: Callable[[], None],
+        *,
+        on_crash: Callable[[str], None] = lambda name: None,
+        max_restarts: int = MAX_RESTARTS,
+        window_s: float = WINDOW_S,
+    ) -> None:
         self.name = name
         self._loop = loop
         self._on_crash = on_crash
         self._max_restarts = max_restarts
         self._window_s = window_s
         self.crashes = 0
-        self.failed = False               # crashed too often: given up
+        self.failed = False  # crashed too often: given up
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
 
     def start(self) -> None:
@@ -63,8 +69,9 @@ class Supervised:
                 recent.popleft()
             if len(recent) > self._max_restarts:
                 self.failed = True
-                log.critical("thread %s crashed %d times in %.0f s: given up", self.name,
-                             len(recent), self._window_s)
+                log.critical(
+                    "thread %s crashed %d times in %.0f s: given up", self.name, len(recent), self._window_s
+                )
                 return
             time.sleep(RESTART_PAUSE_S)
             log.warning("restarting thread %s", self.name)

@@ -1,0 +1,1 @@
+"""The SFX frame simulator (docs/SIMULATOR.md)."""

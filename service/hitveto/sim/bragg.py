@@ -13,20 +13,20 @@ import numpy as np
 
 from hitveto.sim.params import BeamParams, CrystalParams
 
-R_E_A = 2.8179403e-5        # classical electron radius, Angstrom
-PARTIALITY_CUT = 3.0        # reflections within this many sigma of the Ewald sphere are excited
-MIN_SPOT_PHOTONS = 0.2      # fainter reflections are not painted
+R_E_A = 2.8179403e-5  # classical electron radius, Angstrom
+PARTIALITY_CUT = 3.0  # reflections within this many sigma of the Ewald sphere are excited
+MIN_SPOT_PHOTONS = 0.2  # fainter reflections are not painted
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Reflections:
     """Excited reflections of one crystal; photons are integrated over the spot, before the detector."""
 
-    hkl: np.ndarray          # (n, 3) int
-    q: np.ndarray            # (n, 3) reciprocal-lattice vectors in the lab frame, 1/A
-    excitation: np.ndarray   # (n,) |k_in + q| - 1/lambda, 1/A
-    direction: np.ndarray    # (n, 3) unit vectors of k_out: the ray from the crystal to the spot
-    photons: np.ndarray      # (n,) expected integrated photons, polarisation included
+    hkl: np.ndarray  # (n, 3) int
+    q: np.ndarray  # (n, 3) reciprocal-lattice vectors in the lab frame, 1/A
+    excitation: np.ndarray  # (n,) |k_in + q| - 1/lambda, 1/A
+    direction: np.ndarray  # (n, 3) unit vectors of k_out: the ray from the crystal to the spot
+    photons: np.ndarray  # (n,) expected integrated photons, polarisation included
 
 
 def direct_basis(cell_a: tuple[float, ...], angles_deg: tuple[float, ...]) -> np.ndarray:
@@ -35,9 +35,9 @@ def direct_basis(cell_a: tuple[float, ...], angles_deg: tuple[float, ...]) -> np
     ca, cb, cg = np.cos(np.radians(angles_deg))
     sg = np.sin(np.radians(angles_deg[2]))
     cy = c * (ca - cb * cg) / sg
-    return np.array([[a, b * cg, c * cb],
-                     [0.0, b * sg, cy],
-                     [0.0, 0.0, np.sqrt(c * c - (c * cb) ** 2 - cy * cy)]])
+    return np.array(
+        [[a, b * cg, c * cb], [0.0, b * sg, cy], [0.0, 0.0, np.sqrt(c * c - (c * cb) ** 2 - cy * cy)]]
+    )
 
 
 def reciprocal_basis(cell_a: tuple[float, ...], angles_deg: tuple[float, ...]) -> np.ndarray:
@@ -49,14 +49,19 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
     """A rotation matrix drawn uniformly from SO(3) (normalised Gaussian quaternion)."""
     quat = rng.standard_normal(4)
     w, x, y, z = quat / np.linalg.norm(quat)
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+        ]
+    )
 
 
 @functools.lru_cache(maxsize=8)
-def miller_indices(cell_a: tuple[float, ...], angles_deg: tuple[float, ...],
-                   s_max: float) -> tuple[np.ndarray, np.ndarray]:
+def miller_indices(
+    cell_a: tuple[float, ...], angles_deg: tuple[float, ...], s_max: float
+) -> tuple[np.ndarray, np.ndarray]:
     """All hkl with 0 < s <= s_max (float32, (n, 3)) and their s^2 in 1/A^2; cached per cell."""
     recip = reciprocal_basis(cell_a, angles_deg)
     # |h| <= s_max * |a| bounds each index, since h = a . q
@@ -91,9 +96,16 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def excited_reflections(orientation: np.ndarray, crystal: CrystalParams, beam: BeamParams, *,
-                        s_max: float, size_um: float, fluence_per_a2: float,
-                        seed: int) -> Reflections:
+def excited_reflections(
+    orientation: np.ndarray,
+    crystal: CrystalParams,
+    beam: BeamParams,
+    *,
+    s_max: float,
+    size_um: float,
+    fluence_per_a2: float,
+    seed: int,
+) -> Reflections:
     """Reflections of a crystal of edge `size_um` lit by `fluence_per_a2` photons/A^2."""
     hkl, s2 = miller_indices(crystal.cell_a, crystal.cell_angles_deg, round(s_max, 4))
     k = 1.0 / beam.wavelength_a
@@ -111,21 +123,34 @@ def excited_reflections(orientation: np.ndarray, crystal: CrystalParams, beam: B
     q = hkl @ ub.T
     k_out = q + np.array([0.0, 0.0, k])
     direction = k_out / np.linalg.norm(k_out, axis=1, keepdims=True)
-    photons = (fluence_per_a2 * R_E_A**2 * polarisation(direction, beam) * beam.wavelength_a**2
-               * crystal.f2_per_a3 * illuminated_volume_a3(size_um, beam) / _cell_volume(crystal)
-               * wilson_f2(hkl, seed) * np.exp(-0.5 * crystal.b_factor_a2 * s2)
-               * np.exp(-0.5 * (eps / sigma) ** 2) / (np.sqrt(2.0 * np.pi) * sigma))
+    photons = (
+        fluence_per_a2
+        * R_E_A**2
+        * polarisation(direction, beam)
+        * beam.wavelength_a**2
+        * crystal.f2_per_a3
+        * illuminated_volume_a3(size_um, beam)
+        / _cell_volume(crystal)
+        * wilson_f2(hkl, seed)
+        * np.exp(-0.5 * crystal.b_factor_a2 * s2)
+        * np.exp(-0.5 * (eps / sigma) ** 2)
+        / (np.sqrt(2.0 * np.pi) * sigma)
+    )
     bright = photons >= MIN_SPOT_PHOTONS
-    return Reflections(hkl=hkl[bright], q=q[bright], excitation=eps[bright],
-                       direction=direction[bright], photons=photons[bright])
+    return Reflections(
+        hkl=hkl[bright],
+        q=q[bright],
+        excitation=eps[bright],
+        direction=direction[bright],
+        photons=photons[bright],
+    )
 
 
-def excitation_sigma(s2: np.ndarray, crystal: CrystalParams, beam: BeamParams,
-                     size_um: float) -> np.ndarray:
+def excitation_sigma(s2: np.ndarray, crystal: CrystalParams, beam: BeamParams, size_um: float) -> np.ndarray:
     """Rms width of the excitation error, 1/A: mosaicity, bandwidth and crystal size in quadrature."""
     mosaic = np.radians(crystal.mosaicity_deg) ** 2 * s2
     bandwidth = (beam.bandwidth_rms * beam.wavelength_a * 0.5) ** 2 * s2 * s2
-    size = (0.4 / (size_um * 1e4)) ** 2     # a Gaussian as high and as wide as a cube's sinc^2
+    size = (0.4 / (size_um * 1e4)) ** 2  # a Gaussian as high and as wide as a cube's sinc^2
     return np.sqrt(mosaic + bandwidth + size).astype(s2.dtype)
 
 

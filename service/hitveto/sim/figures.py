@@ -1,6 +1,6 @@
 """Pictures of simulated frames for the docs: one assembled CSPAD frame per kind, log scale.
 
-    python -m hitveto.sim.figures docs/img
+python -m hitveto.sim.figures docs/img
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ def frames_by_kind(preset: str = "lysozyme", seed: int = 11, limit: int = 400):
 
 def plot(out_dir: Path, preset: str = "lysozyme") -> Path:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
@@ -45,11 +46,12 @@ def plot(out_dir: Path, preset: str = "lysozyme") -> Path:
         adu, truth = frames[kind]
         image = geometry.assemble(adu).astype(np.float32)
         shown = np.log10(np.clip(image, 1, None))
-        title = f"{kind.name.lower().replace('_', ' ')}\n{truth.n_crystals} crystal(s), {truth.n_strong_spots} strong spots"
+        name = kind.name.lower().replace("_", " ")
+        title = f"{name}\n{truth.n_crystals} crystal(s), {truth.n_strong_spots} strong spots"
         axes[0, col].imshow(shown, cmap="magma", vmin=0.5, vmax=3.5)
         axes[0, col].add_patch(Rectangle((c0 - 175, r0 - 175), 350, 350, fill=False, ec="cyan", lw=0.8))
         axes[0, col].set_title(title, fontsize=10)
-        axes[1, col].imshow(shown[r0 - 175:r0 + 175, c0 - 175:c0 + 175], cmap="magma", vmin=0.5, vmax=3.5)
+        axes[1, col].imshow(shown[r0 - 175 : r0 + 175, c0 - 175 : c0 + 175], cmap="magma", vmin=0.5, vmax=3.5)
         axes[1, col].set_title("350x350 region round the beam", fontsize=9)
         for ax in axes[:, col]:
             ax.set_xticks([])

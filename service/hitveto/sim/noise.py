@@ -18,7 +18,7 @@ import numpy as np
 
 from hitveto.sim.params import DetectorParams, RunParams
 
-POISSON_DIRECT_ABOVE = 16.0   # photons; brighter pixels are rare and use numpy's sampler
+POISSON_DIRECT_ABOVE = 16.0  # photons; brighter pixels are rare and use numpy's sampler
 INT16_MIN, INT16_MAX = -32768, 32767
 _FIXED_PATTERN_KEY = 0xDE7EC7  # spawn key of the run's fixed-pattern stream
 
@@ -27,8 +27,8 @@ _FIXED_PATTERN_KEY = 0xDE7EC7  # spawn key of the run's fixed-pattern stream
 class FixedPattern:
     """Per-run pixel properties (flat arrays); hot and dead are flat pixel indices."""
 
-    gain: np.ndarray     # float32 ADU per photon, 0 on dead pixels
-    offset: np.ndarray   # float32 ADU: pedestal residual, plus the excess of hot pixels
+    gain: np.ndarray  # float32 ADU per photon, 0 on dead pixels
+    offset: np.ndarray  # float32 ADU: pedestal residual, plus the excess of hot pixels
     hot: np.ndarray
     dead: np.ndarray
 
@@ -111,4 +111,4 @@ def _add_common_mode(adu: np.ndarray, det: DetectorParams, rng: np.random.Genera
     per_row = det.row_common_mode_adu * rng.standard_normal((len(stack), rows, n_blocks))
     offsets = (np.repeat(per_asic, asic_rows, axis=1)[:, :rows] + per_row).astype(np.float32)
     for b in range(n_blocks):
-        stack[:, :, b * asic_cols:(b + 1) * asic_cols] += offsets[:, :, b:b + 1]
+        stack[:, :, b * asic_cols : (b + 1) * asic_cols] += offsets[:, :, b : b + 1]

@@ -18,11 +18,11 @@ class BeamParams:
     """The X-ray pulse at the sample; the focus is a round Gaussian."""
 
     photon_energy_ev: float = 9500.0
-    photons_per_pulse: float = 1e11          # at the sample, after beamline transmission
-    pulse_energy_jitter: float = 0.15        # relative rms of the SASE pulse energy (gamma-distributed)
+    photons_per_pulse: float = 1e11  # at the sample, after beamline transmission
+    pulse_energy_jitter: float = 0.15  # relative rms of the SASE pulse energy (gamma-distributed)
     focus_fwhm_um: float = 1.5
-    bandwidth_rms: float = 1.2e-3            # relative rms spread of the wavelength
-    polarisation_horizontal: float = 0.99    # fraction of linear polarisation along lab x
+    bandwidth_rms: float = 1.2e-3  # relative rms spread of the wavelength
+    polarisation_horizontal: float = 0.99  # fraction of linear polarisation along lab x
 
     @property
     def wavelength_a(self) -> float:
@@ -33,34 +33,34 @@ class BeamParams:
 class CrystalParams:
     """The crystal population: unit cell, sizes (log-normal), disorder and scattering power."""
 
-    cell_a: tuple[float, float, float] = (79.1, 79.1, 37.9)         # a, b, c in Angstrom
+    cell_a: tuple[float, float, float] = (79.1, 79.1, 37.9)  # a, b, c in Angstrom
     cell_angles_deg: tuple[float, float, float] = (90.0, 90.0, 90.0)  # alpha, beta, gamma
-    size_um_median: float = 1.5              # edge of a cube-like crystal, strong and multiple hits
-    weak_size_um_median: float = 0.35        # weak hits: sub-micron crystals
-    size_log_sigma: float = 0.35             # sigma of ln(size)
-    mosaicity_deg: float = 0.08              # rms angular spread, beam divergence folded in
-    b_factor_a2: float = 25.0                # Wilson B: <|F|^2> falls as exp(-B s^2 / 2)
-    f2_per_a3: float = 1.2                   # sum of f^2 over the cell at s=0 per cell volume, e^2/A^3
+    size_um_median: float = 1.5  # edge of a cube-like crystal, strong and multiple hits
+    weak_size_um_median: float = 0.35  # weak hits: sub-micron crystals
+    size_log_sigma: float = 0.35  # sigma of ln(size)
+    mosaicity_deg: float = 0.08  # rms angular spread, beam divergence folded in
+    b_factor_a2: float = 25.0  # Wilson B: <|F|^2> falls as exp(-B s^2 / 2)
+    f2_per_a3: float = 1.2  # sum of f^2 over the cell at s=0 per cell volume, e^2/A^3
     spot_sigma_px: tuple[float, float] = (0.9, 1.5)  # per-crystal spot footprint rms, drawn uniformly
-    max_crystals: int = 3                    # a multiple hit has 2..max_crystals crystals
-    structure_seed: int = 1                  # picks the |F|^2 of every hkl: one per protein, not per run
+    max_crystals: int = 3  # a multiple hit has 2..max_crystals crystals
+    structure_seed: int = 1  # picks the |F|^2 of every hkl: one per protein, not per run
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SampleParams:
     """Sample delivery and beamline backgrounds (per steradian, for a nominal pulse), beam stop."""
 
-    water_ring_per_sr: float = 1.0e6         # photons/sr at the water ring peak (~4 um jet)
+    water_ring_per_sr: float = 1.0e6  # photons/sr at the water ring peak (~4 um jet)
     water_ring_d_a: float = 3.1
-    water_ring_width_inv_a: float = 0.04     # rms width of the ring in s = 1/d
-    air_scatter_per_sr: float = 2.0e5        # photons/sr towards s = 0
-    air_scatter_s0_inv_a: float = 0.05       # s at which air scatter has halved
-    jet_streak_per_sr: float = 4.0e5         # photons/sr on the streak at small angle
-    jet_streak_width_mrad: float = 1.5       # rms, perpendicular to the streak (jet along lab y)
-    jet_streak_falloff_deg: float = 6.0      # 2-theta at which the streak has halved
-    background_jitter: float = 0.2           # relative rms frame-to-frame of jet scatter (jet wobble)
+    water_ring_width_inv_a: float = 0.04  # rms width of the ring in s = 1/d
+    air_scatter_per_sr: float = 2.0e5  # photons/sr towards s = 0
+    air_scatter_s0_inv_a: float = 0.05  # s at which air scatter has halved
+    jet_streak_per_sr: float = 4.0e5  # photons/sr on the streak at small angle
+    jet_streak_width_mrad: float = 1.5  # rms, perpendicular to the streak (jet along lab y)
+    jet_streak_falloff_deg: float = 6.0  # 2-theta at which the streak has halved
+    background_jitter: float = 0.2  # relative rms frame-to-frame of jet scatter (jet wobble)
     beamstop_radius_mm: float = 2.5
-    beamstop_rod_width_mm: float = 1.0       # the holder rod, running from the stop towards +y
+    beamstop_rod_width_mm: float = 1.0  # the holder rod, running from the stop towards +y
     beamstop_transmission: float = 1e-3
 
 
@@ -69,15 +69,15 @@ class FrameMix:
     """What fraction of frames is which kind; hexagonal ice Ih rings for ice frames."""
 
     hit_fraction: float = 0.25
-    multiple_hit_fraction: float = 0.10      # of hits
-    weak_hit_fraction: float = 0.30          # of hits
-    ice_miss_fraction: float = 0.08          # of misses
-    ice_with_hit_fraction: float = 0.03      # of hits
+    multiple_hit_fraction: float = 0.10  # of hits
+    weak_hit_fraction: float = 0.30  # of hits
+    ice_miss_fraction: float = 0.08  # of misses
+    ice_with_hit_fraction: float = 0.03  # of hits
     ice_d_spacings_a: tuple[float, ...] = (3.90, 3.67, 3.44, 2.67, 2.25, 2.07, 1.92)
     ice_relative_intensity: tuple[float, ...] = (1.0, 0.7, 0.6, 0.25, 0.35, 0.3, 0.2)
-    ice_ring_per_sr: float = 3.0e6           # photons/sr at the peak of the strongest ring
-    ice_ring_width_inv_a: float = 1.5e-3     # rms width in s = 1/d
-    ice_texture: float = 0.6                 # log-amplitude of the rings' azimuthal patchiness
+    ice_ring_per_sr: float = 3.0e6  # photons/sr at the peak of the strongest ring
+    ice_ring_width_inv_a: float = 1.5e-3  # rms width in s = 1/d
+    ice_texture: float = 0.6  # log-amplitude of the rings' azimuthal patchiness
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,17 +85,17 @@ class DetectorParams:
     """A CSPAD in high gain, pedestal-subtracted ("calib") ADU; ASICs are 185 x 194 pixels."""
 
     distance_m: float = 0.100
-    adu_per_photon: float = 35.0             # CSPAD high gain at 9.5 keV (~ 3.7 ADU/keV)
-    gain_rms: float = 0.03                   # pixel-to-pixel gain spread, fixed per run
-    read_noise_adu: float = 4.0              # ~0.11 photon rms
-    pedestal_residual_adu: float = 1.5       # rms per pixel, fixed per run
-    common_mode_adu: float = 3.0             # rms per ASIC per frame, left after correction
-    row_common_mode_adu: float = 1.0         # rms per ASIC row per frame
+    adu_per_photon: float = 35.0  # CSPAD high gain at 9.5 keV (~ 3.7 ADU/keV)
+    gain_rms: float = 0.03  # pixel-to-pixel gain spread, fixed per run
+    read_noise_adu: float = 4.0  # ~0.11 photon rms
+    pedestal_residual_adu: float = 1.5  # rms per pixel, fixed per run
+    common_mode_adu: float = 3.0  # rms per ASIC per frame, left after correction
+    row_common_mode_adu: float = 1.0  # rms per ASIC row per frame
     asic_shape: tuple[int, int] = (185, 194)
     hot_pixel_fraction: float = 1e-4
-    hot_pixel_adu: float = 2000.0            # mean extra ADU of a hot pixel (exponential spread)
+    hot_pixel_adu: float = 2000.0  # mean extra ADU of a hot pixel (exponential spread)
     dead_pixel_fraction: float = 2e-4
-    saturation_adu: float = 15000.0          # 14-bit ADC less a ~1300 ADU pedestal
+    saturation_adu: float = 15000.0  # 14-bit ADC less a ~1300 ADU pedestal
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,12 +115,19 @@ def _thermolysin() -> RunParams:
     """Hexagonal P6(1)22 cell, 7 keV, detector closer, fewer hits and larger crystals."""
     return RunParams(
         beam=BeamParams(photon_energy_ev=7000.0, photons_per_pulse=2e11, focus_fwhm_um=2.0),
-        crystal=CrystalParams(cell_a=(92.9, 92.9, 130.4), cell_angles_deg=(90.0, 90.0, 120.0),
-                              size_um_median=2.0, weak_size_um_median=0.45, b_factor_a2=30.0,
-                              mosaicity_deg=0.1, structure_seed=2),
+        crystal=CrystalParams(
+            cell_a=(92.9, 92.9, 130.4),
+            cell_angles_deg=(90.0, 90.0, 120.0),
+            size_um_median=2.0,
+            weak_size_um_median=0.45,
+            b_factor_a2=30.0,
+            mosaicity_deg=0.1,
+            structure_seed=2,
+        ),
         sample=SampleParams(water_ring_per_sr=1.4e6, jet_streak_per_sr=6e5),
         mix=FrameMix(hit_fraction=0.15, weak_hit_fraction=0.35),
-        detector=DetectorParams(distance_m=0.085, adu_per_photon=35.0 * 7000.0 / 9500.0))
+        detector=DetectorParams(distance_m=0.085, adu_per_photon=35.0 * 7000.0 / 9500.0),
+    )
 
 
 def _myoglobin() -> RunParams:
@@ -128,13 +135,26 @@ def _myoglobin() -> RunParams:
     gain = 35.0 / 6.87 * 12000.0 / 9500.0
     return RunParams(
         beam=BeamParams(photon_energy_ev=12000.0, photons_per_pulse=6e10, focus_fwhm_um=1.3),
-        crystal=CrystalParams(cell_a=(64.6, 30.9, 34.8), cell_angles_deg=(90.0, 105.8, 90.0),
-                              size_um_median=2.5, weak_size_um_median=0.5, b_factor_a2=20.0,
-                              mosaicity_deg=0.05, spot_sigma_px=(0.8, 1.3), structure_seed=3),
+        crystal=CrystalParams(
+            cell_a=(64.6, 30.9, 34.8),
+            cell_angles_deg=(90.0, 105.8, 90.0),
+            size_um_median=2.5,
+            weak_size_um_median=0.5,
+            b_factor_a2=20.0,
+            mosaicity_deg=0.05,
+            spot_sigma_px=(0.8, 1.3),
+            structure_seed=3,
+        ),
         sample=SampleParams(water_ring_per_sr=0.7e6, air_scatter_per_sr=4e5),
         mix=FrameMix(hit_fraction=0.08, multiple_hit_fraction=0.05, ice_miss_fraction=0.15),
-        detector=DetectorParams(distance_m=0.125, adu_per_photon=gain, read_noise_adu=1.5,
-                                common_mode_adu=1.0, row_common_mode_adu=0.4))
+        detector=DetectorParams(
+            distance_m=0.125,
+            adu_per_photon=gain,
+            read_noise_adu=1.5,
+            common_mode_adu=1.0,
+            row_common_mode_adu=0.4,
+        ),
+    )
 
 
 PRESETS: dict[str, RunParams] = {
@@ -142,4 +162,3 @@ PRESETS: dict[str, RunParams] = {
     "thermolysin": _thermolysin(),
     "myoglobin": _myoglobin(),
 }
-

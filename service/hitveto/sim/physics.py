@@ -42,9 +42,9 @@ from hitveto.sim.bragg import excited_reflections, polarisation, random_rotation
 from hitveto.sim.params import BeamParams, RunParams, SampleParams
 from hitveto.sim.spots import Segments, Spots, fit_segments, paint_spots, project
 
-N_S_BINS, N_PHI_BINS = 2048, 64   # radial x azimuthal lookup table of the smooth background
-STRONG_MIN_PHOTONS = 15.0         # a strong spot: >= this many photons within 2 sigma of its centre
-STRONG_MIN_SNR = 4.0              # ... and signal / sqrt(signal + background + read noise^2) >= this
+N_S_BINS, N_PHI_BINS = 2048, 64  # radial x azimuthal lookup table of the smooth background
+STRONG_MIN_PHOTONS = 15.0  # a strong spot: >= this many photons within 2 sigma of its centre
+STRONG_MIN_SNR = 4.0  # ... and signal / sqrt(signal + background + read noise^2) >= this
 
 
 class FrameKind(enum.IntEnum):
@@ -62,9 +62,10 @@ class FrameTruth:
     """What was simulated.
 
     n_strong_spots counts spots with >= STRONG_MIN_PHOTONS expected photons on real pixels of
-    this pixel map (so it depends on the layout), within 2 sigma of the spot centre, and SNR = S / sqrt(S + B + n sigma_r^2) >=
-    STRONG_MIN_SNR there (B: expected background photons on those n pixels, sigma_r: read noise
-    in photons). Expected values, not a noisy draw: a peak finder sees about this many.
+    this pixel map (so it depends on the layout), within 2 sigma of the spot centre, and
+    SNR = S / sqrt(S + B + n sigma_r^2) >= STRONG_MIN_SNR there (B: expected background photons on
+    those n pixels, sigma_r: read noise in photons). Expected values, not a noisy draw: a peak
+    finder sees about this many.
     """
 
     n_crystals: int
@@ -79,18 +80,18 @@ class DetectorPhysics:
 
     pixels: Any
     segments: Segments
-    x: np.ndarray                  # float32 pixel positions, m
+    x: np.ndarray  # float32 pixel positions, m
     y: np.ndarray
     z: np.ndarray
-    mask: np.ndarray               # bool, True = real pixel
+    mask: np.ndarray  # bool, True = real pixel
     pixel_area_m2: float
-    s_max: float                   # largest s on a real pixel, 1/A
-    s_centres: np.ndarray          # (N_S_BINS,) 1/A
-    phi_centres: np.ndarray        # (N_PHI_BINS,) rad
-    table_index: np.ndarray        # int32 index into the flattened (s, phi) background table
-    per_sr: np.ndarray             # float32 Omega P T: photons on the pixel per photon/sr
-    jet_per_sr: np.ndarray         # float32 per_sr x jet streak shape (1 on the streak axis)
-    transmission: np.ndarray       # float32 beam-stop transmission
+    s_max: float  # largest s on a real pixel, 1/A
+    s_centres: np.ndarray  # (N_S_BINS,) 1/A
+    phi_centres: np.ndarray  # (N_PHI_BINS,) rad
+    table_index: np.ndarray  # int32 index into the flattened (s, phi) background table
+    per_sr: np.ndarray  # float32 Omega P T: photons on the pixel per photon/sr
+    jet_per_sr: np.ndarray  # float32 per_sr x jet streak shape (1 on the streak axis)
+    transmission: np.ndarray  # float32 beam-stop transmission
 
 
 def build_detector_physics(pixels: Any, beam: BeamParams, sample: SampleParams) -> DetectorPhysics:
@@ -98,36 +99,46 @@ def build_detector_physics(pixels: Any, beam: BeamParams, sample: SampleParams) 
     x, y, z = (np.array(a, dtype=np.float32).ravel() for a in (pixels.x_m, pixels.y_m, pixels.z_m))
     placed = np.isfinite(x) & np.isfinite(y) & np.isfinite(z)
     for a in (x, y, z):
-        a[~placed] = 1e3    # pixels without a position (NaN gaps): far away, so no spot reaches them
+        a[~placed] = 1e3  # pixels without a position (NaN gaps): far away, so no spot reaches them
     mask = np.asarray(pixels.mask, dtype=bool).ravel() & placed
     segments = fit_segments(x, y, z, mask, np.shape(pixels.x_m))
     r = np.sqrt(x.astype(float) ** 2 + y.astype(float) ** 2 + z.astype(float) ** 2)
-    u = np.stack([x / r, y / r, z / r])                      # unit rays to the pixels
+    u = np.stack([x / r, y / r, z / r])  # unit rays to the pixels
     s = np.sqrt(np.clip(2.0 * (1.0 - u[2]), 0.0, None)) / beam.wavelength_a
     s_max = float(s[mask].max() if mask.any() else s.max()) * 1.001
     s_bin = np.minimum((s * (N_S_BINS / s_max)).astype(np.int32), N_S_BINS - 1)
-    phi_bin = np.minimum(((np.arctan2(y, x) + np.pi) * (N_PHI_BINS / (2 * np.pi))).astype(np.int32),
-                         N_PHI_BINS - 1)
+    phi_bin = np.minimum(
+        ((np.arctan2(y, x) + np.pi) * (N_PHI_BINS / (2 * np.pi))).astype(np.int32), N_PHI_BINS - 1
+    )
     normal = np.repeat(segments.normal, x.size // len(segments.normal), axis=0).T
-    solid_angle = pixels.pixel_size_m ** 2 * np.abs((u * normal).sum(axis=0)) / r**2
+    solid_angle = pixels.pixel_size_m**2 * np.abs((u * normal).sum(axis=0)) / r**2
     transmission = _beamstop_transmission(x, y, sample)
     per_sr = solid_angle * polarisation(u.T, beam) * transmission * placed
     return DetectorPhysics(
-        pixels=pixels, segments=segments, x=x, y=y, z=z, mask=mask,
-        pixel_area_m2=pixels.pixel_size_m ** 2, s_max=s_max,
+        pixels=pixels,
+        segments=segments,
+        x=x,
+        y=y,
+        z=z,
+        mask=mask,
+        pixel_area_m2=pixels.pixel_size_m**2,
+        s_max=s_max,
         s_centres=(np.arange(N_S_BINS) + 0.5) * (s_max / N_S_BINS),
         phi_centres=(np.arange(N_PHI_BINS) + 0.5) * (2 * np.pi / N_PHI_BINS) - np.pi,
-        table_index=s_bin * N_PHI_BINS + phi_bin, per_sr=per_sr.astype(np.float32),
+        table_index=s_bin * N_PHI_BINS + phi_bin,
+        per_sr=per_sr.astype(np.float32),
         jet_per_sr=(per_sr * _jet_streak(u, sample)).astype(np.float32),
-        transmission=transmission.astype(np.float32))
+        transmission=transmission.astype(np.float32),
+    )
 
 
 def _jet_streak(u: np.ndarray, sample: SampleParams) -> np.ndarray:
     """Scatter off the vertical jet's surface: a horizontal streak, 1 on its axis at small angle."""
     two_theta = np.arccos(np.clip(u[2], -1.0, 1.0))
     elevation = np.arcsin(np.clip(u[1], -1.0, 1.0))
-    return (np.exp(-0.5 * (elevation / (sample.jet_streak_width_mrad * 1e-3)) ** 2)
-            / (1 + (two_theta / np.radians(sample.jet_streak_falloff_deg)) ** 2))
+    return np.exp(-0.5 * (elevation / (sample.jet_streak_width_mrad * 1e-3)) ** 2) / (
+        1 + (two_theta / np.radians(sample.jet_streak_falloff_deg)) ** 2
+    )
 
 
 def _beamstop_transmission(x: np.ndarray, y: np.ndarray, sample: SampleParams) -> np.ndarray:
@@ -157,8 +168,7 @@ def detector_physics(pixels: Any, run: RunParams) -> DetectorPhysics:
     return cached
 
 
-def simulate_photons(pixels: Any, run: RunParams,
-                     rng: np.random.Generator) -> tuple[np.ndarray, FrameTruth]:
+def simulate_photons(pixels: Any, run: RunParams, rng: np.random.Generator) -> tuple[np.ndarray, FrameTruth]:
     """Expected photons per pixel (float32, shape of pixels.x_m) before noise, and the truth."""
     det = detector_physics(pixels, run)
     kind, n_crystals, ice = _draw_kind(run, rng)
@@ -170,8 +180,7 @@ def simulate_photons(pixels: Any, run: RunParams,
     for _ in range(n_crystals):
         spots = _draw_crystal(det, run, rng, pulse=pulse, weak=kind == FrameKind.WEAK_HIT)
         signal, noise = paint_spots(image, det, spots, background=smooth, read_var=read_var)
-        n_strong += int(np.count_nonzero((signal >= STRONG_MIN_PHOTONS)
-                                         & (signal >= STRONG_MIN_SNR * noise)))
+        n_strong += int(np.count_nonzero((signal >= STRONG_MIN_PHOTONS) & (signal >= STRONG_MIN_SNR * noise)))
     truth = FrameTruth(n_crystals=n_crystals, n_strong_spots=n_strong, kind=kind, ice=ice)
     return image.reshape(np.shape(pixels.x_m)), truth
 
@@ -196,8 +205,9 @@ def _pulse_energy(beam: BeamParams, rng: np.random.Generator) -> float:
     return float(rng.gamma(1.0 / j**2, j**2)) if j > 0 else 1.0
 
 
-def _draw_crystal(det: DetectorPhysics, run: RunParams, rng: np.random.Generator, *,
-                  pulse: float, weak: bool) -> Spots:
+def _draw_crystal(
+    det: DetectorPhysics, run: RunParams, rng: np.random.Generator, *, pulse: float, weak: bool
+) -> Spots:
     """One crystal: size, place in the focus, orientation and spot width drawn from `rng`."""
     c, beam = run.crystal, run.beam
     median = c.weak_size_um_median if weak else c.size_um_median
@@ -205,22 +215,42 @@ def _draw_crystal(det: DetectorPhysics, run: RunParams, rng: np.random.Generator
     sigma_b_a = beam.focus_fwhm_um * 1e4 / (2 * np.sqrt(2 * np.log(2)))
     # a crystal centred uniformly within 2 sigma of the focus: rho^2 / 2 = 2 u
     fluence = pulse * beam.photons_per_pulse / (2 * np.pi * sigma_b_a**2) * np.exp(-2 * rng.random())
-    return bragg_spots(det, random_rotation(rng), run, size_um=size_um, fluence_per_a2=fluence,
-                       sigma_px=float(rng.uniform(*c.spot_sigma_px)))
+    return bragg_spots(
+        det,
+        random_rotation(rng),
+        run,
+        size_um=size_um,
+        fluence_per_a2=fluence,
+        sigma_px=float(rng.uniform(*c.spot_sigma_px)),
+    )
 
 
-def bragg_spots(det: DetectorPhysics, orientation: np.ndarray, run: RunParams, *, size_um: float,
-                fluence_per_a2: float, sigma_px: float = 1.2) -> Spots:
+def bragg_spots(
+    det: DetectorPhysics,
+    orientation: np.ndarray,
+    run: RunParams,
+    *,
+    size_um: float,
+    fluence_per_a2: float,
+    sigma_px: float = 1.2,
+) -> Spots:
     """Spots of one crystal in `orientation` (3x3 rotation, crystal to lab) on the detector."""
-    refl = excited_reflections(orientation, run.crystal, run.beam, s_max=det.s_max,
-                               size_um=size_um, fluence_per_a2=fluence_per_a2,
-                               seed=run.crystal.structure_seed)
+    refl = excited_reflections(
+        orientation,
+        run.crystal,
+        run.beam,
+        s_max=det.s_max,
+        size_um=size_um,
+        fluence_per_a2=fluence_per_a2,
+        seed=run.crystal.structure_seed,
+    )
     sigma_m = sigma_px * float(np.sqrt(det.pixel_area_m2))
     return project(det.segments, refl, sigma_m=sigma_m, margin_px=int(np.ceil(3 * sigma_px)))
 
 
-def background(det: DetectorPhysics, run: RunParams, rng: np.random.Generator, *,
-               pulse: float = 1.0, ice: bool = False) -> np.ndarray:
+def background(
+    det: DetectorPhysics, run: RunParams, rng: np.random.Generator, *, pulse: float = 1.0, ice: bool = False
+) -> np.ndarray:
     """Smooth background photons per pixel (flat float32): water ring, air, jet streak, ice."""
     sample = run.sample
     wobble = _mean_one_lognormal(rng, sample.background_jitter)
@@ -242,8 +272,9 @@ def _mean_one_lognormal(rng: np.random.Generator, sigma: float) -> float:
 def _water(s: np.ndarray, sample: SampleParams) -> np.ndarray:
     """Liquid water: main ring at ~3.1 A, a weaker second shell, a low-angle floor; photons/sr."""
     s0, w = 1.0 / sample.water_ring_d_a, sample.water_ring_width_inv_a
-    shape = (np.exp(-0.5 * ((s - s0) / w) ** 2) + 0.35 * np.exp(-0.5 * ((s - 1.55 * s0) / (1.5 * w)) ** 2)
-             + 0.1)
+    shape = (
+        np.exp(-0.5 * ((s - s0) / w) ** 2) + 0.35 * np.exp(-0.5 * ((s - 1.55 * s0) / (1.5 * w)) ** 2) + 0.1
+    )
     return sample.water_ring_per_sr * shape
 
 

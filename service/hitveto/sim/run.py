@@ -17,41 +17,62 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from hitveto.io.xtc2 import RunEvent
 from hitveto.sim.noise import to_adu
 from hitveto.sim.params import PRESETS, RunParams
 from hitveto.sim.physics import simulate_photons
-from hitveto.io.xtc2 import RunEvent
 
 EXPERIMENT = "hitveto"
-TIMESTAMP_STEP = 1 << 23   # ~120 Hz in xtc2's (seconds << 32 | ns) units; only order matters
+TIMESTAMP_STEP = 1 << 23  # ~120 Hz in xtc2's (seconds << 32 | ns) units; only order matters
 
 
-def simulate_runs(out_dir: Path, *, runs: list[int], n_frames: int, preset: str = "lysozyme",
-                  layout: str = "raw", fmt: str = "xtc2", seed: int = 0) -> list[Path]:
+def simulate_runs(
+    out_dir: Path,
+    *,
+    runs: list[int],
+    n_frames: int,
+    preset: str = "lysozyme",
+    layout: str = "raw",
+    fmt: str = "xtc2",
+    seed: int = 0,
+) -> list[Path]:
     """Simulate and write each run; returns the run files."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
-    return [simulate_run(Path(out_dir), run=run, params=dataclasses.replace(
-        PRESETS[preset], seed=seed * 1000 + run, n_frames=n_frames), preset=preset, layout=layout,
-        fmt=fmt) for run in runs]
+    return [
+        simulate_run(
+            Path(out_dir),
+            run=run,
+            params=dataclasses.replace(PRESETS[preset], seed=seed * 1000 + run, n_frames=n_frames),
+            preset=preset,
+            layout=layout,
+            fmt=fmt,
+        )
+        for run in runs
+    ]
 
 
-def simulate_run(out_dir: Path, *, run: int, params: RunParams, preset: str, layout: str,
-                 fmt: str) -> Path:
+def simulate_run(out_dir: Path, *, run: int, params: RunParams, preset: str, layout: str, fmt: str) -> Path:
     suffix = {"xtc2": "xtc2", "cxi": "cxi"}[fmt]
     path = out_dir / f"{EXPERIMENT}-r{run:04d}-s000-c000.{suffix}"
-    description = {"run": run, "preset": preset, "layout": layout, "format": fmt,
-                   "n_frames": params.n_frames, "adu_per_photon": params.detector.adu_per_photon,
-                   "params": _jsonable(dataclasses.asdict(params))}
+    description = {
+        "run": run,
+        "preset": preset,
+        "layout": layout,
+        "format": fmt,
+        "n_frames": params.n_frames,
+        "adu_per_photon": params.detector.adu_per_photon,
+        "params": _jsonable(dataclasses.asdict(params)),
+    }
     sidecar = path.with_suffix(path.suffix + ".json")
     if path.exists() and sidecar.exists() and _same_run(sidecar, description):
         return path
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    events = tqdm(frames(params, layout), total=params.n_frames, desc=f"simulate run {run}",
-                  unit="frame")
+    events = tqdm(frames(params, layout), total=params.n_frames, desc=f"simulate run {run}", unit="frame")
     if fmt == "xtc2":
         from hitveto.io.xtc2 import write_run
+
         write_run(path, events, detector="cspad")
     else:
         _write_cxi(path, events, run)
@@ -60,8 +81,9 @@ def simulate_run(out_dir: Path, *, run: int, params: RunParams, preset: str, lay
     return path
 
 
-def regions(preset: str, *, seed: int, n: int, distance_m: float | None = None,
-            ice_miss_fraction: float | None = None) -> list[np.ndarray]:
+def regions(
+    preset: str, *, seed: int, n: int, distance_m: float | None = None, ice_miss_fraction: float | None = None
+) -> list[np.ndarray]:
     """n frames of a preset in the region layout (350x350 ADU), in memory, optionally with the
     detector at another distance or ice on another share of the misses: streams for tests and
     benchmarks that need no run file."""
@@ -78,23 +100,39 @@ def regions(preset: str, *, seed: int, n: int, distance_m: float | None = None,
 def frames(params: RunParams, layout: str) -> Iterator[RunEvent]:
     """The run's frames as ADU (int16), with truth; gap pixels of the region layout are 0."""
     from hitveto.io.geometry import pixel_map
+
     pixels = pixel_map(layout, distance_m=params.detector.distance_m)
     for pulse_id in range(params.n_frames):
         rng = np.random.default_rng([params.seed, pulse_id])
         photons, truth = simulate_photons(pixels, params, rng)
         adu = to_adu(photons, params, rng)
         adu[~pixels.mask] = 0
-        yield RunEvent(timestamp=(pulse_id + 1) * TIMESTAMP_STEP, pulse_id=pulse_id, image=adu,
-                       truth={"n_crystals": truth.n_crystals, "n_strong_spots": truth.n_strong_spots,
-                              "kind": int(truth.kind), "ice": int(truth.ice)})
+        yield RunEvent(
+            timestamp=(pulse_id + 1) * TIMESTAMP_STEP,
+            pulse_id=pulse_id,
+            image=adu,
+            truth={
+                "n_crystals": truth.n_crystals,
+                "n_strong_spots": truth.n_strong_spots,
+                "kind": int(truth.kind),
+                "ice": int(truth.ice),
+            },
+        )
 
 
 def _write_cxi(path: Path, events: Iterator[RunEvent], run: int) -> None:
     from hitveto_client.cxi import CxiWriter
+
     with CxiWriter(path.with_suffix(""), max_frames=1 << 30) as writer:
         for ev in events:
-            if not writer.write(ev.image, run=run, pulse_id=ev.pulse_id, timestamp=ev.timestamp,
-                                keep_reason="simulated", truth=ev.truth):
+            if not writer.write(
+                ev.image,
+                run=run,
+                pulse_id=ev.pulse_id,
+                timestamp=ev.timestamp,
+                keep_reason="simulated",
+                truth=ev.truth,
+            ):
                 raise OSError(f"{path}: frame {ev.pulse_id} not written ({writer.error})")
     writer.files[0].rename(path)
 

@@ -1,0 +1,5 @@
+import sys
+
+from hitveto.cli import main
+
+sys.exit(main())

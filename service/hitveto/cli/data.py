@@ -1,0 +1,127 @@
+"""Commands that make or move runs: simulate, replay, reprocess, demo."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from hitveto.cli.args import call_with
+
+
+def register(sub: Any) -> None:
+    for add in (add_simulate, add_replay, add_reprocess, add_demo):
+        add(sub)
+
+
+def add_simulate(sub: Any) -> None:
+    s = sub.add_parser("simulate", help="write simulated SFX runs (xtc2 or CXI)")
+    s.add_argument("out_dir", type=Path, metavar="out")
+    s.add_argument("--runs", type=int, nargs="+", default=[1])
+    s.add_argument("--frames", dest="n_frames", metavar="FRAMES", type=int, default=200)
+    s.add_argument("--preset", default="lysozyme")
+    s.add_argument("--layout", choices=["raw", "roi"], default="raw")
+    s.add_argument("--format", dest="fmt", metavar="{xtc2,cxi}", choices=["xtc2", "cxi"], default="xtc2")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=simulate)
+
+
+def simulate(args: argparse.Namespace) -> int:
+    from hitveto.sim.run import simulate_runs
+
+    for path in call_with(simulate_runs, args):
+        print(path)
+    return 0
+
+
+def add_replay(sub: Any) -> None:
+    s = sub.add_parser("replay", help="stream runs to a daemon and write the frames it keeps")
+    s.add_argument("runs", type=Path, nargs="*", help="xtc2 or CXI/HDF5 run files")
+    s.add_argument("--shmem", metavar="TAG", help="read psana's live shared memory instead")
+    s.add_argument("--live-runs", type=int, help="with --shmem: stop after this many runs")
+    s.add_argument("--detector", default="cspad", help="the detector's name in the xtc2 run")
+    s.add_argument("--frames", default="tcp://127.0.0.1:5550")
+    s.add_argument("--verdicts", default="tcp://127.0.0.1:5551")
+    s.add_argument("--out", type=Path, help="write kept frames as CXI here")
+    s.add_argument("--rate", type=float, default=0.0, help="frames/s; 0 = as fast as possible")
+    s.add_argument("--deadline-ms", type=float, default=1000.0)
+    s.add_argument("--limit", type=int, help="at most this many frames (per file)")
+    s.add_argument(
+        "--model",
+        type=Path,
+        help="replay through a daemon of its own serving this artifact on CPU, one frame per batch: "
+        "the same verdicts at every replay",
+    )
+    s.add_argument(
+        "--verdict-log", type=Path, help="every verdict to this CSV (pulse_id, timestamp, score, hit)"
+    )
+    s.set_defaults(func=replay)
+
+
+def replay(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from hitveto.offline import replay as replaying
+
+    if bool(args.runs) == bool(args.shmem):
+        raise SystemExit("hitveto replay: give run files or --shmem TAG, not both")
+    frames = (
+        replaying.live_frames(args.shmem, detector=args.detector, runs=args.live_runs, limit=args.limit)
+        if args.shmem
+        else replaying.frames_of(args.runs, detector=args.detector, limit=args.limit)
+    )
+    with contextlib.ExitStack() as stack:
+        frames_to, verdicts_from = args.frames, args.verdicts
+        if args.model:  # a daemon of our own, reproducible
+            daemon = stack.enter_context(replaying.private_daemon(args.model))
+            frames_to, verdicts_from = daemon.ingest, daemon.publish
+        summary = replaying.replay(
+            frames,
+            frames_endpoint=frames_to,
+            verdicts_endpoint=verdicts_from,
+            out_dir=args.out,
+            rate_hz=args.rate,
+            deadline_ms=args.deadline_ms,
+            verdict_log=args.verdict_log,
+        )
+    print("\n".join(summary.lines()))
+    return 0 if summary.ok else 1
+
+
+def add_reprocess(sub: Any) -> None:
+    s = sub.add_parser("reprocess", help="a model over a recorded xtc2 run (parallel under mpirun)")
+    s.add_argument("directory", type=Path, help="the experiment directory (with smalldata/)")
+    s.add_argument("--experiment", required=True)
+    s.add_argument("--run", type=int, required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--model", type=Path, help="artifact; default: the shipped model")
+    s.add_argument("--detector", default="cspad")
+    s.add_argument("--batch-size", type=int, default=10, help="events psana hands a rank at a time")
+    s.set_defaults(func=reprocess)
+
+
+def reprocess(args: argparse.Namespace) -> int:
+    from hitveto.offline.reprocess import read_verdicts
+    from hitveto.offline.reprocess import reprocess as judge_run
+
+    path = call_with(judge_run, args)
+    if path is not None:  # rank 0 (or a serial run)
+        rows = read_verdicts(path)
+        print(f"{len(rows)} events judged, {sum(r.hit for r in rows)} hits: {path}")
+    return 0
+
+
+def add_demo(sub: Any) -> None:
+    s = sub.add_parser("demo", help="simulated run -> daemon with the shipped model -> hit writer")
+    s.add_argument("--workdir", type=Path, default=Path("demo-out"))
+    s.add_argument("--frames", type=int, default=240)
+    s.add_argument("--rate", type=float, default=120.0, help="frames/s (LCLS-I: 120)")
+    s.set_defaults(func=demo)
+
+
+def demo(args: argparse.Namespace) -> int:
+    from hitveto.demo import run_demo
+
+    summary = run_demo(args.workdir, n_frames=args.frames, rate_hz=args.rate)
+    print("\n".join(["", "hitveto demo: simulated CSPAD run -> veto daemon -> hit writer", *summary.lines()]))
+    return 0 if summary.ok else 1

@@ -1,0 +1,45 @@
+"""The model being served: the configured artifact, the engines built for one, and the checks a
+replacement must pass before it may take over (a reload never runs a file it should not, nor one
+that takes other frames)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hitveto.config import ServeConfig
+from hitveto.models import artifact as artifacts
+from hitveto.models.artifact import Artifact
+from hitveto.models.engine import Engine, resolve_devices
+
+
+class ModelSlot:
+    def __init__(self, config: ServeConfig) -> None:
+        self._config = config
+        self.configured = Path(config.model.artifact or artifacts.DEFAULT_ARTIFACT)
+        self.artifact = artifacts.read(self.configured)
+
+    def engines(self, artifact: Artifact) -> list[Engine]:
+        """One engine per configured device, not yet warm."""
+        m, batch = self._config.model, self._config.batch
+        return [
+            Engine(artifact, device=d, max_batch=batch.max_batch, threads=m.threads, precision=m.precision)
+            for d in resolve_devices(m.device)
+        ]
+
+    def prepare(self, path: str | None) -> tuple[Artifact, list[Engine]]:
+        """The replacement (default: the configured file again), checked, and its engines, warmed,
+        while the current model goes on serving. ArtifactError if it may not take over."""
+        new = artifacts.read(self.configured if path is None else self._reloadable(path))
+        artifacts.check_swappable(self.artifact, new)
+        engines = self.engines(new)
+        for engine in engines:
+            engine.warm_up()
+        return new, engines
+
+    def _reloadable(self, path: str) -> Path:
+        """`path` resolved, if it lies in a reload folder (default: the configured model's)."""
+        folders = [d.strip() for d in self._config.model.reload_dirs.split(",") if d.strip()]
+        try:
+            return artifacts.trusted_path(path, folders or [str(self.configured.resolve().parent)])
+        except artifacts.ArtifactError as exc:
+            raise artifacts.ArtifactError(f"{exc}; still serving {self.artifact.served_version}") from None

@@ -1,0 +1,90 @@
+"""The watchers beside the model (docs/TRUST.md): the shadow peakfinder8, on the cores the daemon
+leaves free, and the drift monitor, against the artifact's training profile. The inference loop
+offers them judged frames; neither ever holds a verdict back."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from hitveto.config import ServeConfig
+from hitveto.models.artifact import Artifact
+from hitveto.models.stream_profile import Profile
+from hitveto.serving.drift import DriftMonitor
+from hitveto.serving.inference import Watcher
+from hitveto.serving.metrics import Metrics
+from hitveto.serving.shadow import ShadowPeakfinder, spare_cores
+from hitveto.serving.supervise import Supervised
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Watchers:
+    shadow: ShadowPeakfinder | None
+    drift: DriftMonitor | None
+
+    @classmethod
+    def start(cls, cfg: ServeConfig, artifact: Artifact, metrics: Metrics, *, cpu_engines: int) -> Watchers:
+        """Those the config and the artifact allow, started."""
+        workers = cfg.shadow.workers
+        if workers < 0:
+            workers = spare_cores(
+                ingest_workers=cfg.ingest.workers, cpu_threads=cfg.model.threads, cpu_engines=cpu_engines
+            )
+        shadow = None
+        if workers:
+            shadow = ShadowPeakfinder(
+                workers=workers,
+                spec=artifact.spec,
+                min_peaks=cfg.shadow.min_peaks,
+                window=cfg.shadow.window,
+                target_sensitivity=cfg.shadow.target_sensitivity,
+                metrics=metrics,
+            )
+        drift = None
+        if cfg.drift.enabled and artifact.info.profile:
+            d = cfg.drift
+            drift = DriftMonitor(
+                prof=Profile.from_dict(artifact.info.profile),
+                spec=artifact.spec,
+                threshold=artifact.info.threshold,
+                metrics=metrics,
+                sample_hz=d.sample_hz,
+                window=d.window,
+                min_frames=d.min_frames,
+            )
+            drift.thread.start()
+        elif cfg.drift.enabled:
+            log.warning("model %s carries no training profile: no drift scores", artifact.info.version)
+        shown = f"{workers} processes" if workers else "off"
+        log.info("shadow peakfinder8: %s; drift monitor: %s", shown, "on" if drift else "off")
+        return cls(shadow=shadow, drift=drift)
+
+    @property
+    def active(self) -> list[Watcher]:
+        return [w for w in (self.shadow, self.drift) if w is not None]
+
+    @property
+    def threads(self) -> list[Supervised]:
+        return [self.drift.thread] if self.drift is not None else []
+
+    def use(self, new: Artifact, old: Artifact) -> None:
+        """Watch for `new` from now on (a reload replaced `old`)."""
+        if self.drift is not None and new.info.profile:
+            self.drift.use(Profile.from_dict(new.info.profile), new.spec, new.info.threshold)
+        elif self.drift is not None:
+            log.warning(
+                "model %s carries no training profile: drift is still scored against %s's "
+                "(hitveto profile adds one)",
+                new.info.version,
+                old.info.version,
+            )
+        if self.shadow is not None:
+            self.shadow.use(new.spec)
+
+    def stop(self) -> None:
+        if self.drift is not None:
+            self.drift.stop.set()
+        if self.shadow is not None:
+            self.shadow.close()
