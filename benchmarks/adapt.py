@@ -16,13 +16,13 @@ import json
 import sys
 from pathlib import Path
 
-from common import figure, parser, record
-
 from hitveto.models import artifact
 from hitveto.offline.adapt import AdaptConfig, adapt
 from hitveto.offline.evaluate import evaluate_runs
 from hitveto.offline.labels import balanced_accuracy
 from hitveto.sim.run import simulate_runs
+
+from common import figure, parser, record
 
 EXPERIMENTS = {"thermolysin": (52, 21), "myoglobin": (42, 31)}  # window run, evaluation run
 

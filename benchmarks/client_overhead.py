@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import SHAPES, parser, poisson_images, record, subscribed
 
 from hitveto.serving.launcher import start_daemon
 from hitveto_client.protocol import EventKey
+
+from common import SHAPES, parser, poisson_images, record, subscribed
 
 
 def cost(daemon, shape: tuple[int, ...], n: int, rate_hz: float) -> dict:

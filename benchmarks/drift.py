@@ -13,11 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from common import figure, parser, record
 
 from hitveto.models import artifact, stream_profile
 from hitveto.models.engine import Engine
 from hitveto.sim.run import regions
+
+from common import figure, parser, record
 
 STREAMS = {  # name: (preset, seed, changes to its RunParams)
     "lysozyme, new seed": ("lysozyme", 17, {}),

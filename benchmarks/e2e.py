@@ -12,11 +12,11 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
-from common import SHAPES, figure, machine, parser, poisson_images, record, subscribed
-
 from hitveto.serving.launcher import start_daemon
 from hitveto_client.hitwriter import Frame, stream
 from hitveto_client.protocol import EventKey
+
+from common import SHAPES, figure, machine, parser, poisson_images, record, subscribed
 
 
 def frames(shape: tuple[int, ...], n: int, pool: int = 16):

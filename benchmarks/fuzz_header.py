@@ -31,9 +31,10 @@ from pathlib import Path
 
 import msgpack
 import numpy as np
-from common import parser, record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from common import parser, record
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hitveto.models import artifact as artifacts

@@ -28,9 +28,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from common import Pacer, Tally, figure, parser, poisson_images, record, serving, timed
 
 from hitveto.serving.launcher import DaemonProcess
+
+from common import Pacer, Tally, figure, parser, poisson_images, record, serving, timed
 
 SHAPE = (350, 350)
 SETTINGS = {"ingest.rcvhwm": 200, "batch.max_queue": 256, "ingest.workers": 2, "batch.max_batch": 8}

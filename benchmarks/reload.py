@@ -23,9 +23,9 @@ import threading
 import time
 from pathlib import Path
 
-from common import SHAPES, Pacer, Tally, figure, parser, poisson_images, record, serving
-
 from hitveto.serving.control import request
+
+from common import SHAPES, Pacer, Tally, figure, parser, poisson_images, record, serving
 
 START_S = 4.0
 

@@ -20,10 +20,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-from common import SHAPES, figure, machine, parser, record
-from e2e import measure
 
 from hitveto.serving.launcher import start_daemon
+
+from common import SHAPES, figure, machine, parser, record
+from e2e import measure
 
 KINDS = {**SHAPES, "roi64": (64, 64)}
 RATES = {

@@ -14,10 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-from common import SHAPES, Pacer, Tally, figure, parser, poisson_images, record, serving
-
 from hitveto.serving.launcher import DaemonProcess
 from hitveto_client.veto import VetoClient
+
+from common import SHAPES, Pacer, Tally, figure, parser, poisson_images, record, serving
 
 
 def soak(seconds: float, rate_hz: float, shape: tuple[int, ...], window_s: float, log_dir: Path) -> dict:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import figure, machine, parser, record, timed
 
 from hitveto.io import geometry, sources
 from hitveto.io.peaks import PeakFinder, PeakFinderParams
@@ -25,6 +24,8 @@ from hitveto.models import artifact, preprocess
 from hitveto.models.engine import Engine
 from hitveto.offline import labels
 from hitveto.sim.run import simulate_runs
+
+from common import figure, machine, parser, record, timed
 
 
 def model_speed(engine: Engine, regions: list[np.ndarray], batch: int) -> float:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import atheris
 
-with atheris.instrument_imports(include=["service"]):
+with atheris.instrument_imports(include=["hitveto", "hitveto_client"]):
     import msgpack
     import numpy as np
 
@@ -32,8 +32,7 @@ with atheris.instrument_imports(include=["service"]):
     from hitveto.serving.metrics import Metrics
     from hitveto_client.protocol import ALLOWED_DTYPES, PROTOCOL_VERSION
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.conftest import RAW, ROI, make_artifact  # noqa: E402
+from helpers import RAW, ROI, make_artifact  # tests/, this script's folder, is first on sys.path
 
 DTYPES = sorted(ALLOWED_DTYPES) + ["object", "<U4", "", "float128"]
 DETECTORS = ["cspad", "epix10k", ""]
@@ -49,22 +48,30 @@ class Intake:
         path = make_artifact(Path(tempfile.mkdtemp()) / "fuzz.pt")
         self.artifact = artifacts.read(path)
         self.metrics = Metrics(CollectorRegistry())
+        self.bad_frames = self.metrics.registry.restricted_registry(["hitveto_bad_frames_total"])
         self.batcher = Batcher(max_batch=8, max_delay_ms=1.0, max_queue=4)
         self.verdicts = 0
-        self.worker = IngestWorker(sock=None, batcher=self.batcher, metrics=self.metrics,
-                                   publish=self._publish, artifact=lambda: self.artifact,
-                                   draining=threading.Event(), name="fuzz")
+        self.worker = IngestWorker(
+            sock=None,
+            batcher=self.batcher,
+            metrics=self.metrics,
+            publish=self._publish,
+            artifact=lambda: self.artifact,
+            draining=threading.Event(),
+            name="fuzz",
+        )
 
     def _publish(self, verdict) -> None:
         self.verdicts += 1
 
     def outcomes(self) -> tuple[int, int, int, int]:
-        bad = sum(c._value.get() for c in self._bad_counters())
-        internal = self.metrics.bad_frames.labels("internal_error")._value.get()
-        return self.batcher.depth(), self.verdicts, int(bad), int(internal)
+        bad = self._bad_frames()
+        return self.batcher.depth(), self.verdicts, int(sum(bad.values())), int(bad.get("internal_error", 0))
 
-    def _bad_counters(self):
-        return [child for _, child in self.metrics.bad_frames._metrics.items()]
+    def _bad_frames(self) -> dict[str, float]:
+        """hitveto_bad_frames_total by reason (prometheus-client's public API; the restricted registry
+        skips the process collector, which would read /proc twice per input)."""
+        return {s.labels["reason"]: s.value for family in self.bad_frames.collect() for s in family.samples}
 
     def drain(self) -> None:
         self.batcher.drain(self.batcher.max_queue)
@@ -75,15 +82,26 @@ def message(data: bytes) -> list[bytes]:
     shape = fdp.PickValueInList([list(RAW), list(ROI), None])
     dtype = fdp.PickValueInList(DTYPES)
     if shape is None:
-        shape = [fdp.ConsumeIntInRange(-2, 1 << 40) if fdp.ConsumeProbability() < 0.1
-                 else fdp.ConsumeIntInRange(0, 40) for _ in range(fdp.ConsumeIntInRange(0, 6))]
+        shape = [
+            fdp.ConsumeIntInRange(-2, 1 << 40)
+            if fdp.ConsumeProbability() < 0.1
+            else fdp.ConsumeIntInRange(0, 40)
+            for _ in range(fdp.ConsumeIntInRange(0, 6))
+        ]
     if fdp.ConsumeProbability() < 0.1:
         header = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 64))
     else:
-        fields = {"v": PROTOCOL_VERSION if fdp.ConsumeProbability() < 0.9 else fdp.ConsumeInt(2),
-                  "run": fdp.ConsumeInt(8), "pulse_id": fdp.ConsumeInt(8), "timestamp": fdp.ConsumeInt(8),
-                  "detector": fdp.PickValueInList(DETECTORS), "dtype": dtype, "shape": shape,
-                  "sent_ns": fdp.ConsumeInt(8), "meta": {}}
+        fields = {
+            "v": PROTOCOL_VERSION if fdp.ConsumeProbability() < 0.9 else fdp.ConsumeInt(2),
+            "run": fdp.ConsumeInt(8),
+            "pulse_id": fdp.ConsumeInt(8),
+            "timestamp": fdp.ConsumeInt(8),
+            "detector": fdp.PickValueInList(DETECTORS),
+            "dtype": dtype,
+            "shape": shape,
+            "sent_ns": fdp.ConsumeInt(8),
+            "meta": {},
+        }
         for name in list(fields):
             if fdp.ConsumeProbability() < 0.03:
                 del fields[name]
@@ -91,7 +109,7 @@ def message(data: bytes) -> list[bytes]:
     n_parts = fdp.PickValueInList([2, 2, 2, 2, 1, 3])
     special = fdp.PickValueInList(SPECIAL) if fdp.ConsumeBool() else None
     where = fdp.ConsumeIntInRange(0, 1 << 20)
-    pattern = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 4096))      # last: it takes what is left
+    pattern = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 4096))  # last: it takes what is left
     if dtype in ALLOWED_DTYPES and fdp.ConsumeProbability() < 0.7 and pattern:
         # The size the header declares (when sane), filled with the fuzzed bytes: NaN, Inf,
         # extreme integers and all.
@@ -113,13 +131,13 @@ def main() -> None:
     def one_input(data: bytes) -> None:
         parts = message(data)
         before = intake.outcomes()
-        intake.worker.handle(parts)            # raising here is a finding
+        intake.worker.handle(parts)  # raising here is a finding
         queued, answered, bad, internal = (a - b for a, b in zip(intake.outcomes(), before))
         assert internal == 0, f"internal error on {parts!r}"
         assert queued + answered >= 1 or bad == 1, f"no outcome for {parts!r}"
         assert queued + answered <= 1, f"two outcomes for {parts!r}"
         seen["queued" if queued else "answered" if answered else "unanswerable"] += 1
-        if seen.total() % 10_000 == 0:                 # libFuzzer exits without atexit
+        if seen.total() % 10_000 == 0:  # libFuzzer exits without atexit
             print(f"outcomes after {seen.total()} messages: {dict(seen)}", file=sys.stderr, flush=True)
         intake.drain()
 

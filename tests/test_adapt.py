@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 
 from hitveto.models import artifact
-from hitveto.offline.adapt import AdaptConfig, adapt, trainable
 from hitveto.models.artifact import ArtifactError
-from hitveto.serving.control import request
 from hitveto.models.engine import Engine
+from hitveto.offline.adapt import AdaptConfig, adapt, trainable
 from hitveto.offline.replay import frames_of, replay
-from hitveto.sim.run import simulate_runs
 from hitveto.offline.train import predict
-from tests.conftest import running_daemon, simulated_regions
+from hitveto.serving.control import request
+from hitveto.sim.run import simulate_runs
+
+from helpers import running_daemon, simulated_regions
 
 
 def test_the_serving_network_is_rebuilt_trainable_with_the_same_scores(tmp_path):
@@ -30,15 +31,22 @@ def test_the_serving_network_is_rebuilt_trainable_with_the_same_scores(tmp_path)
         trainable(mislabelled, 35.0)
 
 
+@pytest.mark.slow  # ~38 s
 def test_learn_mode_then_adapt_then_reload(tmp_path):
-    (run,) = simulate_runs(tmp_path / "runs", runs=[52], n_frames=900, preset="thermolysin",
-                           layout="roi", fmt="xtc2", seed=52)
-    with running_daemon(artifact.DEFAULT_ARTIFACT, **{"audit.fraction": 0.02,
-                                                      "model.reload_dirs": str(tmp_path)}) as daemon:
+    (run,) = simulate_runs(
+        tmp_path / "runs", runs=[52], n_frames=900, preset="thermolysin", layout="roi", fmt="xtc2", seed=52
+    )
+    with running_daemon(
+        artifact.DEFAULT_ARTIFACT, **{"audit.fraction": 0.02, "model.reload_dirs": str(tmp_path)}
+    ) as daemon:
         control = daemon.endpoints.control
         assert request(control, "learn", on=True)["result"]["audit_fraction"] == 1.0
-        summary = replay(frames_of([run]), frames_endpoint=daemon.endpoints.ingest,
-                         verdicts_endpoint=daemon.endpoints.publish, out_dir=tmp_path / "learnt")
+        summary = replay(
+            frames_of([run]),
+            frames_endpoint=daemon.endpoints.ingest,
+            verdicts_endpoint=daemon.endpoints.publish,
+            out_dir=tmp_path / "learnt",
+        )
         assert request(control, "learn", on=False)["result"]["audit_fraction"] == 0.02
         assert not request(control, "status")["result"]["learning"]
         # every frame kept: the model's hits, and its misses as audit
@@ -46,11 +54,18 @@ def test_learn_mode_then_adapt_then_reload(tmp_path):
         assert summary.audited == 900 - summary.hits_kept
 
         files = tuple(sorted((tmp_path / "learnt").glob("hits-*.cxi")))
-        gain = 35.0 * 7000 / 9500                         # thermolysin's 7 keV photons
+        gain = 35.0 * 7000 / 9500  # thermolysin's 7 keV photons
         # 900 frames hold about 25 validation hits, where one lost hit is 4 %: the target here is
         # 0.9 (docs/TRUST.md adapts on a minute of beam for 0.99)
-        cfg = AdaptConfig(sources=files, model=artifact.DEFAULT_ARTIFACT, out=tmp_path / "new.pt",
-                          frames=900, workers=2, adu_per_photon=gain, target_sensitivity=0.9)
+        cfg = AdaptConfig(
+            sources=files,
+            model=artifact.DEFAULT_ARTIFACT,
+            out=tmp_path / "new.pt",
+            frames=900,
+            workers=2,
+            adu_per_photon=gain,
+            target_sensitivity=0.9,
+        )
         cfg = dataclasses.replace(cfg, recipe=dataclasses.replace(cfg.recipe, epochs=2))
         result = adapt(cfg)
         print("\n".join(result.lines()))

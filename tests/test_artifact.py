@@ -11,7 +11,8 @@ import pytest
 
 from hitveto.models import artifact
 from hitveto.models.engine import Engine
-from tests.conftest import RAW, ROI, make_artifact, tiny_roi_index
+
+from helpers import RAW, ROI, make_artifact, tiny_roi_index
 
 
 def test_metadata_and_index_round_trip(tmp_path):
@@ -33,17 +34,21 @@ def test_scores_survive_save_and_load(tmp_path):
 
 def test_inspect_reads_metadata_without_torch(tmp_path):
     path = make_artifact(tmp_path / "m.pt", version="v-inspect")
-    code = ("import sys; from service import artifact; a = artifact.read(sys.argv[1]); "
-            "print(a.info.version, 'torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
-                         check=True)
+    code = (
+        "import sys; from hitveto.models import artifact; a = artifact.read(sys.argv[1]); "
+        "print(a.info.version, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["v-inspect", "False"]
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda p: p.write_bytes(b"not a zip"), "unreadable model artifact"),
-    (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "unreadable model artifact"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda p: p.write_bytes(b"not a zip"), "unreadable model artifact"),
+        (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "unreadable model artifact"),
+    ],
+)
 def test_bad_artifact_gives_clear_error(tmp_path, damage, message):
     path = make_artifact(tmp_path / "m.pt")
     damage(path)
@@ -53,6 +58,7 @@ def test_bad_artifact_gives_clear_error(tmp_path, damage, message):
 
 def test_plain_torchscript_file_is_refused(tmp_path):
     import torch
+
     path = tmp_path / "plain.pt"
     torch.jit.save(torch.jit.script(torch.nn.ReLU()), str(path))
     with pytest.raises(artifact.ArtifactError, match="not a hitveto model"):
@@ -69,8 +75,15 @@ def test_detector_and_shape_mismatch_say_why(tmp_path):
 
 
 def test_wrong_format_tag_is_refused():
-    info = artifact.ModelInfo(version="x", architecture="compact", detector="cspad", raw_shape=RAW,
-                              roi_shape=ROI, adu_per_photon=1.0, threshold=0.5)
+    info = artifact.ModelInfo(
+        version="x",
+        architecture="compact",
+        detector="cspad",
+        raw_shape=RAW,
+        roi_shape=ROI,
+        adu_per_photon=1.0,
+        threshold=0.5,
+    )
     text = dataclasses.replace(info, format="hitveto-model/99").to_json()
     with pytest.raises(artifact.ArtifactError, match="hitveto-model/99"):
         artifact.ModelInfo.from_json(text)

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from hitveto_client.cxi import CxiWriter
 from hitveto.offline.estimate import estimate
 from hitveto.serving.audit import AuditSample, wilson
+from hitveto_client.cxi import CxiWriter
 from hitveto_client.protocol import EventKey, Reason
-from tests.conftest import RAW, make_artifact, running_daemon
-from tests.test_daemon import stream
+
+from helpers import RAW, make_artifact, running_daemon, stream
 
 
 def test_the_share_of_misses_kept_is_the_configured_one_and_the_same_on_a_replay(tmp_path):
-    misses_only = make_artifact(tmp_path / "m.pt", bias=-50.0)          # every frame a miss
+    misses_only = make_artifact(tmp_path / "m.pt", bias=-50.0)  # every frame a miss
     image = np.ones(RAW, np.int16)
     items = [(EventKey(run=3, pulse_id=i), image) for i in range(3000)]
     picked = []
@@ -24,12 +24,15 @@ def test_the_share_of_misses_kept_is_the_configured_one_and_the_same_on_a_replay
         picked.append(sorted(d.key.pulse_id for d in decisions if d.reason is Reason.AUDIT))
         assert counts.sent == counts.decided == 3000 and counts.kept_fallback == 0
         assert counts.audited == len(picked[-1]) and counts.hits == 0
-        assert all(d.keep and not d.verdict.hit and d.verdict.score < 0.5
-                   for d in decisions if d.reason is Reason.AUDIT)
+        assert all(
+            d.keep and not d.verdict.hit and d.verdict.score < 0.5
+            for d in decisions
+            if d.reason is Reason.AUDIT
+        )
     # 5 % of 3000 = 150 with sd 11.9: within 4 sd, and the very same frames both times.
     assert abs(len(picked[0]) - 150) < 48 and picked[0] == picked[1]
     other_run = [AuditSample(0.05, 9).picks(EventKey(run=4, pulse_id=i)) for i in range(3000)]
-    assert set(np.flatnonzero(other_run)) != set(picked[0])            # a new sample each run
+    assert set(np.flatnonzero(other_run)) != set(picked[0])  # a new sample each run
 
 
 def test_hit_loss_estimate_from_audit_frames_with_truth(tmp_path):
@@ -37,9 +40,14 @@ def test_hit_loss_estimate_from_audit_frames_with_truth(tmp_path):
     with CxiWriter(tmp_path / "hits") as w:
         for i in range(300):
             audited = i < 200
-            w.write(np.zeros((4, 4), np.int16), run=1, pulse_id=i, score=0.1 if audited else 0.9,
-                    keep_reason=(Reason.AUDIT if audited else Reason.MODEL).value,
-                    truth={"n_crystals": int(i < 10 or not audited)})
+            w.write(
+                np.zeros((4, 4), np.int16),
+                run=1,
+                pulse_id=i,
+                score=0.1 if audited else 0.9,
+                keep_reason=(Reason.AUDIT if audited else Reason.MODEL).value,
+                truth={"n_crystals": int(i < 10 or not audited)},
+            )
     loss = estimate(w.files, fraction=0.05)
     assert (loss.audited, loss.audited_hits, loss.kept_hits, loss.labels) == (200, 10, 100, "truth")
     assert loss.lost == 200 and loss.lost_low < 200 < loss.lost_high

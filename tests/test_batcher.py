@@ -17,8 +17,9 @@ class FakeClock:
 
 
 def item(i: int, clock: FakeClock) -> Pending:
-    return Pending(key=EventKey(run=1, pulse_id=i), region=np.zeros(1), sent_ns=0, received_ns=0,
-                   arrived_s=clock())
+    return Pending(
+        key=EventKey(run=1, pulse_id=i), region=np.zeros(1), sent_ns=0, received_ns=0, arrived_s=clock()
+    )
 
 
 def test_full_batch_is_due_at_once():

@@ -9,8 +9,9 @@ import pytest
 from hitveto_client.cxi import CxiWriter, read_frames
 
 
-@pytest.mark.parametrize("limits, files", [({"max_frames": 4}, 3), ({"max_bytes": 3 * 20 * 30 * 2}, 4),
-                                            ({}, 1)])
+@pytest.mark.parametrize(
+    "limits, files", [({"max_frames": 4}, 3), ({"max_bytes": 3 * 20 * 30 * 2}, 4), ({}, 1)]
+)
 def test_rolls_files_and_keeps_every_frame(tmp_path, limits, files):
     images = [np.full((20, 30), i, np.int16) for i in range(10)]
     with CxiWriter(tmp_path / "hits", **limits) as w:

@@ -3,13 +3,10 @@ expression evaluated by a real Prometheus scraping a running daemon."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import subprocess
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +14,17 @@ import pytest
 import yaml
 
 from hitveto_client.protocol import EventKey
-from hitveto.serving.sockets import free_tcp_endpoint
-from tests.conftest import median_threshold_artifact, running_daemon
-from tests.test_daemon import frames, stream
 
-DEPLOY = Path(__file__).parents[1] / "deploy"
+from helpers import (
+    DEPLOY,
+    frames,
+    median_threshold_artifact,
+    prometheus,
+    query,
+    running_daemon,
+    stream,
+    wait_for,
+)
 
 
 def run(*cmd: str, cwd: Path | None = None) -> str:
@@ -35,7 +38,7 @@ def test_systemd_unit_verifies(tmp_path):
     assert "Type=notify" in unit and "WatchdogSec=" in unit and "Restart=on-failure" in unit
     hitveto = shutil.which("hitveto")
     assert hitveto, "hitveto console script not installed"
-    local = tmp_path / "hitveto.service"     # the same unit, pointing at this machine's install
+    local = tmp_path / "hitveto.service"  # the same unit, pointing at this machine's install
     local.write_text(unit.replace("/opt/hitveto/venv/bin/hitveto", hitveto))
     out = subprocess.run(["systemd-analyze", "verify", str(local)], capture_output=True, text=True)
     assert "hitveto.service" not in out.stderr, out.stderr
@@ -55,50 +58,10 @@ def test_launcher_entries_start_the_same_command():
     assert 'serve --config "${HITVETO_CONFIG:-/etc/hitveto/hitveto.toml}"' in script
 
 
-@contextlib.contextmanager
-def prometheus(tmp_path: Path, *target_ports: int, rules: Path = DEPLOY / "prometheus" / "hitveto.rules.yml"):
-    port = int(free_tcp_endpoint().rsplit(":", 1)[1])
-    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
-    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
-    config["rule_files"] = [str(rules)]
-    config["scrape_configs"][0]["static_configs"] = [
-        {"targets": [f"127.0.0.1:{p}" for p in target_ports]}]
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    proc = subprocess.Popen(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                             f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=(tmp_path / "prom.log").open("w"))
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def query(base: str, expr: str) -> dict:
-    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-    with urllib.request.urlopen(url, timeout=5) as r:
-        body = json.load(r)
-    assert body["status"] == "success", (expr, body)
-    return body["data"]
-
-
-def wait_for(base: str, expr: str, timeout_s: float = 60.0) -> None:
-    """Wait until Prometheus itself answers expr with data (an external system: no other signal)."""
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        with contextlib.suppress(OSError):
-            if query(base, expr)["result"]:
-                return
-        time.sleep(0.5)
-    pytest.fail(f"Prometheus never answered {expr!r}")
-
-
 def dashboard_exprs() -> list[tuple[str, str]]:
     dash = json.loads((DEPLOY / "grafana" / "hitveto.json").read_text())
     assert {v["name"] for v in dash["templating"]["list"]} == {"datasource", "instance"}
-    return [(p["title"], t["expr"].replace("$instance", ".+"))
-            for p in dash["panels"] for t in p["targets"]]
+    return [(p["title"], t["expr"].replace("$instance", ".+")) for p in dash["panels"] for t in p["targets"]]
 
 
 def rules() -> tuple[list[str], list[str]]:
@@ -107,18 +70,24 @@ def rules() -> tuple[list[str], list[str]]:
     return [r["record"] for r in every if "record" in r], [r["expr"] for r in every if "alert" in r]
 
 
+@pytest.mark.slow  # ~15 s
 def test_dashboard_and_rules_return_data_from_a_real_prometheus(tmp_path):
     images = [img for _, img in frames(40)]
-    model = median_threshold_artifact(tmp_path / "m.pt", images)   # hits and misses both
+    model = median_threshold_artifact(tmp_path / "m.pt", images)  # hits and misses both
     watched = {"shadow.workers": 1, "drift.sample_hz": 1000.0, "drift.min_frames": 20}
-    with running_daemon(model, **watched) as daemon, \
-            prometheus(tmp_path, daemon.endpoints.metrics_port) as prom:
+    with (
+        running_daemon(model, **watched) as daemon,
+        prometheus(tmp_path, daemon.endpoints.metrics_port) as prom,
+    ):
         wait_for(prom, 'up{job="hitveto"} == 1')
-        end = time.monotonic() + 8           # a replay at ~100 Hz for several scrapes
+        end = time.monotonic() + 8  # a replay at ~100 Hz for several scrapes
         batch = 0
         while time.monotonic() < end:
-            stream(daemon, [(EventKey(run=batch, pulse_id=i), img) for i, img in enumerate(images)],
-                   deadline_ms=5000)
+            stream(
+                daemon,
+                [(EventKey(run=batch, pulse_id=i), img) for i, img in enumerate(images)],
+                deadline_ms=5000,
+            )
             stream(daemon, [(EventKey(run=batch, pulse_id=999), np.zeros((3, 3), np.int16))])
             batch += 1
         wait_for(prom, "count_over_time(hitveto_frames_received_total[1m]) >= 6")
@@ -130,20 +99,3 @@ def test_dashboard_and_rules_return_data_from_a_real_prometheus(tmp_path):
     assert not empty, f"dashboard panels without data: {empty}"
     assert not missing, f"recording rules without data: {missing}"
     assert alert_types == {"vector"}
-
-
-def rules_firing_at_once(tmp_path: Path) -> Path:
-    """The shipped rules without their `for:` waits (promtool's tests check those)."""
-    groups = yaml.safe_load((DEPLOY / "prometheus" / "hitveto.rules.yml").read_text())
-    for group in groups["groups"]:
-        for rule in group["rules"]:
-            rule.pop("for", None)
-    path = tmp_path / "rules-at-once.yml"
-    path.write_text(yaml.safe_dump(groups))
-    return path
-
-
-def firing(base: str, alertname: str) -> set[str]:
-    """Instances (host:port) on which the alert fires now."""
-    result = query(base, f'ALERTS{{alertname="{alertname}", alertstate="firing"}}')["result"]
-    return {r["metric"]["instance"] for r in result}

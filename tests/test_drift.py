@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from hitveto.models import artifact
-
-from hitveto.models import stream_profile
+from hitveto.models import artifact, stream_profile
 from hitveto.models.engine import Engine
-from tests.conftest import paced_stream, running_daemon, simulated_regions
-from tests.test_deploy import firing, prometheus, rules_firing_at_once, wait_for
+
+from helpers import daemons_under_alerts, firing, paced_stream, simulated_regions, wait_for
 
 WATCHED = {"shadow.workers": 0, "drift.sample_hz": 1000.0, "drift.min_frames": 100}
 
@@ -41,17 +39,20 @@ def test_the_shipped_profile_holds_for_a_new_run_and_not_for_a_moved_detector():
 
 
 def test_a_shifted_stream_raises_the_drift_alert_in_a_real_prometheus_and_a_nominal_one_not(tmp_path):
-    with running_daemon(artifact.DEFAULT_ARTIFACT, **WATCHED) as nominal, \
-            running_daemon(artifact.DEFAULT_ARTIFACT, **WATCHED) as shifted, \
-            prometheus(tmp_path, nominal.endpoints.metrics_port, shifted.endpoints.metrics_port,
-                       rules=rules_firing_at_once(tmp_path)) as prom:
+    shipped = [artifact.DEFAULT_ARTIFACT] * 2
+    with daemons_under_alerts(tmp_path, shipped, **WATCHED) as ((nominal, shifted), prom):
         paced_stream(nominal, simulated_regions(seed=17, n=300), rate_hz=200)
         paced_stream(shifted, simulated_regions(seed=17, n=300, distance_m=0.12), rate_hz=200)
         wait_for(prom, "count(hitveto_drift_window_frames >= 100) == 2")
         wait_for(prom, 'ALERTS{alertname="HitvetoInputDrift", alertstate="firing"}')
         fired = firing(prom, "HitvetoInputDrift")
-        scores = {name: {stat: d.metrics.registry.get_sample_value("hitveto_drift_score", {"statistic": stat})
-                         for stat in stream_profile.STATISTICS}
-                  for name, d in (("nominal", nominal), ("shifted", shifted))}
+        scores = {
+            name: {
+                stat: d.metrics.registry.get_sample_value("hitveto_drift_score", {"statistic": stat})
+                for stat in stream_profile.STATISTICS
+            }
+            for name, d in (("nominal", nominal), ("shifted", shifted))
+        }
     assert fired == {f"127.0.0.1:{shifted.endpoints.metrics_port}"}, (fired, scores)
-    assert max(scores["nominal"].values()) < stream_profile.ALERT_PSI < max(scores["shifted"].values()), scores
+    nominal_psi, shifted_psi = (max(scores[name].values()) for name in ("nominal", "shifted"))
+    assert nominal_psi < stream_profile.ALERT_PSI < shifted_psi, scores

@@ -9,7 +9,7 @@ from hitveto.offline import labels
 
 
 def test_quartile_protocol_labels_a_quarter_each_way_even_with_ties():
-    peaks = np.r_[np.zeros(70, int), np.arange(1, 31)]          # most frames have no peak
+    peaks = np.r_[np.zeros(70, int), np.arange(1, 31)]  # most frames have no peak
     q = labels.quartile_labels(peaks, seed=1)
     assert (q == labels.HIT).sum() == 25 and (q == labels.MISS).sum() == 25
     assert peaks[q == labels.HIT].min() >= peaks[q == labels.MISS].max()
@@ -23,7 +23,7 @@ def test_min_peak_protocol_labels_every_frame():
 def test_truth_protocol_counts_the_simulators_strong_spots_and_needs_them():
     assert labels.visible_labels(np.array([0, 2, 10, 11]), 10).tolist() == [0, 0, 1, 1]
     with pytest.raises(ValueError, match="no simulator truth"):
-        labels.visible_labels(np.array([-1, 12]), 10)     # -1: a run without truth (real data)
+        labels.visible_labels(np.array([-1, 12]), 10)  # -1: a run without truth (real data)
 
 
 @pytest.mark.parametrize("target", [0.9, 0.99, 1.0])

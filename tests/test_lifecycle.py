@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from hitveto_client.veto import VetoClient
 from hitveto.serving.launcher import start_daemon
 from hitveto_client.protocol import EventKey, Reason
-from tests.conftest import RAW
+from hitveto_client.veto import VetoClient
+
+from helpers import RAW, loopback_config
 
 
 def test_process_reports_ready_and_drains_on_sigterm(tiny_artifact, tmp_path):
-    daemon = start_daemon("model.device=cpu", "batch.max_delay_ms=50", "batch.max_batch=64",
-                          "batch.latency_budget_ms=60000",
-                          artifact=tiny_artifact, log_path=tmp_path / "daemon.log")
+    daemon = start_daemon(
+        "model.device=cpu",
+        "batch.max_delay_ms=50",
+        "batch.max_batch=64",
+        "batch.latency_budget_ms=60000",
+        artifact=tiny_artifact,
+        log_path=tmp_path / "daemon.log",
+    )
     n = 200
     try:
         assert "READY=1" in daemon.messages and any(m.startswith("STATUS=") for m in daemon.messages)
@@ -22,43 +28,32 @@ def test_process_reports_ready_and_drains_on_sigterm(tiny_artifact, tmp_path):
             image = np.ones(RAW, np.int16)
             for i in range(n):
                 veto.send(EventKey(run=1, pulse_id=i), image)
-            assert daemon.stop() == 0            # SIGTERM while frames are in flight
+            assert daemon.stop() == 0  # SIGTERM while frames are in flight
             decisions = veto.flush(timeout_s=10)
     finally:
         daemon.process.kill()
     assert veto.counts.decided == veto.counts.sent == n
     reasons = {d.reason for d in decisions}
-    assert reasons <= {Reason.MODEL, Reason.AUDIT, Reason.SHUTDOWN}   # judged, or answered at shutdown
-    assert Reason.NO_VERDICT not in reasons                # nothing left unanswered
+    assert reasons <= {Reason.MODEL, Reason.AUDIT, Reason.SHUTDOWN}  # judged, or answered at shutdown
+    assert Reason.NO_VERDICT not in reasons  # nothing left unanswered
 
 
-def test_watchdog_pings_arrive(tiny_artifact, tmp_path):
-    import os
-    import socket
+def test_watchdog_pings_arrive(tiny_artifact, notify_socket, monkeypatch):
     import threading
 
     from prometheus_client import CollectorRegistry
 
     from hitveto.serving.daemon import Daemon
-    from tests.conftest import loopback_config
-    path = str(tmp_path / "notify")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.bind(path)
-        sock.settimeout(5)
-        env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "100000"}
-        old = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            d = Daemon(loopback_config(tiny_artifact), registry=CollectorRegistry())
-            d.start()
-            runner = threading.Thread(target=d.serve_forever_without_signals)
-            runner.start()
-            seen = set()
-            while "WATCHDOG=1" not in seen:
-                seen |= set(sock.recv(4096).decode().splitlines())
-            d.stop_requested.set()
-            runner.join(10)
-        finally:
-            for k, v in old.items():
-                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+    notify_socket.settimeout(5)
+    monkeypatch.setenv("WATCHDOG_USEC", "100000")
+    d = Daemon(loopback_config(tiny_artifact), registry=CollectorRegistry())
+    d.start()
+    runner = threading.Thread(target=d.serve_forever_without_signals)
+    runner.start()
+    seen = set()
+    while "WATCHDOG=1" not in seen:
+        seen |= set(notify_socket.recv(4096).decode().splitlines())
+    d.stop_requested.set()
+    runner.join(10)
     assert {"READY=1", "WATCHDOG=1"} <= seen

@@ -10,19 +10,25 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hitveto.models import artifact
 from hitveto_client.protocol import EventKey
-from tests.conftest import RAW, running_daemon
-from tests.test_daemon import frames, stream
+
+from helpers import frames, running_daemon, stream
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def total(samples: dict, name: str, **labels) -> float:
-    return sum(v for (n, lab), v in samples.items()
-               if n == name and all((k, val) in lab for k, val in labels.items()))
+    return sum(
+        v
+        for (n, lab), v in samples.items()
+        if n == name and all((k, val) in lab for k, val in labels.items())
+    )
 
 
 def test_scraped_counters_account_for_every_frame(tiny_artifact):
@@ -31,7 +37,7 @@ def test_scraped_counters_account_for_every_frame(tiny_artifact):
         stream(daemon, list(frames(50)) + bad)
         push = zmq.Context.instance().socket(zmq.PUSH)
         push.connect(daemon.endpoints.ingest)
-        push.send_multipart([b"junk"])          # unanswerable: counted as bad only
+        push.send_multipart([b"junk"])  # unanswerable: counted as bad only
         push.close(linger=1000)
         stream(daemon, list(frames(1, seed=9)))  # ensures the junk was read before we scrape
         m = scrape(daemon.endpoints.metrics_port)
@@ -41,7 +47,7 @@ def test_scraped_counters_account_for_every_frame(tiny_artifact):
     answered_bad = total(m, "hitveto_verdicts_total", reason="malformed")
     assert received == 53 and bad_all == 2 and answered_bad == 1
     assert received == verdicts + bad_all - answered_bad
-    served = artifact.read(tiny_artifact).served_version        # trained version @ file digest
+    served = artifact.read(tiny_artifact).served_version  # trained version @ file digest
     assert served.startswith("test-1@") and total(m, "hitveto_model_info", version=served) == 1
     assert total(m, "hitveto_batch_size_count") >= 1 and total(m, "hitveto_ready") == 1
     assert total(m, "hitveto_frame_latency_seconds_count") == verdicts

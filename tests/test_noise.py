@@ -17,8 +17,15 @@ RAW = (32, 185, 388)
 
 def quiet(run: RunParams = RUN, **detector) -> RunParams:
     """A detector with only the effects named in `detector` switched on."""
-    off = dict(gain_rms=0.0, read_noise_adu=0.0, pedestal_residual_adu=0.0, common_mode_adu=0.0,
-               row_common_mode_adu=0.0, hot_pixel_fraction=0.0, dead_pixel_fraction=0.0)
+    off = {
+        "gain_rms": 0.0,
+        "read_noise_adu": 0.0,
+        "pedestal_residual_adu": 0.0,
+        "common_mode_adu": 0.0,
+        "row_common_mode_adu": 0.0,
+        "hot_pixel_fraction": 0.0,
+        "dead_pixel_fraction": 0.0,
+    }
     return dataclasses.replace(run, detector=dataclasses.replace(run.detector, **(off | detector)))
 
 
@@ -42,13 +49,16 @@ def test_poisson_sampler_matches_the_distribution():
 def test_read_noise_is_gaussian_with_the_configured_rms():
     adu = to_adu(np.zeros((300, 400), np.float32), quiet(read_noise_adu=6.0), np.random.default_rng(3))
     assert abs(adu.mean()) < 0.1 and abs(adu.std() - 6.0) < 0.1
-    beyond = math.erfc(12.5 / 6.0 / math.sqrt(2))   # |adu| >= 13 after rounding: ~2.08 sigma
+    beyond = math.erfc(12.5 / 6.0 / math.sqrt(2))  # |adu| >= 13 after rounding: ~2.08 sigma
     assert abs(np.mean(np.abs(adu) > 12) - beyond) < 0.004
 
 
 def test_common_mode_is_constant_along_each_asic_row():
-    adu = to_adu(np.zeros(RAW, np.float32), quiet(common_mode_adu=20.0, row_common_mode_adu=2.0),
-                 np.random.default_rng(4)).astype(int)
+    adu = to_adu(
+        np.zeros(RAW, np.float32),
+        quiet(common_mode_adu=20.0, row_common_mode_adu=2.0),
+        np.random.default_rng(4),
+    ).astype(int)
     asics = adu.reshape(32, 185, 2, 194)
     assert np.all(asics.max(axis=3) == asics.min(axis=3))
     assert asics[..., 0].std() > 10
@@ -59,10 +69,11 @@ def test_hot_pixels_stay_put_across_frames():
     photons = np.full(RAW, 0.2, np.float32)
     hot = [set(np.flatnonzero(to_adu(photons, run, np.random.default_rng(i)) > 1000)) for i in (5, 6)]
     assert len(hot[0]) > 100
-    assert len(hot[0] ^ hot[1]) <= 0.02 * len(hot[0])   # only those within noise of the cut differ
+    assert len(hot[0] ^ hot[1]) <= 0.02 * len(hot[0])  # only those within noise of the cut differ
     assert hot[0] <= set(fixed_pattern(run.detector, run.seed, RAW).hot)
-    other = set(np.flatnonzero(to_adu(photons, dataclasses.replace(run, seed=1),
-                                      np.random.default_rng(5)) > 1000))
+    other = set(
+        np.flatnonzero(to_adu(photons, dataclasses.replace(run, seed=1), np.random.default_rng(5)) > 1000)
+    )
     assert len(other & hot[0]) < 0.1 * len(hot[0])
 
 

@@ -8,7 +8,7 @@ import pytest
 from hitveto.io import geometry
 from hitveto.io.peaks import PeakFinder, PeakFinderParams, count_peaks, find_peaks
 
-ADU = 35.0                              # per photon, the defaults' gain
+ADU = 35.0  # per photon, the defaults' gain
 
 
 def frame_with_spots(n_spots: int, seed: int = 0, shape=(350, 350)) -> tuple[np.ndarray, np.ndarray]:
@@ -28,7 +28,7 @@ def test_counts_synthetic_spots_on_the_region(n):
     found = find_peaks(frame, None, PeakFinderParams())
     assert abs(len(found) - n) <= max(1, n // 10)
     nearest = np.hypot(*(found[:, None, 1::-1] - centres[None]).transpose(2, 0, 1)).min(axis=1)
-    assert np.median(nearest) < 0.5          # at the spots' centres (columns, rows)
+    assert np.median(nearest) < 0.5  # at the spots' centres (columns, rows)
 
 
 def test_background_alone_has_no_peaks():

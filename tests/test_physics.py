@@ -10,7 +10,7 @@ import pytest
 
 from hitveto.sim.bragg import Reflections, excitation_sigma, random_rotation, reciprocal_basis, wilson_f2
 from hitveto.sim.params import PRESETS, RunParams
-from hitveto.sim.physics import (FrameKind, bragg_spots, detector_physics, simulate_photons)
+from hitveto.sim.physics import FrameKind, bragg_spots, detector_physics, simulate_photons
 from hitveto.sim.spots import paint_spots, project
 
 PIXEL_M = 109.92e-6
@@ -32,10 +32,13 @@ def square_region(n: int = 350, distance_m: float = 0.1) -> Pixels:
     """One flat affine grid round the beam, with a masked 5-column gap."""
     r, c = np.mgrid[0:n, 0:n].astype(float)
     mask = np.ones((n, n), bool)
-    mask[:, n // 2 - 3:n // 2 + 2] = False
-    return Pixels(x_m=((c - (n - 1) / 2 + 0.3) * PIXEL_M).astype(np.float32),
-                  y_m=(((n - 1) / 2 - r - 0.2) * PIXEL_M).astype(np.float32),
-                  z_m=np.full((n, n), distance_m, np.float32), mask=mask)
+    mask[:, n // 2 - 3 : n // 2 + 2] = False
+    return Pixels(
+        x_m=((c - (n - 1) / 2 + 0.3) * PIXEL_M).astype(np.float32),
+        y_m=(((n - 1) / 2 - r - 0.2) * PIXEL_M).astype(np.float32),
+        z_m=np.full((n, n), distance_m, np.float32),
+        mask=mask,
+    )
 
 
 def fake_cspad(distance_m: float = 0.1) -> Pixels:
@@ -45,7 +48,7 @@ def fake_cspad(distance_m: float = 0.1) -> Pixels:
     """
     rows, cols = 185, 388
     rr, cc = np.mgrid[0:rows, 0:cols].astype(float)
-    extra = 1.5   # a wide pixel is 1.5 pixels wider
+    extra = 1.5  # a wide pixel is 1.5 pixels wider
     cc += np.select([cc == 193, cc == 194, cc >= 195], [extra / 2, 1.5 * extra, 2 * extra], 0.0)
     rng = np.random.default_rng(7)
     xs, ys, zs = [], [], []
@@ -81,9 +84,13 @@ def with_crystal(run: RunParams = RUN, **crystal) -> RunParams:
     return dataclasses.replace(run, crystal=dataclasses.replace(run.crystal, **crystal))
 
 
-STRONG_ONLY = dict(hit_fraction=1.0, multiple_hit_fraction=0.0, weak_hit_fraction=0.0,
-                   ice_with_hit_fraction=0.0)
-MISSES_ONLY = dict(hit_fraction=0.0, ice_miss_fraction=0.5)
+STRONG_ONLY = {
+    "hit_fraction": 1.0,
+    "multiple_hit_fraction": 0.0,
+    "weak_hit_fraction": 0.0,
+    "ice_with_hit_fraction": 0.0,
+}
+MISSES_ONLY = {"hit_fraction": 0.0, "ice_miss_fraction": 0.5}
 
 
 def sharp_peaks(photons: np.ndarray) -> int:
@@ -91,8 +98,11 @@ def sharp_peaks(photons: np.ndarray) -> int:
     img = photons.reshape((-1,) + photons.shape[-2:]).astype(float)
     pad = np.pad(img, ((0, 0), (2, 2), (2, 2)), mode="edge")
     rows, cols = img.shape[1:]
-    shifted = {(dr, dc): pad[:, 2 + dr:2 + dr + rows, 2 + dc:2 + dc + cols]
-               for dr in range(-2, 3) for dc in range(-2, 3)}
+    shifted = {
+        (dr, dc): pad[:, 2 + dr : 2 + dr + rows, 2 + dc : 2 + dc + cols]
+        for dr in range(-2, 3)
+        for dc in range(-2, 3)
+    }
     near = np.max([v for (dr, dc), v in shifted.items() if max(abs(dr), abs(dc)) == 1], axis=0)
     border = np.mean([v for (dr, dc), v in shifted.items() if max(abs(dr), abs(dc)) == 2], axis=0)
     return int(np.count_nonzero((img > near) & (img - border > 5 * np.sqrt(border) + 1)))
@@ -107,7 +117,7 @@ def test_spots_satisfy_the_bragg_condition(raw):
     k = 1.0 / RUN.beam.wavelength_a
     k_in = np.array([0.0, 0.0, k])
     pos = spots.position_m[on]
-    k_out = k * pos / np.linalg.norm(pos, axis=1, keepdims=True)   # elastic: |k_out| = |k_in|
+    k_out = k * pos / np.linalg.norm(pos, axis=1, keepdims=True)  # elastic: |k_out| = |k_in|
     hkl = spots.reflections.hkl[spots.spot[on]]
     q_lattice = hkl @ (rotation @ reciprocal_basis(RUN.crystal.cell_a, RUN.crystal.cell_angles_deg)).T
     s2 = (q_lattice**2).sum(axis=1)
@@ -122,13 +132,14 @@ def test_spots_satisfy_the_bragg_condition(raw):
 
 def test_painted_maxima_sit_on_predicted_spots(raw):
     det = detector_physics(raw, RUN)
-    spots = bragg_spots(det, random_rotation(np.random.default_rng(4)), RUN, size_um=2.0,
-                        fluence_per_a2=400.0, sigma_px=1.2)
+    spots = bragg_spots(
+        det, random_rotation(np.random.default_rng(4)), RUN, size_um=2.0, fluence_per_a2=400.0, sigma_px=1.2
+    )
     image = np.zeros(raw.x_m.size, np.float32)
     paint_spots(image, det, spots, background=image.copy(), read_var=0.0)
     image = image.reshape(raw.x_m.shape)
     peaks = (image > 2.0) & (image == _max3x3(image))
-    peaks[:, [0, 1, -2, -1], :] = peaks[:, :, [0, 1, -2, -1]] = False   # tails of spots off the tile
+    peaks[:, [0, 1, -2, -1], :] = peaks[:, :, [0, 1, -2, -1]] = False  # tails of spots off the tile
     seg, row, col = np.nonzero(peaks)
     assert len(seg) > 30
     centres = np.stack([a[seg, row, col] for a in (raw.x_m, raw.y_m, raw.z_m)], axis=1)
@@ -138,23 +149,29 @@ def test_painted_maxima_sit_on_predicted_spots(raw):
         assert np.linalg.norm(predicted - centre, axis=1).min() <= 1.3 * PIXEL_M
     # the window centre found from the pixel grid is the pixel nearest the spot (wide ones: 1.35)
     on = spots.inside
-    nearest = np.stack([a[spots.segment[on], spots.pixel_row[on], spots.pixel_col[on]]
-                        for a in (raw.x_m, raw.y_m, raw.z_m)], axis=1)
+    nearest = np.stack(
+        [a[spots.segment[on], spots.pixel_row[on], spots.pixel_col[on]] for a in (raw.x_m, raw.y_m, raw.z_m)],
+        axis=1,
+    )
     assert np.linalg.norm(nearest - spots.position_m[on], axis=1).max() <= 1.4 * PIXEL_M
 
 
 def _max3x3(img: np.ndarray) -> np.ndarray:
     pad = np.pad(img, ((0, 0), (1, 1), (1, 1)))
     rows, cols = img.shape[1:]
-    return np.max([pad[:, 1 + dr:1 + dr + rows, 1 + dc:1 + dc + cols]
-                   for dr in (-1, 0, 1) for dc in (-1, 0, 1)], axis=0)
+    return np.max(
+        [pad[:, 1 + dr : 1 + dr + rows, 1 + dc : 1 + dc + cols] for dr in (-1, 0, 1) for dc in (-1, 0, 1)],
+        axis=0,
+    )
 
 
 def test_bigger_crystals_give_more_strong_spots(raw):
     def mean_strong(size_um: float) -> float:
         run = with_crystal(with_mix(**STRONG_ONLY), size_um_median=size_um, size_log_sigma=0.1)
-        return np.mean([simulate_photons(raw, run, np.random.default_rng([1, i]))[1].n_strong_spots
-                        for i in range(6)])
+        return np.mean(
+            [simulate_photons(raw, run, np.random.default_rng([1, i]))[1].n_strong_spots for i in range(6)]
+        )
+
     small, big = mean_strong(0.4), mean_strong(2.0)
     assert big > 3 * small
     assert small > 0
@@ -163,8 +180,13 @@ def test_bigger_crystals_give_more_strong_spots(raw):
 def test_a_crystal_with_no_excited_reflection_paints_nothing(region):
     """A small crystal can meet the Ewald sphere nowhere (seen on a myoglobin run): no spots, no crash."""
     det = detector_physics(region, RUN)
-    none = Reflections(hkl=np.empty((0, 3), int), q=np.empty((0, 3)), excitation=np.empty(0),
-                       direction=np.empty((0, 3)), photons=np.empty(0))
+    none = Reflections(
+        hkl=np.empty((0, 3), int),
+        q=np.empty((0, 3)),
+        excitation=np.empty(0),
+        direction=np.empty((0, 3)),
+        photons=np.empty(0),
+    )
     spots = project(det.segments, none, sigma_m=1.2 * PIXEL_M, margin_px=4)
     image = np.ones(region.x_m.size, np.float32)
     signal, noise = paint_spots(image, det, spots, background=image.copy(), read_var=1.0)
@@ -200,7 +222,7 @@ def test_structure_factors_are_wilson_distributed_and_friedel_symmetric():
     hkl = np.random.default_rng(0).integers(-40, 41, (200_000, 3))
     f2 = wilson_f2(hkl, seed=1)
     assert np.array_equal(f2, wilson_f2(-hkl, seed=1))
-    assert abs(f2.mean() - 1) < 0.01 and abs(f2.var() - 1) < 0.03       # Exponential(1)
+    assert abs(f2.mean() - 1) < 0.01 and abs(f2.var() - 1) < 0.03  # Exponential(1)
     assert not np.array_equal(f2, wilson_f2(hkl, seed=2))
 
 
@@ -213,13 +235,15 @@ def test_ice_miss_rings_peak_at_ice_spacings(raw):
     unshadowed = det.transmission > 0.99
     bins = np.round(s[unshadowed] / 5e-4).astype(int)
     per_sr = np.bincount(bins, photons.ravel()[unshadowed]) / np.maximum(
-        np.bincount(bins, det.per_sr[unshadowed]), 1e-30)
+        np.bincount(bins, det.per_sr[unshadowed]), 1e-30
+    )
     for d in run.mix.ice_d_spacings_a:
         peak, side = round(1 / d / 5e-4), round(0.006 / 5e-4)
         if peak + side < len(per_sr):
-            assert per_sr[peak - 1:peak + 2].max() > 1.5 * max(per_sr[peak - side], per_sr[peak + side])
-    clean, _ = simulate_photons(raw, with_mix(hit_fraction=0.0, ice_miss_fraction=0.0),
-                                np.random.default_rng(6))
+            assert per_sr[peak - 1 : peak + 2].max() > 1.5 * max(per_sr[peak - side], per_sr[peak + side])
+    clean, _ = simulate_photons(
+        raw, with_mix(hit_fraction=0.0, ice_miss_fraction=0.0), np.random.default_rng(6)
+    )
     assert clean.sum() < photons.sum()
 
 
@@ -275,6 +299,7 @@ def test_presets_simulate_on_both_layouts(preset, region, raw):
 @pytest.mark.parametrize("layout", ["raw", "roi"])
 def test_runs_on_the_real_pixel_map(layout):
     from hitveto.io import geometry
+
     pixels = geometry.pixel_map(layout, distance_m=RUN.detector.distance_m)
     photons, truth = simulate_photons(pixels, with_mix(**STRONG_ONLY), np.random.default_rng(12))
     assert photons.shape == np.shape(pixels.x_m) and np.isfinite(photons).all()

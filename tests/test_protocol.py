@@ -10,8 +10,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hitveto_client.protocol import (PROTOCOL_VERSION, EventKey, ProtocolError, Reason, Verdict, decode_frame,
-                              decode_verdict, encode_frame)
+from hitveto_client.protocol import (
+    PROTOCOL_VERSION,
+    EventKey,
+    ProtocolError,
+    Reason,
+    Verdict,
+    decode_frame,
+    decode_verdict,
+    encode_frame,
+)
 
 KEY = EventKey(run=7, pulse_id=42, timestamp=123456789, detector="cspad")
 
@@ -25,8 +33,18 @@ def test_frame_round_trip_is_bit_identical(dtype):
 
 
 def test_verdict_round_trip():
-    v = Verdict(key=KEY, keep=False, hit=False, score=0.01, threshold=0.3, model_version="m-1",
-                reason=Reason.MODEL, sent_ns=1, received_ns=2, inference_ms=0.5)
+    v = Verdict(
+        key=KEY,
+        keep=False,
+        hit=False,
+        score=0.01,
+        threshold=0.3,
+        model_version="m-1",
+        reason=Reason.MODEL,
+        sent_ns=1,
+        received_ns=2,
+        inference_ms=0.5,
+    )
     back = decode_verdict(v.to_wire_at(3))
     assert back.key == KEY and back.score == pytest.approx(0.01) and back.published_ns == 3
     assert back.reason is Reason.MODEL and not back.keep
@@ -44,32 +62,44 @@ def test_fail_open_verdict_keeps_without_score():
 
 
 def _header(**changes):
-    meta = {"v": PROTOCOL_VERSION, "run": 1, "pulse_id": 2, "timestamp": 3, "detector": "cspad",
-            "dtype": "int16", "shape": [2, 2], "sent_ns": 0, "meta": {}}
+    meta = {
+        "v": PROTOCOL_VERSION,
+        "run": 1,
+        "pulse_id": 2,
+        "timestamp": 3,
+        "detector": "cspad",
+        "dtype": "int16",
+        "shape": [2, 2],
+        "sent_ns": 0,
+        "meta": {},
+    }
     meta.update(changes)
     return msgpack.packb(meta)
 
 
-@pytest.mark.parametrize("parts, reason, keyed", [
-    ([b"only one part"], "bad_parts", False),
-    ([b"\xc1\xc1", b""], "bad_header", False),
-    ([msgpack.packb([1, 2]), b""], "bad_header", False),
-    ([_header(v=99), bytes(8)], "bad_version", True),
-    ([_header(run="one"), bytes(8)], "bad_header", False),
-    ([_header(dtype="object"), bytes(8)], "bad_dtype", True),
-    ([_header(shape=[2, -2]), bytes(8)], "bad_shape", True),
-    ([_header(shape=[2, 2]), bytes(7)], "bad_size", True),
-    ([_header(shape=[1 << 20, 1 << 20]), bytes(8)], "bad_size", True),
-    ([_header(shape=[]), b""], "bad_shape", True),
-    ([b"x" * 5000, bytes(8)], "bad_header", False),
-    ([_header(v=True), bytes(8)], "bad_version", True),          # msgpack true is Python's 1
-    ([_header(v=1.0), bytes(8)], "bad_version", True),
-    ([_header(shape=[True, True]), bytes(2)], "bad_shape", True),
-    ([_header(pulse_id=1 << 63), bytes(8)], "bad_header", False),  # beyond signed 64-bit
-    ([_header(run=-(1 << 63) - 1 + 1, timestamp=-1), bytes(8)], "bad_header", False),
-    ([_header(detector=""), bytes(8)], "bad_header", False),
-    ([_header(detector="d" * 65), bytes(8)], "bad_header", False),
-])
+@pytest.mark.parametrize(
+    "parts, reason, keyed",
+    [
+        ([b"only one part"], "bad_parts", False),
+        ([b"\xc1\xc1", b""], "bad_header", False),
+        ([msgpack.packb([1, 2]), b""], "bad_header", False),
+        ([_header(v=99), bytes(8)], "bad_version", True),
+        ([_header(run="one"), bytes(8)], "bad_header", False),
+        ([_header(dtype="object"), bytes(8)], "bad_dtype", True),
+        ([_header(shape=[2, -2]), bytes(8)], "bad_shape", True),
+        ([_header(shape=[2, 2]), bytes(7)], "bad_size", True),
+        ([_header(shape=[1 << 20, 1 << 20]), bytes(8)], "bad_size", True),
+        ([_header(shape=[]), b""], "bad_shape", True),
+        ([b"x" * 5000, bytes(8)], "bad_header", False),
+        ([_header(v=True), bytes(8)], "bad_version", True),  # msgpack true is Python's 1
+        ([_header(v=1.0), bytes(8)], "bad_version", True),
+        ([_header(shape=[True, True]), bytes(2)], "bad_shape", True),
+        ([_header(pulse_id=1 << 63), bytes(8)], "bad_header", False),  # beyond signed 64-bit
+        ([_header(run=-(1 << 63) - 1 + 1, timestamp=-1), bytes(8)], "bad_header", False),
+        ([_header(detector=""), bytes(8)], "bad_header", False),
+        ([_header(detector="d" * 65), bytes(8)], "bad_header", False),
+    ],
+)
 def test_malformed_frames_raise_counted_reasons(parts, reason, keyed):
     with pytest.raises(ProtocolError) as err:
         decode_frame(parts)
@@ -86,15 +116,26 @@ def test_random_bytes_never_crash_the_decoder(parts):
         pass
 
 
+@pytest.mark.slow  # ~12 s: 60,000 coverage-guided inputs
 def test_atheris_campaign_on_the_daemon_intake_finds_nothing(tmp_path):
     """tests/fuzz_ingest.py: coverage-guided messages through IngestWorker.handle (see its doc)."""
     import subprocess
     import sys
     from pathlib import Path
+
     harness = Path(__file__).with_name("fuzz_ingest.py")
-    done = subprocess.run([sys.executable, str(harness), "-runs=60000", "-seed=7",
-                           f"-artifact_prefix={tmp_path}/"],          # a crash input lands there
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(harness),
+            "-runs=60000",
+            "-seed=7",
+            f"-artifact_prefix={tmp_path}/",
+        ],  # a crash input lands there
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     (last,) = [ln for ln in done.stderr.splitlines() if ln.startswith("outcomes after 60000")]
-    assert "'queued'" in last and "'answered'" in last and "'unanswerable'" in last   # every path
+    assert "'queued'" in last and "'answered'" in last and "'unanswerable'" in last  # every path

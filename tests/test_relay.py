@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import zmq
 
+from hitveto.serving.sockets import free_tcp_endpoint
 from hitveto_client.cxi import read_frames
 from hitveto_client.protocol import EventKey, Reason, encode_frame
-from hitveto.serving.sockets import free_tcp_endpoint
-from tests.conftest import RAW, median_threshold_artifact, running_daemon
+
+from helpers import RAW, median_threshold_artifact, running_daemon, start_writer
+
+DEADLINE = ("--deadline-ms", "5000")
 
 
 def frames(n: int) -> dict[int, np.ndarray]:
@@ -20,20 +21,9 @@ def frames(n: int) -> dict[int, np.ndarray]:
     return {i: rng.poisson(0.3 + (i % 4), RAW).astype(np.int16) * 10 for i in range(n)}
 
 
-def start_writer(listen: str, daemon, out, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "hitveto.cli", "write", "--listen", listen, "--frames",
-           daemon.endpoints.ingest, "--verdicts", daemon.endpoints.publish, "--out", str(out),
-           "--deadline-ms", "5000", *extra]
-    writer = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in writer.stderr:                         # wait until it listens (signals handled)
-        if "listening for frames" in line:
-            return writer
-    raise AssertionError(f"writer exited: {writer.wait()}")
-
-
 def summary_value(out: str, label: str) -> int:
     (line,) = [ln for ln in out.splitlines() if ln.startswith(label)]
-    return int(line[len(label):].split()[0].rstrip(":"))
+    return int(line[len(label) :].split()[0].rstrip(":"))
 
 
 def test_writer_joins_frames_with_verdicts_and_counts_malformed(tmp_path):
@@ -41,7 +31,7 @@ def test_writer_joins_frames_with_verdicts_and_counts_malformed(tmp_path):
     model = median_threshold_artifact(tmp_path / "m.pt", list(sent.values()))
     listen = free_tcp_endpoint()
     with running_daemon(model) as daemon:
-        writer = start_writer(listen, daemon, tmp_path / "out", "--max-frames", "8")
+        writer = start_writer(listen, daemon, tmp_path / "out", *DEADLINE, "--max-frames", "8")
         with zmq.Context() as ctx, ctx.socket(zmq.PUSH) as push:
             push.connect(listen)
             for pulse_id, image in sent.items():
@@ -49,7 +39,7 @@ def test_writer_joins_frames_with_verdicts_and_counts_malformed(tmp_path):
                 if pulse_id == 10:
                     push.send_multipart([b"not msgpack", b"x"])
                     push.send_multipart([b"a", b"b", b"c"])
-        writer.send_signal(signal.SIGTERM)               # frames on their way must be taken
+        writer.send_signal(signal.SIGTERM)  # frames on their way must be taken
         out, err = writer.communicate(timeout=60)
     assert writer.returncode == 0, err[-2000:]
     assert summary_value(out, "frames sent") == 40
@@ -59,7 +49,7 @@ def test_writer_joins_frames_with_verdicts_and_counts_malformed(tmp_path):
     kept = {}
     for f in files:
         data, columns = read_frames(f)
-        assert len(data) <= 8                            # rolled by count
+        assert len(data) <= 8  # rolled by count
         kept |= dict(zip(columns["event/pulse_id"].tolist(), data))
         assert set(columns["result_1/keep_reason"].astype(str)) == {Reason.MODEL.value}
         assert (columns["event/run"] == 5).all()
@@ -71,7 +61,7 @@ def test_writer_keeps_everything_when_the_daemon_is_gone(tmp_path):
     listen = free_tcp_endpoint()
     model = median_threshold_artifact(tmp_path / "m.pt", list(frames(4).values()))
     with running_daemon(model) as daemon:
-        writer = start_writer(listen, daemon, tmp_path / "out", "--count", "12")
+        writer = start_writer(listen, daemon, tmp_path / "out", *DEADLINE, "--count", "12")
     # The daemon has stopped, after the writer subscribed.
     with zmq.Context() as ctx, ctx.socket(zmq.PUSH) as push:
         push.connect(listen)
@@ -82,6 +72,8 @@ def test_writer_keeps_everything_when_the_daemon_is_gone(tmp_path):
     (f,) = (tmp_path / "out").glob("hits-*.cxi")
     data, columns = read_frames(f)
     assert sorted(columns["event/pulse_id"].tolist()) == list(range(12))
-    assert set(columns["result_1/keep_reason"].astype(str)) <= {Reason.NO_VERDICT.value,
-                                                                 Reason.OVERLOAD.value}
+    assert set(columns["result_1/keep_reason"].astype(str)) <= {
+        Reason.NO_VERDICT.value,
+        Reason.OVERLOAD.value,
+    }
     assert "accounting         sent 12 = 0 + 0 + 0 + 12: OK" in out

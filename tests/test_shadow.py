@@ -7,22 +7,23 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 
+from hitveto.io.peaks import PeakFinderParams, region_peak_finder
 from hitveto.models import artifact
-from hitveto.serving.audit import wilson
 from hitveto.models.engine import Engine
 from hitveto.offline.labels import MIN_PEAKS_FOR_HIT
-from hitveto.io.peaks import PeakFinderParams, region_peak_finder
+from hitveto.serving.audit import wilson
 from hitveto.serving.shadow import ShadowWindow
-from tests.conftest import paced_stream, running_daemon, simulated_regions
-from tests.test_deploy import firing, prometheus, rules_firing_at_once, wait_for
+
+from helpers import daemons_under_alerts, firing, paced_stream, simulated_regions, wait_for
 
 SHADOWED = {"shadow.workers": 1, "drift.enabled": False}
 
 
 def test_window_estimates_are_wilson_bounds_and_slide():
     window = ShadowWindow(100)
-    for i in range(150):                       # the first 50 pairs slide out
+    for i in range(150):  # the first 50 pairs slide out
         window.add(model_hit=i >= 50 and i % 5 != 0, pf8_hit=i >= 50 and i % 2 == 0)
     e = window.estimates()
     last = [(i % 5 != 0, i % 2 == 0) for i in range(50, 150)]
@@ -50,29 +51,41 @@ def bounds(daemon, gauge: str = "hitveto_shadow_sensitivity") -> dict[str, float
     return {b: reg.get_sample_value(gauge, {"bound": b}) for b in ("value", "lower", "upper")}
 
 
+def window_frames(*daemons) -> list[float | None]:
+    return [d.metrics.registry.get_sample_value("hitveto_shadow_window_frames") for d in daemons]
+
+
+def hit_rate(daemon, method: str) -> float | None:
+    return daemon.metrics.registry.get_sample_value(
+        "hitveto_shadow_hit_rate", {"method": method, "bound": "value"}
+    )
+
+
+@pytest.mark.slow  # ~16 s
 def test_shadow_sees_the_shipped_model_keep_hits_and_a_weakened_one_lose_them(tmp_path):
     images = simulated_regions(seed=17, n=300)
     weak, pf8_hits = weakened(tmp_path, images)
-    assert pf8_hits >= 30                                        # the stream has hits to lose
-    with running_daemon(artifact.DEFAULT_ARTIFACT, **SHADOWED) as good, \
-            running_daemon(weak, **SHADOWED) as bad, \
-            prometheus(tmp_path, good.endpoints.metrics_port, bad.endpoints.metrics_port,
-                       rules=rules_firing_at_once(tmp_path)) as prom:
+    assert pf8_hits >= 30  # the stream has hits to lose
+    models = [artifact.DEFAULT_ARTIFACT, weak]
+    with daemons_under_alerts(tmp_path, models, **SHADOWED) as ((good, bad), prom):
         for daemon in (good, bad):
             counts = paced_stream(daemon, images, rate_hz=100)
             assert counts.sent == counts.decided == 300 and counts.kept_fallback == 0
-        deadline = time.monotonic() + 30             # the last frames' peakfinder8 may still run
-        while time.monotonic() < deadline and min(
-                d.metrics.registry.get_sample_value("hitveto_shadow_window_frames") for d in (good, bad)) < 60:
+        deadline = time.monotonic() + 30  # the last frames' peakfinder8 may still run
+        while time.monotonic() < deadline and min(window_frames(good, bad)) < 60:
             time.sleep(0.2)
         wait_for(prom, 'ALERTS{alertname="HitvetoVetoLosingHits", alertstate="firing"}')
         fired = firing(prom, "HitvetoVetoLosingHits")
-        shadowed = [d.metrics.registry.get_sample_value("hitveto_shadow_window_frames") for d in (good, bad)]
+        shadowed = window_frames(good, bad)
         good_s, bad_s = bounds(good), bounds(bad)
-        rates = {name: [d.metrics.registry.get_sample_value("hitveto_shadow_hit_rate", {"method": m, "bound": "value"})
-                        for m in ("model", "peakfinder8")] for name, d in (("shipped", good), ("weakened", bad))}
-        print(f"shadowed {shadowed}; sensitivity shipped {good_s}, weakened {bad_s}; "   # for the docs
-              f"specificity shipped {bounds(good, 'hitveto_shadow_specificity')}; hit rates {rates}")
+        rates = {
+            name: [hit_rate(d, method) for method in ("model", "peakfinder8")]
+            for name, d in (("shipped", good), ("weakened", bad))
+        }
+        print(
+            f"shadowed {shadowed}; sensitivity shipped {good_s}, weakened {bad_s}; "  # for the docs
+            f"specificity shipped {bounds(good, 'hitveto_shadow_specificity')}; hit rates {rates}"
+        )
     assert min(shadowed) >= 60, shadowed
     assert good_s["upper"] >= 0.99 and good_s["value"] >= 0.95, good_s
     assert bad_s["upper"] < 0.99 and bad_s["value"] < 0.8, bad_s

@@ -5,17 +5,19 @@ from __future__ import annotations
 import threading
 
 from hitveto_client.tail import tail
-from tests.conftest import make_artifact, running_daemon
-from tests.test_daemon import frames, stream
+
+from helpers import frames, make_artifact, running_daemon, stream
 
 
 def test_tail_counts_the_verdicts_it_sees(tmp_path):
-    model = make_artifact(tmp_path / "hit.pt", bias=50.0)   # every frame a hit
+    model = make_artifact(tmp_path / "hit.pt", bias=50.0)  # every frame a hit
     windows, subscribed = [], threading.Event()
     with running_daemon(model) as daemon:
-        watcher = threading.Thread(target=tail, args=(daemon.endpoints.publish,),
-                                   kwargs={"interval_s": 1.5, "windows": 2, "emit": windows.append,
-                                           "subscribed": subscribed})
+        watcher = threading.Thread(
+            target=tail,
+            args=(daemon.endpoints.publish,),
+            kwargs={"interval_s": 1.5, "windows": 2, "emit": windows.append, "subscribed": subscribed},
+        )
         watcher.start()
         assert subscribed.wait(5)
         stream(daemon, frames(100))

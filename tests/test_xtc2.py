@@ -11,18 +11,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hitveto.io.xtc2 import (RunEvent, read_experiment_run, read_run, run_path, smalldata_path,
-                          write_run)
+from hitveto.io.xtc2 import RunEvent, read_experiment_run, read_run, run_path, smalldata_path, write_run
 
 MPIRUN = Path(sys.executable).with_name("mpirun")
 
 
 def make_events(shape, dtype, n=3, truth=True):
     rng = np.random.default_rng(0)
-    return [RunEvent(timestamp=(i + 1) << 24, pulse_id=i,
-                     image=rng.integers(-50, 16000, shape).astype(dtype),
-                     truth={"n_crystals": i % 3, "n_strong_spots": 7 * i, "kind": i % 5} if truth else {})
-            for i in range(n)]
+    return [
+        RunEvent(
+            timestamp=(i + 1) << 24,
+            pulse_id=i,
+            image=rng.integers(-50, 16000, shape).astype(dtype),
+            truth={"n_crystals": i % 3, "n_strong_spots": 7 * i, "kind": i % 5} if truth else {},
+        )
+        for i in range(n)
+    ]
 
 
 def assert_same(written, read):
@@ -32,8 +36,9 @@ def assert_same(written, read):
         assert (b.timestamp, b.pulse_id, b.truth) == (a.timestamp, a.pulse_id, a.truth)
 
 
-@pytest.mark.parametrize("shape, dtype", [((32, 185, 388), np.int16), ((350, 350), np.int16),
-                                          ((350, 350), np.float32)])
+@pytest.mark.parametrize(
+    "shape, dtype", [((32, 185, 388), np.int16), ((350, 350), np.int16), ((350, 350), np.float32)]
+)
 def test_round_trip_is_bit_identical_in_both_modes(tmp_path, shape, dtype):
     events = make_events(shape, dtype)
     path = run_path(tmp_path, "hitveto", 3)
@@ -63,23 +68,31 @@ def test_bad_runs_are_refused_and_leave_no_file(tmp_path):
 
 
 def test_experiment_run_is_shared_among_mpi_ranks(tmp_path):
-    events = make_events((8, 8), np.int16, n=60)   # 30 batches: enough that a late-starting rank gets some
+    events = make_events((8, 8), np.int16, n=60)  # 30 batches: enough that a late-starting rank gets some
     write_run(run_path(tmp_path, "hitveto", 7), events)
-    script = ("import json, os, sys; from hitveto.io.xtc2 import read_experiment_run as r; "
-              f"ids = [e.pulse_id for e in r({str(tmp_path)!r}, experiment='hitveto', run=7, "
-              "batch_size=2)]; open(sys.argv[1] + os.environ['PMI_RANK'], 'w').write(json.dumps(ids))")
+    script = (
+        "import json, os, sys; from hitveto.io.xtc2 import read_experiment_run as r; "
+        f"ids = [e.pulse_id for e in r({str(tmp_path)!r}, experiment='hitveto', run=7, "
+        "batch_size=2)]; open(sys.argv[1] + os.environ['PMI_RANK'], 'w').write(json.dumps(ids))"
+    )
     out = tmp_path / "rank"
-    done = subprocess.run([str(MPIRUN), "-n", "4", sys.executable, "-c", script, str(out)],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [str(MPIRUN), "-n", "4", sys.executable, "-c", script, str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     shares = [json.loads(tmp_path.joinpath(f"rank{rank}").read_text()) for rank in range(4)]
-    assert sorted(sum(shares, [])) == list(range(60))         # each event once
-    assert sum(1 for s in shares if s) == 2             # ranks 2 and 3 are the big-data ranks
+    assert sorted(sum(shares, [])) == list(range(60))  # each event once
+    assert sum(1 for s in shares if s) == 2  # ranks 2 and 3 are the big-data ranks
 
 
 def test_killed_psana_process_leaves_no_shared_memory():
-    script = ("import os, signal; from hitveto.io.psana_import import import_psana; import_psana(); "
-              "print(os.getpid(), flush=True); os.kill(os.getpid(), signal.SIGKILL)")
+    script = (
+        "import os, signal; from hitveto.io.psana_import import import_psana; import_psana(); "
+        "print(os.getpid(), flush=True); os.kill(os.getpid(), signal.SIGKILL)"
+    )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == -signal.SIGKILL
     pid = int(done.stdout.split()[0])
@@ -88,6 +101,7 @@ def test_killed_psana_process_leaves_no_shared_memory():
 
 def test_a_dataset_string_reads_the_run_through_its_experiment_directory(tmp_path):
     from hitveto.io import sources
+
     events = make_events((6, 7), np.int16, n=4)
     write_run(run_path(tmp_path, "hitveto", 9), events)
     assert_same(events, list(sources.events(f"exp=hitveto:run=9:dir={tmp_path}")))
@@ -95,8 +109,9 @@ def test_a_dataset_string_reads_the_run_through_its_experiment_directory(tmp_pat
         list(sources.events(f"exp=hitveto:dir={tmp_path}"))
     from hitveto.io.peaks import PeakFinderParams
     from hitveto.offline.datasets import input_spec, load_runs
+
     spec = input_spec(350, 35.0)
     write_run(run_path(tmp_path, "hitveto", 10), make_events((350, 350), np.int16, n=3))
     data = load_runs((f"exp=hitveto:run=10:dir={tmp_path}",), spec, PeakFinderParams())
-    assert data.regions.shape == (3, 350, 350)                  # labelled, peak counts cached
+    assert data.regions.shape == (3, 350, 350)  # labelled, peak counts cached
     assert list(tmp_path.glob("hitveto-r0010-s000-c000.xtc2.pf8-*.npy"))

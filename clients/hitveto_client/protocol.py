@@ -71,7 +71,12 @@ class EventKey:
 
     def wire_fields(self) -> dict[str, Any]:
         """The key as frame and verdict messages both carry it."""
-        return {"run": self.run, "pulse_id": self.pulse_id, "timestamp": self.timestamp, "detector": self.detector}
+        return {
+            "run": self.run,
+            "pulse_id": self.pulse_id,
+            "timestamp": self.timestamp,
+            "detector": self.detector,
+        }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -165,7 +165,7 @@ def _section_defaults(section: dataclasses.Field[Any]) -> Any:
     return make()
 
 
-def keys() -> list[tuple[str, str, Any]]:
+def settings() -> list[tuple[str, str, Any]]:
     """(section.key, type, default) for every setting, in declaration order."""
     out = []
     for section in dataclasses.fields(ServeConfig):
@@ -311,5 +311,5 @@ __all__ = [
     "ConfigError",
     "Range",
     "load",
-    "keys",
+    "settings",
 ]

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from hitveto.config import DriftConfig
 from hitveto.models.preprocess import InputSpec
 from hitveto.models.stream_profile import Profile, drift_scores, statistics_row
 from hitveto.serving.metrics import Metrics
@@ -30,21 +31,13 @@ class DriftMonitor:
     """Measures a sample of the live stream (at most sample_hz) in its own thread; PSI gauges."""
 
     def __init__(
-        self,
-        *,
-        prof: Profile,
-        spec: InputSpec,
-        threshold: float,
-        metrics: Metrics,
-        sample_hz: float,
-        window: int,
-        min_frames: int,
+        self, settings: DriftConfig, *, prof: Profile, spec: InputSpec, threshold: float, metrics: Metrics
     ) -> None:
         self._metrics = metrics
-        self._rate_hz = sample_hz
+        self._rate_hz = settings.sample_hz
         self._tokens, self._last_s = float(BURST), time.monotonic()
-        self._window = window
-        self._min_frames = min_frames
+        self._window = settings.window
+        self._min_frames = settings.min_frames
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()  # frames, or a Profile to use
         self._waiting = threading.BoundedSemaphore(BURST)
         self.use(prof, spec, threshold)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hitveto.config import ShadowConfig
 from hitveto.io.peaks import PeakFinderParams, count_in_region, region_counter_pool
 from hitveto.models.preprocess import InputSpec
 from hitveto.serving.audit import wilson
@@ -92,24 +93,15 @@ class ShadowWindow:
 class ShadowPeakfinder:
     """Takes frames the model judged, when a worker is free; peakfinder8 labels them; updates gauges."""
 
-    def __init__(
-        self,
-        *,
-        workers: int,
-        spec: InputSpec,
-        min_peaks: int,
-        window: int,
-        target_sensitivity: float,
-        metrics: Metrics,
-    ) -> None:
-        self.workers = workers
-        self.min_peaks = min_peaks
-        self.window = ShadowWindow(window)
+    def __init__(self, settings: ShadowConfig, *, workers: int, spec: InputSpec, metrics: Metrics) -> None:
+        self.workers = workers  # settings.workers, with -1 resolved (watchers.py)
+        self.min_peaks = settings.min_peaks
+        self.window = ShadowWindow(settings.window)
         self._metrics = metrics
         self._waiting = threading.BoundedSemaphore(WAITING_PER_WORKER * workers)
         self._gain = spec.adu_per_photon
         self._pool = self._start_pool(spec)
-        metrics.shadow_target.set(target_sensitivity)
+        metrics.shadow_target.set(settings.target_sensitivity)
         metrics.shadow_workers.set(workers)
 
     def _start_pool(self, spec: InputSpec) -> concurrent.futures.ProcessPoolExecutor:

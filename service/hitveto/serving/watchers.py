@@ -34,25 +34,12 @@ class Watchers:
             )
         shadow = None
         if workers:
-            shadow = ShadowPeakfinder(
-                workers=workers,
-                spec=artifact.spec,
-                min_peaks=cfg.shadow.min_peaks,
-                window=cfg.shadow.window,
-                target_sensitivity=cfg.shadow.target_sensitivity,
-                metrics=metrics,
-            )
+            shadow = ShadowPeakfinder(cfg.shadow, workers=workers, spec=artifact.spec, metrics=metrics)
         drift = None
         if cfg.drift.enabled and artifact.info.profile:
-            d = cfg.drift
+            prof, info = Profile.from_dict(artifact.info.profile), artifact.info
             drift = DriftMonitor(
-                prof=Profile.from_dict(artifact.info.profile),
-                spec=artifact.spec,
-                threshold=artifact.info.threshold,
-                metrics=metrics,
-                sample_hz=d.sample_hz,
-                window=d.window,
-                min_frames=d.min_frames,
+                cfg.drift, prof=prof, spec=artifact.spec, threshold=info.threshold, metrics=metrics
             )
             drift.thread.start()
         elif cfg.drift.enabled:

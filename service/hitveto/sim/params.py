@@ -2,13 +2,18 @@
 
 Everything is a frozen, slotted, keyword-only dataclass, so a `RunParams` is hashable (it keys the
 simulator's caches), serialises with `dataclasses.asdict`, and is varied with `dataclasses.replace`.
-Units are in the field names. `PRESETS` holds the default lysozyme run and two "other experiment"
-variants (different cell, photon energy, distance, gain mode) for cross-experiment validation.
+Units are in the field names. `PRESETS` (presets.toml) holds the default lysozyme run and two
+"other experiment" variants (different cell, photon energy, distance, gain mode) for cross-experiment
+validation.
 """
 
 from __future__ import annotations
 
+import tomllib
+import typing
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 HC_EV_A = 12398.42  # h*c in eV*Angstrom: wavelength_a = HC_EV_A / photon_energy_ev
 
@@ -111,54 +116,20 @@ class RunParams:
     detector: DetectorParams = field(default_factory=DetectorParams)
 
 
-def _thermolysin() -> RunParams:
-    """Hexagonal P6(1)22 cell, 7 keV, detector closer, fewer hits and larger crystals."""
-    return RunParams(
-        beam=BeamParams(photon_energy_ev=7000.0, photons_per_pulse=2e11, focus_fwhm_um=2.0),
-        crystal=CrystalParams(
-            cell_a=(92.9, 92.9, 130.4),
-            cell_angles_deg=(90.0, 90.0, 120.0),
-            size_um_median=2.0,
-            weak_size_um_median=0.45,
-            b_factor_a2=30.0,
-            mosaicity_deg=0.1,
-            structure_seed=2,
-        ),
-        sample=SampleParams(water_ring_per_sr=1.4e6, jet_streak_per_sr=6e5),
-        mix=FrameMix(hit_fraction=0.15, weak_hit_fraction=0.35),
-        detector=DetectorParams(distance_m=0.085, adu_per_photon=35.0 * 7000.0 / 9500.0),
-    )
+def _from_table(cls: Any, table: dict[str, Any]) -> Any:
+    """A params dataclass from a TOML table: sub-tables become the field's dataclass, arrays tuples."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in table.items():
+        if isinstance(value, dict):
+            value = _from_table(hints[name], value)
+        values[name] = tuple(value) if isinstance(value, list) else value
+    return cls(**values)
 
 
-def _myoglobin() -> RunParams:
-    """Monoclinic P2(1) cell, 12 keV, far detector, CSPAD low gain (6.9x less ADU per photon)."""
-    gain = 35.0 / 6.87 * 12000.0 / 9500.0
-    return RunParams(
-        beam=BeamParams(photon_energy_ev=12000.0, photons_per_pulse=6e10, focus_fwhm_um=1.3),
-        crystal=CrystalParams(
-            cell_a=(64.6, 30.9, 34.8),
-            cell_angles_deg=(90.0, 105.8, 90.0),
-            size_um_median=2.5,
-            weak_size_um_median=0.5,
-            b_factor_a2=20.0,
-            mosaicity_deg=0.05,
-            spot_sigma_px=(0.8, 1.3),
-            structure_seed=3,
-        ),
-        sample=SampleParams(water_ring_per_sr=0.7e6, air_scatter_per_sr=4e5),
-        mix=FrameMix(hit_fraction=0.08, multiple_hit_fraction=0.05, ice_miss_fraction=0.15),
-        detector=DetectorParams(
-            distance_m=0.125,
-            adu_per_photon=gain,
-            read_noise_adu=1.5,
-            common_mode_adu=1.0,
-            row_common_mode_adu=0.4,
-        ),
-    )
+def _presets() -> dict[str, RunParams]:
+    with (Path(__file__).parent / "presets.toml").open("rb") as f:
+        return {name: _from_table(RunParams, table) for name, table in tomllib.load(f).items()}
 
 
-PRESETS: dict[str, RunParams] = {
-    "lysozyme": RunParams(),
-    "thermolysin": _thermolysin(),
-    "myoglobin": _myoglobin(),
-}
+PRESETS: dict[str, RunParams] = _presets()  # presets.toml
