@@ -140,7 +140,7 @@ def test_regions_spill_to_a_memory_mapped_file(tmp_path):
 
 
 def test_augmentation_adds_hot_pixels_and_scales_gain_only_when_asked():
-    from hitveto.offline.train import augment
+    from hitveto.offline.augment import augment
 
     flat = np.full((200, 30, 30), 800, np.int16)
     same_gain = augment(flat, np.random.default_rng(0))

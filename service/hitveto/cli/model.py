@@ -23,7 +23,17 @@ def add_train(sub: Any) -> None:
     s.add_argument("--val", dest="val_runs", metavar="VAL", type=Path, nargs="+", required=True)
     s.add_argument("--out", type=Path, required=True)
     s.add_argument(
-        "--arch", dest="architecture", metavar="{seed,compact}", choices=["seed", "compact"], default="seed"
+        "--layout",
+        choices=["roi", "raw"],
+        default="roi",
+        help="roi: the region round the beam; raw: the whole detector, every panel (architecture panels)",
+    )
+    s.add_argument(
+        "--arch",
+        dest="architecture",
+        metavar="{seed,compact,panels}",
+        choices=["seed", "compact", "panels"],
+        help="default: seed for the roi layout, panels for raw",
     )
     s.add_argument(
         "--recipe",
@@ -73,7 +83,8 @@ def train(args: argparse.Namespace) -> int:
     if args.epochs:
         recipe = dataclasses.replace(recipe, epochs=args.epochs)
     runs = {"train_runs": tuple(args.train_runs), "val_runs": tuple(args.val_runs)}
-    cfg = call_with(TrainConfig, args, recipe=recipe, **runs)
+    architecture = args.architecture or {"roi": "seed", "raw": "panels"}[args.layout]
+    cfg = call_with(TrainConfig, args, recipe=recipe, architecture=architecture, **runs)
     _, report = fit_and_save(cfg)
     print(report)
     return 0

@@ -177,6 +177,16 @@ def radius_px(pixels: PixelMap) -> np.ndarray:
     return (np.hypot(pixels.x_m, pixels.y_m) / pixels.pixel_size_m).astype(np.float32)
 
 
+def panel_radius(pool: int) -> np.ndarray:
+    """Each pooled pixel's distance from the beam, in raw pixels: the raw layout's geometry input
+    (n_panels, rows // pool, cols // pool), as preprocess.pool_panels lays the panels out."""
+    radius = radius_px(pixel_map("raw", 0.1))  # x and y only: the distance does not matter
+    n, rows, cols = radius.shape
+    r, c = rows // pool * pool, cols // pool * pool
+    blocks = radius[:, :r, :c].reshape(n, r // pool, pool, c // pool, pool)
+    return blocks.mean(axis=(2, 4)).astype(np.float32)
+
+
 def _fill_gaps(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     grid = np.indices(mask.shape)
     rows, cols = grid[0], grid[1]

@@ -98,7 +98,15 @@ def region_peak_finder(spec: InputSpec, params: PeakFinderParams) -> PeakFinder:
     from hitveto.io import geometry
 
     pixels = geometry.pixel_map("roi", distance_m=0.1, roi_size=spec.roi_shape[0])
-    return PeakFinder(spec.roi_index >= 0, geometry.radius_px(pixels), params)
+    return PeakFinder(np.asarray(spec.roi_index) >= 0, geometry.radius_px(pixels), params)
+
+
+def detector_peak_finder(params: PeakFinderParams) -> PeakFinder:
+    """peakfinder8 on the whole CSPAD raw stack, radii from its geometry."""
+    from hitveto.io import geometry
+
+    radius = geometry.radius_px(geometry.pixel_map("raw", distance_m=0.1))
+    return PeakFinder(np.ones(geometry.RAW_SHAPE, bool), radius, params)
 
 
 def region_counter_pool(

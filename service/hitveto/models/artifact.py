@@ -44,6 +44,8 @@ class ModelInfo:
     roi_shape: tuple[int, int]
     adu_per_photon: float
     threshold: float  # decision threshold on the hit probability
+    layout: str = "roi"  # the model input: preprocess.LAYOUTS
+    pool: int = 1  # raw layout: the max-pool per panel
     created: str = ""
     training: dict[str, Any] = field(default_factory=dict)  # runs, frames, labels, recipe
     validation: dict[str, Any] = field(default_factory=dict)  # held-out confusion and rates
@@ -79,12 +81,14 @@ class Artifact:
         return f"{self.info.version}@{self.sha256[:8]}"
 
 
-def save(path: Path, scripted: Any, info: ModelInfo, roi_index: np.ndarray) -> Path:
-    """Write a scripted (frozen) model with its metadata as one file; returns the path."""
+def save(path: Path, scripted: Any, info: ModelInfo, roi_index: np.ndarray | None) -> Path:
+    """Write a scripted (frozen) model with its metadata as one file; returns the path. The raw
+    layout has no region index (an empty one is stored)."""
     import torch
 
     buf = io.BytesIO()
-    np.save(buf, np.asarray(roi_index, dtype=np.int32))  # 2.3 Mpix fit; half the file
+    index = np.empty(0) if roi_index is None else roi_index
+    np.save(buf, np.asarray(index, dtype=np.int32))  # 2.3 Mpix fit; half the file
     if not info.created:
         info = dataclasses.replace(info, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,8 +115,10 @@ def read(path: Path) -> Artifact:
         detector=info.detector,
         raw_shape=info.raw_shape,
         roi_shape=info.roi_shape,
-        roi_index=index,
+        roi_index=index if info.layout == "roi" else None,
         adu_per_photon=info.adu_per_photon,
+        layout=info.layout,
+        pool=info.pool,
     )
     return Artifact(info=info, spec=spec, sha256=hashlib.sha256(data).hexdigest(), path=path, data=data)
 
@@ -189,10 +195,11 @@ def check_fits(artifact: Artifact, detector: str, shape: tuple[int, ...]) -> Non
 
 def check_swappable(old: Artifact, new: Artifact) -> None:
     """ArtifactError unless `new` takes the same frames, as the same input, as `old` (a reload)."""
-    if (new.spec.detector, new.spec.raw_shape, new.spec.roi_shape) != (
+    if (new.spec.detector, new.spec.raw_shape, new.spec.roi_shape, new.spec.layout) != (
         old.spec.detector,
         old.spec.raw_shape,
         old.spec.roi_shape,
+        old.spec.layout,
     ):
         raise ArtifactError(
             f"{new.path}: model {new.info.version} takes {new.spec.detector} "

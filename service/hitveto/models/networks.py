@@ -1,9 +1,12 @@
 """CNN architectures for hit finding. Every model maps a batch of ADU regions (B, H, W) to P(hit).
 
 - `SeedCNN`: the study's network (conv, ReLU, max-pool, fully connected), ~10 ms/frame on one core.
-- `CompactCNN`: this project's default: an input max-pool that keeps Bragg peaks (a peak survives
+- `CompactCNN`: the region model: an input max-pool that keeps Bragg peaks (a peak survives
   max-pooling, the background shrinks), three strided convolutions and global pooling, so it runs
   in a fraction of a millisecond and does not depend on where in the region a peak falls.
+- `PanelCNN`: the full-detector model (the raw layout): every panel, max-pooled before it comes in
+  (preprocess.pool_panels), through one small convolution trunk shared by all panels, with each
+  pixel's distance from the beam as a second channel; pooled over pixels, then over panels.
 """
 
 from __future__ import annotations
@@ -92,6 +95,66 @@ class CompactCNN(nn.Module):
         return self.classify(pooled).squeeze(1)
 
 
+class PanelCNN(nn.Module):
+    """The whole detector: (B, n_panels * h, w) pooled panels in, one logit per frame out.
+
+    Each panel goes through one small trunk shared by all panels: its pixels' 2x2 neighbourhoods
+    as 4 channels (space to depth: no pixel dropped, and a strided convolution on 4 channels runs
+    several times faster on a CPU than one on a single channel at full resolution), then three
+    stride-2 convolutions. Each pixel's distance from the beam enters after the first, as a learned
+    per-channel weight on a radius map, so that a ring at a fixed radius (ice, water) can be told
+    from Bragg spots, which fall anywhere. The trunk's max and mean over a panel say "a spot is
+    here" and "how many"; max and mean over the panels make the frame's features. No convolution
+    straddles two sensors.
+    """
+
+    def __init__(self, radius: torch.Tensor, channels: int = 8) -> None:
+        super().__init__()
+        self.panels, self.h, self.w = (int(s) for s in radius.shape)
+        self.pad_h, self.pad_w = self.h % 2, self.w % 2  # space to depth needs even sides
+        c = channels
+        # Batch norm after each convolution (folded into it by torch.jit.freeze: free at
+        # inference): without it training stalled for ~100 steps, or died at lr 0.01.
+        self.first = nn.Sequential(nn.Conv2d(4, c, 3, stride=2, padding=1), nn.BatchNorm2d(c))
+        self.rest = nn.Sequential(
+            nn.ReLU(),
+            nn.Conv2d(c, 2 * c, 3, stride=2, padding=1),
+            nn.BatchNorm2d(2 * c),
+            nn.ReLU(),
+            nn.Conv2d(2 * c, 4 * c, 3, stride=2, padding=1),
+            nn.BatchNorm2d(4 * c),
+            nn.ReLU(),
+        )
+        # The radius (0 to 1) where the first convolution's outputs sit; a fixed input, not a
+        # weight: a parameter that is never trained (moved by .to(), folded by torch.jit.freeze).
+        grid = _halved((self.h + self.pad_h) // 2), _halved((self.w + self.pad_w) // 2)
+        shaped = nn.functional.adaptive_avg_pool2d((radius / radius.max()).unsqueeze(1), grid)
+        self.radius = nn.Parameter(shaped, requires_grad=False)
+        self.radius_weight = nn.Parameter(torch.zeros(1, c, 1, 1))
+        self.classify = nn.Sequential(nn.Linear(16 * c, 4 * c), nn.ReLU(), nn.Linear(4 * c, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        panels = x.reshape(b * self.panels, 1, self.h, self.w)
+        # Each panel less its mean: a spot stands out of 0 whatever the panel's background, and
+        # the padding (0) looks like background. Without it the trunk's maxima sat on the padded
+        # border at first and training never found the spots.
+        panels = panels - panels.mean(dim=(2, 3), keepdim=True)
+        if self.pad_h or self.pad_w:
+            panels = nn.functional.pad(panels, (0, self.pad_w, 0, self.pad_h))
+        f = self.first(nn.functional.pixel_unshuffle(panels, 2))
+        f = f.reshape(b, self.panels, f.shape[1], f.shape[2], f.shape[3]) + self.radius_weight * self.radius
+        f = self.rest(f.reshape(b * self.panels, f.shape[2], f.shape[3], f.shape[4]))
+        per_panel = torch.cat([f.amax(dim=(2, 3)), f.mean(dim=(2, 3))], dim=1).reshape(b, self.panels, -1)
+        frame = torch.cat([per_panel.amax(dim=1), per_panel.mean(dim=1)], dim=1)
+        return self.classify(frame).squeeze(1)
+
+
+def _halved(n: int) -> int:
+    """The output size of a 3x3, stride 2, padding 1 convolution over n."""
+    return (n - 1) // 2 + 1
+
+
 class HitClassifier(nn.Module):
     """What the artifact holds: normalisation, a network returning logits, and the sigmoid."""
 
@@ -107,12 +170,21 @@ class HitClassifier(nn.Module):
         return torch.sigmoid(self.logits(adu))
 
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"seed": SeedCNN, "compact": CompactCNN}
+ARCHITECTURES: dict[str, type[nn.Module]] = {"seed": SeedCNN, "compact": CompactCNN, "panels": PanelCNN}
+LAYOUT_OF = {"seed": "roi", "compact": "roi", "panels": "raw"}  # the input each architecture takes
 
 
-def build(architecture: str, roi: int, adu_per_photon: float) -> HitClassifier:
+def build(
+    architecture: str, roi: int, adu_per_photon: float, radius: torch.Tensor | None = None
+) -> HitClassifier:
+    """A new network: a region model for a roi x roi region, or the full-detector model for
+    pooled panels whose pixels lie at `radius` (geometry.panel_radius)."""
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; known: {sorted(ARCHITECTURES)}")
+    if LAYOUT_OF[architecture] == "raw":
+        if radius is None:
+            raise ValueError(f"{architecture!r} takes the whole detector: it needs the panels' radius map")
+        return HitClassifier(PanelCNN(radius), adu_per_photon)
     return HitClassifier(ARCHITECTURES[architecture](roi), adu_per_photon)
 
 

@@ -1,8 +1,16 @@
 """Detector frame -> model input: the one function both the trainer and the daemon call.
 
-The model input is the square region round the beam (the study's central 350x350 crop), in ADU, in
-the frame's own dtype. Intensity normalisation lives inside the TorchScript model (see model.py), so
-it runs on the inference device and cannot drift between training and serving.
+Two layouts of the model input, both in ADU in the frame's own dtype:
+
+- `roi`: the square region round the beam (the study's central 350x350 crop), gathered from the raw
+  stack by a precomputed index, gaps zeroed;
+- `raw`: the whole detector: every panel of the raw stack max-pooled `pool` x `pool` (a Bragg peak
+  survives a max-pool; the background shrinks), the panels stacked into one 2-D slab,
+  (n_panels * rows // pool, cols // pool); for the CSPAD (32, 185, 388) -> (1472, 97), the panel's
+  last row dropped to make 184 rows.
+
+Intensity normalisation lives inside the TorchScript model (networks.py), so it runs on the
+inference device and cannot drift between training and serving.
 """
 
 from __future__ import annotations
@@ -16,17 +24,31 @@ class InputMismatch(ValueError):
     """A frame whose shape fits neither the raw nor the region layout the model was trained for."""
 
 
+LAYOUTS = ("roi", "raw")
+PANEL_POOL = 4  # raw layout: 4x4 max-pool per panel, the whole CSPAD in 1472 x 97
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InputSpec:
     detector: str
     raw_shape: tuple[int, ...]  # e.g. (32, 185, 388): the detector's raw stack
-    roi_shape: tuple[int, int]  # e.g. (350, 350): what the model sees
-    roi_index: np.ndarray  # int64, roi_shape: flat index into the raw stack, -1 for gaps
+    roi_shape: tuple[int, int]  # what the model sees: (350, 350) region, or (1472, 97) pooled panels
+    roi_index: np.ndarray | None  # roi: int64, roi_shape: flat index into the raw stack, -1 for gaps
     adu_per_photon: float  # used by the model's normalisation layer
+    layout: str = "roi"  # one of LAYOUTS
+    pool: int = 1  # raw: the max-pool per panel
     _gather: np.ndarray = field(init=False, repr=False, compare=False)
     _gaps: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.layout == "raw":
+            if tuple(self.roi_shape) != pooled_shape(self.raw_shape, self.pool):
+                raise ValueError(
+                    f"roi_shape {self.roi_shape} != {self.raw_shape} pooled {self.pool}x{self.pool}"
+                )
+            return
+        if self.layout != "roi" or self.roi_index is None:
+            raise ValueError(f"layout {self.layout!r}: one of {LAYOUTS}; roi needs an index")
         index = np.asarray(self.roi_index, dtype=np.int64)
         if index.shape != tuple(self.roi_shape):
             raise ValueError(f"roi_index shape {index.shape} != roi_shape {self.roi_shape}")
@@ -35,6 +57,49 @@ class InputSpec:
 
     def accepts(self, shape: tuple[int, ...]) -> bool:
         return tuple(shape) in (tuple(self.raw_shape), tuple(self.roi_shape))
+
+    def real_pixels(self) -> np.ndarray:
+        """Flat indices of the model input's pixels that are detector pixels (not gaps)."""
+        if self.roi_index is None:
+            return np.arange(int(np.prod(self.roi_shape)))
+        return np.flatnonzero(np.asarray(self.roi_index).reshape(-1) >= 0)
+
+
+def full_frame_spec(
+    detector: str, raw_shape: tuple[int, ...], adu_per_photon: float, pool: int = PANEL_POOL
+) -> InputSpec:
+    """The raw layout: every panel of the detector, max-pooled."""
+    return InputSpec(
+        detector=detector,
+        raw_shape=tuple(raw_shape),
+        roi_shape=pooled_shape(raw_shape, pool),
+        roi_index=None,
+        adu_per_photon=adu_per_photon,
+        layout="raw",
+        pool=pool,
+    )
+
+
+def pooled_shape(raw_shape: tuple[int, ...], pool: int) -> tuple[int, int]:
+    panels, rows, cols = (int(np.prod(raw_shape[:-2])), *raw_shape[-2:])
+    return panels * (rows // pool), cols // pool
+
+
+def pool_panels(stack: np.ndarray, pool: int) -> np.ndarray:
+    """Each panel max-pooled pool x pool (rows and columns past a multiple of pool dropped), the
+    panels stacked into one slab. Element-wise maxima of strided views of the integers, rows then
+    columns: 0.5 ms for a CSPAD frame on one core, against 4.6 ms for numpy's max over a reshaped
+    axis and 11 ms for torch's max_pool2d on floats."""
+    panels = stack.reshape(-1, *stack.shape[-2:])
+    n, rows, cols = panels.shape
+    r, c = rows // pool * pool, cols // pool * pool
+    down = panels[:, 0:r:pool, :c].copy()
+    for k in range(1, pool):
+        np.maximum(down, panels[:, k:r:pool, :c], out=down)
+    out = down[:, :, 0::pool].copy()
+    for k in range(1, pool):
+        np.maximum(out, down[:, :, k::pool], out=out)
+    return out.reshape(n * (r // pool), c // pool)
 
 
 def region(frame: np.ndarray, spec: InputSpec) -> np.ndarray:
@@ -51,6 +116,9 @@ def masked_region(frame: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, int]:
     """The region, and how many of its pixels were NaN or Inf (masked to 0, then judged)."""
     if frame.shape == tuple(spec.roi_shape):
         out = frame
+    elif frame.shape == tuple(spec.raw_shape) and spec.layout == "raw":
+        masked, bad = _mask_nonfinite(frame)  # before the pool: a NaN would win every max
+        return pool_panels(masked, spec.pool), bad
     elif frame.shape == tuple(spec.raw_shape):
         out = np.take(frame.reshape(-1), spec._gather)
         out[spec._gaps] = 0

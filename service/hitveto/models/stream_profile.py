@@ -62,7 +62,7 @@ def frame_statistics(
     saturation_adu: float = SATURATION_ADU,
 ) -> np.ndarray:
     """(N, 6): the STATISTICS of each of N ADU regions, given the model's scores."""
-    real = np.flatnonzero(spec.roi_index.reshape(-1) >= 0)
+    real = spec.real_pixels()
     return np.array(
         [
             statistics_row(r, s, threshold, real, spec.adu_per_photon, saturation_adu)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from hitveto.io import sources
-from hitveto.io.peaks import PeakFinderParams, region_peak_finder
+from hitveto.io.peaks import PeakFinderParams, detector_peak_finder, region_peak_finder
 from hitveto.models import preprocess
 
 
@@ -27,9 +28,12 @@ class LabelledFrames:
     runs: tuple[str, ...]
 
 
-def input_spec(roi_size: int, adu_per_photon: float) -> preprocess.InputSpec:
+def input_spec(roi_size: int, adu_per_photon: float, layout: str = "roi") -> preprocess.InputSpec:
+    """The CSPAD's model input: the roi_size region round the beam, or (raw) every panel, pooled."""
     from hitveto.io import geometry
 
+    if layout == "raw":
+        return preprocess.full_frame_spec("cspad", geometry.RAW_SHAPE, adu_per_photon)
     return preprocess.InputSpec(
         detector="cspad",
         raw_shape=geometry.RAW_SHAPE,
@@ -45,13 +49,15 @@ def load_runs(
     params: PeakFinderParams,
     limit: int | None = None,
     spill: Path | None = None,
+    count_peaks: bool = True,
 ) -> LabelledFrames:
     """Regions, peak counts and truth of every event of the runs (progress bar per run).
 
     With `spill` (a folder) the regions go to a file there and come back memory-mapped, so runs
-    larger than memory train: only the batches in use are read in.
+    larger than memory train: only the batches in use are read in. Without `count_peaks` the peak
+    counts are -1 unless cached (peakfinder8 on a whole CSPAD frame costs ~0.1 s).
     """
-    finder = region_peak_finder(spec, params)
+    counter = _peak_counter(spec, params) if count_peaks else lambda frame, roi: -1
     regions = _Regions(spill)
     peaks: list[int] = []
     crystals: list[int] = []
@@ -59,7 +65,7 @@ def load_runs(
     kinds: list[int] = []
     for path in paths:
         stored = sources.run_file(path)
-        cache = _peak_cache(stored, params, limit)
+        cache = _peak_cache(stored, params, limit, spec)
         counted = list(np.load(cache)) if cache.exists() else None
         start = len(peaks)
         for i, ev in enumerate(
@@ -73,11 +79,11 @@ def load_runs(
         ):
             roi = preprocess.region(ev.image, spec)
             regions.add(roi)
-            peaks.append(counted[i] if counted is not None else finder.count(roi))
+            peaks.append(counted[i] if counted is not None else counter(ev.image, roi))
             crystals.append(ev.truth.get("n_crystals", -1))
             spots.append(ev.truth.get("n_strong_spots", -1))
             kinds.append(ev.truth.get("kind", -1))
-        if counted is None:
+        if counted is None and count_peaks:
             np.save(cache, np.array(peaks[start:]))
     return LabelledFrames(
         regions=regions.array(),
@@ -127,9 +133,23 @@ class _Regions:
         )
 
 
-def _peak_cache(path: Path, params: PeakFinderParams, limit: int | None) -> Path:
+def _peak_counter(
+    spec: preprocess.InputSpec, params: PeakFinderParams
+) -> Callable[[np.ndarray, np.ndarray], int]:
+    """count(frame, model input): peakfinder8 on the region the model sees, or (raw) on every pixel."""
+    if spec.layout == "raw":
+        finder = detector_peak_finder(params)
+        return lambda frame, _: finder.count(frame)
+    finder = region_peak_finder(spec, params)
+    return lambda _, roi: finder.count(roi)
+
+
+def _peak_cache(path: Path, params: PeakFinderParams, limit: int | None, spec: preprocess.InputSpec) -> Path:
     """Where a run's peak counts for these peakfinder8 settings are kept (labelling is the slow part)."""
-    key = hashlib.sha256(repr((dataclasses.astuple(params), limit, path.stat().st_size)).encode())
+    what: tuple[object, ...] = (dataclasses.astuple(params), limit, path.stat().st_size)
+    if spec.layout == "raw":  # counted on the whole detector
+        what += ("raw",)
+    key = hashlib.sha256(repr(what).encode())
     return path.with_name(f"{path.name}.pf8-{key.hexdigest()[:12]}.npy")
 
 

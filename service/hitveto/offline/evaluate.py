@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,25 +50,25 @@ def evaluate_runs(
 def summarise(scores: np.ndarray, data, threshold: float, min_peaks: int) -> dict:
     """Decisions at `threshold` against every protocol the data allows (data: datasets.LabelledFrames)."""
     kept = scores >= threshold
-    q = labels.quartile_labels(data.peaks)
-    used = q != labels.UNUSED
+    result: dict[str, Any] = {"frames": int(len(scores)), "kept_fraction": float(kept.mean())}
+    counted = bool((data.peaks >= 0).all())  # peakfinder8 ran (datasets.load_runs count_peaks)
     every = labels.min_peak_labels(data.peaks, min_peaks).astype(bool)
-    result = {
-        "frames": int(len(scores)),
-        "kept_fraction": float(kept.mean()),
-        "quartile": labels.confusion(q[used] == labels.HIT, kept[used]),
-        "min_peaks": labels.confusion(every, kept),
-        "peakfinder8_min_peaks_vs_quartile": labels.confusion(q[used] == labels.HIT, every[used]),
-    }
+    if counted:
+        q = labels.quartile_labels(data.peaks)
+        used = q != labels.UNUSED
+        result["quartile"] = labels.confusion(q[used] == labels.HIT, kept[used])
+        result["min_peaks"] = labels.confusion(every, kept)
+        result["peakfinder8_min_peaks_vs_quartile"] = labels.confusion(q[used] == labels.HIT, every[used])
     if (data.n_crystals >= 0).all():
         truth = labels.truth_labels(data.n_crystals).astype(bool)
         result["truth"] = labels.confusion(truth, kept)
-        result["peakfinder8_truth"] = labels.confusion(truth, every)
+        if counted:
+            result["peakfinder8_truth"] = labels.confusion(truth, every)
         result["by_kind"] = {
             KINDS[k]: {
                 "frames": int((data.kinds == k).sum()),
                 "kept_by_model": float(kept[data.kinds == k].mean()),
-                "kept_by_peakfinder8": float(every[data.kinds == k].mean()),
+                "kept_by_peakfinder8": float(every[data.kinds == k].mean()) if counted else float("nan"),
             }
             for k in range(len(KINDS))
             if (data.kinds == k).any()
@@ -75,7 +76,8 @@ def summarise(scores: np.ndarray, data, threshold: float, min_peaks: int) -> dic
     if (data.strong_spots >= 0).all():
         visible = labels.visible_labels(data.strong_spots, min_peaks).astype(bool)
         result["visible"] = labels.confusion(visible, kept)
-        result["peakfinder8_visible"] = labels.confusion(visible, every)
+        if counted:
+            result["peakfinder8_visible"] = labels.confusion(visible, every)
     return result
 
 
@@ -83,17 +85,19 @@ def report(r: dict, version: str, threshold: float, min_peaks: int) -> str:
     lines = [
         f"model {version}, threshold {threshold:.4f}, {r['frames']} frames; "
         f"kept {100 * r['kept_fraction']:.1f}% (data reduction {100 * (1 - r['kept_fraction']):.1f}%)",
-        "",
-        labels.study_table(r["quartile"], "Quartile protocol (the study's)"),
-        "",
-        labels.study_table(r["min_peaks"], f"Every frame, peakfinder8 >= {min_peaks} peaks = hit"),
     ]
+    if "quartile" in r:
+        lines += [
+            "",
+            labels.study_table(r["quartile"], "Quartile protocol (the study's)"),
+            "",
+            labels.study_table(r["min_peaks"], f"Every frame, peakfinder8 >= {min_peaks} peaks = hit"),
+        ]
     if "truth" in r:
         lines += [
             "",
             labels.study_table(r["truth"], "Every frame vs simulator truth (a crystal = hit)"),
-            "",
-            labels.study_table(r["peakfinder8_truth"], f"peakfinder8 (>= {min_peaks} peaks) vs truth"),
+            *_beside(r, "peakfinder8_truth", f"peakfinder8 (>= {min_peaks} peaks) vs truth"),
             "",
             "kind             frames   kept by model   kept by peakfinder8",
         ]
@@ -106,12 +110,14 @@ def report(r: dict, version: str, threshold: float, min_peaks: int) -> str:
         lines += [
             "",
             labels.study_table(r["visible"], f"Every frame vs truth (>= {min_peaks} strong spots = hit)"),
-            "",
-            labels.study_table(
-                r["peakfinder8_visible"], f"peakfinder8 (>= {min_peaks} peaks) vs the same truth"
-            ),
+            *_beside(r, "peakfinder8_visible", f"peakfinder8 (>= {min_peaks} peaks) vs the same truth"),
         ]
     return "\n".join(lines)
+
+
+def _beside(r: dict[str, Any], key: str, title: str) -> list[str]:
+    """peakfinder8's table on the same frames, when it counted them."""
+    return ["", labels.study_table(r[key], title)] if key in r else []
 
 
 def plot(scores: np.ndarray, data, min_peaks: int, threshold: float, path: Path) -> None:

@@ -67,7 +67,7 @@ class DriftMonitor:
                 continue
             if isinstance(item[0], Profile):
                 prof, spec, threshold = item
-                self._scoring = (prof, spec, threshold, np.flatnonzero(spec.roi_index.reshape(-1) >= 0))
+                self._scoring = (prof, spec, threshold, spec.real_pixels())
                 self._rows: deque[np.ndarray] = deque(maxlen=self._window)
                 self._measured = 0
                 self._metrics.drift_score.clear()

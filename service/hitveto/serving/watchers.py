@@ -28,7 +28,11 @@ class Watchers:
     def start(cls, cfg: ServeConfig, artifact: Artifact, metrics: Metrics, *, cpu_engines: int) -> Watchers:
         """Those the config and the artifact allow, started."""
         workers = cfg.shadow.workers
-        if workers < 0:
+        if artifact.spec.layout != "roi" and workers:
+            # peakfinder8 needs the frame's pixels; a full-detector model is offered pooled panels
+            log.warning("shadow peakfinder8 judges region models only: off for %s", artifact.info.version)
+            workers = 0
+        elif workers < 0:
             workers = spare_cores(
                 ingest_workers=cfg.ingest.workers, cpu_threads=cfg.model.threads, cpu_engines=cpu_engines
             )
