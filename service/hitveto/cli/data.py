@@ -21,7 +21,7 @@ def add_simulate(sub: Any) -> None:
     s.add_argument("--frames", dest="n_frames", metavar="FRAMES", type=int, default=200)
     s.add_argument("--preset", default="lysozyme")
     s.add_argument("--layout", choices=["raw", "roi"], default="raw")
-    s.add_argument("--format", dest="fmt", metavar="{xtc2,cxi}", choices=["xtc2", "cxi"], default="xtc2")
+    s.add_argument("--format", dest="fmt", choices=["xtc2", "cxi"], default="xtc2")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=simulate)
 

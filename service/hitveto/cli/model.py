@@ -31,14 +31,12 @@ def add_train(sub: Any) -> None:
     s.add_argument(
         "--arch",
         dest="architecture",
-        metavar="{seed,compact,panels}",
         choices=["seed", "compact", "panels"],
         help="default: seed for the roi layout, panels for raw",
     )
     s.add_argument(
         "--recipe",
         dest="recipe_name",
-        metavar="{seed,fast,fast-gain}",
         choices=["seed", "fast", "fast-gain"],
         default="seed",
         help="seed: the study's SGD recipe; fast: AdamW, 8 epochs; fast-gain: fast with gains down to "
@@ -48,7 +46,6 @@ def add_train(sub: Any) -> None:
     s.add_argument(
         "--labels",
         dest="protocol",
-        metavar="{" + ",".join(LABEL_PROTOCOLS) + "}",
         choices=LABEL_PROTOCOLS,
         default="quartile",
         help="quartile: the study's protocol; min-peaks: every frame, hit = >= N peakfinder8 peaks; "
