@@ -4,8 +4,8 @@ Two layouts of the model input, both in ADU in the frame's own dtype:
 
 - `roi`: the square region round the beam (the study's central 350x350 crop), gathered from the raw
   stack by a precomputed index, gaps zeroed;
-- `raw`: the whole detector: every panel of the raw stack max-pooled `pool` x `pool` (a Bragg peak
-  survives a max-pool; the background shrinks), the panels stacked into one 2-D slab,
+- `raw`: the whole detector: every panel of the raw stack pooled `pool` x `pool` (2x2 sums, then the
+  max of those: a Bragg peak survives; the background shrinks), the panels stacked into one 2-D slab,
   (n_panels * rows // pool, cols // pool); for the CSPAD (32, 185, 388) -> (1472, 97), the panel's
   last row dropped to make 184 rows.
 
@@ -86,28 +86,37 @@ def pooled_shape(raw_shape: tuple[int, ...], pool: int) -> tuple[int, int]:
 
 
 def pool_panels(stack: np.ndarray, pool: int) -> np.ndarray:
-    """Each panel max-pooled pool x pool (rows and columns past a multiple of pool dropped), the
-    panels stacked into one slab. Element-wise maxima of strided views of the integers, rows then
-    columns: 0.5 ms for a CSPAD frame on one core, against 4.6 ms for numpy's max over a reshaped
-    axis and 11 ms for torch's max_pool2d on floats."""
+    """Each panel pooled pool x pool (rows and columns past a multiple of pool dropped), the panels
+    stacked into one slab (int32): each 2x2 block summed, then the max over (pool/2) x (pool/2) of
+    those sums. Summing first integrates a spot's photons (1-2 pixels rms) before the max picks the
+    brightest place: on weak hits against empty frames, the count of bright pooled pixels separated
+    them with AUC 0.90 this way and 0.63 with a plain 4x4 max (validation runs 35-36).
+    Every raw-layout artifact was trained on exactly this: another pooling is another layout name.
+    Element-wise sums and maxima of strided views: 1.4 ms a CSPAD frame on one core (a plain 4x4
+    max this way: 0.5 ms; numpy's max over reshaped axes: 4.6 ms; torch's max_pool2d on floats: 11 ms)."""
     panels = stack.reshape(-1, *stack.shape[-2:])
     n, rows, cols = panels.shape
     r, c = rows // pool * pool, cols // pool * pool
-    down = panels[:, 0:r:pool, :c].copy()
-    for k in range(1, pool):
-        np.maximum(down, panels[:, k:r:pool, :c], out=down)
-    out = down[:, :, 0::pool].copy()
-    for k in range(1, pool):
-        np.maximum(out, down[:, :, k::pool], out=out)
+    wide = np.int32 if panels.dtype.kind in "iub" else panels.dtype  # int16 sums would overflow
+    pairs = np.add(panels[:, 0:r:2, :c], panels[:, 1:r:2, :c], dtype=wide)
+    sums = pairs[:, :, 0::2] + pairs[:, :, 1::2]
+    half = pool // 2
+    down = sums[:, 0::half, :].copy()
+    for k in range(1, half):
+        np.maximum(down, sums[:, k::half, :], out=down)
+    out = down[:, :, 0::half].copy()
+    for k in range(1, half):
+        np.maximum(out, down[:, :, k::half], out=out)
     return out.reshape(n * (r // pool), c // pool)
 
 
 def region(frame: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """The model's input region of one frame (raw stack, or the region already), gaps zeroed.
+    """The model's input of one frame (raw stack, or the input already), gaps zeroed.
 
-    A region-shaped frame is returned as is (no copy); a raw stack is gathered into a new array in
-    the frame's dtype (about 0.1 ms for 350x350). Raises InputMismatch for any other shape.
-    NaN and Inf pixels (calibrated float frames mark bad pixels so) are masked to 0 like the gaps.
+    An input-shaped frame is returned as is (no copy); a raw stack is gathered into a new array in
+    the frame's dtype (about 0.1 ms for 350x350), or pooled (raw layout). Raises InputMismatch for
+    any other shape. NaN and Inf pixels (calibrated float frames mark bad pixels so) are masked to 0
+    like the gaps.
     """
     return masked_region(frame, spec)[0]
 

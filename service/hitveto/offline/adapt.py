@@ -103,6 +103,10 @@ class AdaptResult:
 def adapt(cfg: AdaptConfig) -> AdaptResult:
     t0 = time.monotonic()
     current = artifact.read(cfg.model)
+    if current.spec.layout != "roi":  # its labels are peakfinder8's in the region
+        raise ValueError(
+            f"{cfg.model}: hitveto adapt fine-tunes region models; this one takes the whole detector"
+        )
     adu = cfg.adu_per_photon or sources.sidecar_gain(cfg.sources) or current.info.adu_per_photon
     spec = dataclasses.replace(current.spec, adu_per_photon=adu)
     regions, truth = _window(cfg.sources, spec, cfg.frames)
