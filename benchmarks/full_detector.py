@@ -107,12 +107,8 @@ def main() -> None:
         results[name] = summarise(judged, list(models))
         print(report(name, results[name]), flush=True)
     meta = machine(models={k: a.served_version for k, a in models.items()})
-    record(
-        args.out / "full-detector.json",
-        {"meta": meta, "sets": results},
-        lambda png: plot(results, png),
-        say=True,
-    )
+    payload = {"meta": meta, "sets": results}
+    record(args.out / "full-detector.json", payload, lambda png: plot(results, png), say=True)
 
 
 if __name__ == "__main__":
