@@ -14,7 +14,7 @@ from hitveto.models import artifact, networks, preprocess
 from hitveto.offline.train import RECIPES, fit, predict
 from hitveto_client.protocol import Reason
 
-from helpers import RAW, frames, running_daemon, stream
+from helpers import RAW, frames, running_daemon, sample, stream
 
 CSPAD = geometry.RAW_SHAPE
 
@@ -37,6 +37,8 @@ def test_pool_panels_sums_then_maxes_every_panel_and_masks_nan_before_pooling():
     pooled, bad = preprocess.masked_region(floats, spec)
     assert bad == 1 and np.isfinite(pooled).all()
     assert np.allclose(pooled, _sum2_max2(np.nan_to_num(floats, nan=0.0)))
+    with pytest.raises(ValueError, match="even"):  # the pool sums 2x2 blocks first
+        preprocess.full_frame_spec("cspad", CSPAD, 35.0, pool=3)
 
 
 def _panels_artifact(path, raw_shape=RAW, *, bias: float = 0.0):
@@ -61,8 +63,10 @@ def test_a_full_frame_artifact_round_trips_and_the_daemon_judges_raw_frames_with
     path = _panels_artifact(tmp_path / "panels.pt", bias=50.0)  # every frame a hit
     art = artifact.read(path)
     assert (art.spec.layout, art.spec.roi_shape, art.spec.roi_index) == ("raw", (20, 7), None)
-    with running_daemon(path) as daemon:
+    # The shadow peakfinder8 cannot judge pooled panels: asked for, it stays off, and all is judged.
+    with running_daemon(path, **{"shadow.workers": 1}) as daemon:
         counts, decisions = stream(daemon, frames(40))
+        assert sample(daemon, "hitveto_shadow_workers") == 0
     assert counts.sent == 40 and [d.reason for d in decisions] == [Reason.MODEL] * 40
     assert all(d.verdict is not None and d.verdict.hit for d in decisions)
     roi_model = dataclasses.replace(

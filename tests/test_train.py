@@ -163,3 +163,13 @@ def test_augmentation_adds_hot_pixels_and_scales_gain_only_when_asked():
 def test_a_recipe_refuses_what_it_cannot_train_with(change, message):
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(RECIPES["fast"], **change)
+
+
+def test_the_label_protocols_are_the_same_in_the_cli_the_config_and_the_labeller():
+    import typing
+
+    from hitveto.cli.model import LABEL_PROTOCOLS  # the CLI names them without importing offline/
+    from hitveto.offline import labels
+
+    in_config = typing.get_args(typing.get_type_hints(TrainConfig)["protocol"])
+    assert set(LABEL_PROTOCOLS) == set(labels.PROTOCOLS) == set(in_config)

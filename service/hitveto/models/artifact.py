@@ -45,7 +45,7 @@ class ModelInfo:
     adu_per_photon: float
     threshold: float  # decision threshold on the hit probability
     layout: str = "roi"  # the model input: preprocess.LAYOUTS
-    pool: int = 1  # raw layout: the max-pool per panel
+    pool: int = 1  # raw layout: the pool per panel (preprocess.pool_panels)
     created: str = ""
     training: dict[str, Any] = field(default_factory=dict)  # runs, frames, labels, recipe
     validation: dict[str, Any] = field(default_factory=dict)  # held-out confusion and rates

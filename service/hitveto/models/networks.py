@@ -4,9 +4,10 @@
 - `CompactCNN`: the region model: an input max-pool that keeps Bragg peaks (a peak survives
   max-pooling, the background shrinks), three strided convolutions and global pooling, so it runs
   in a fraction of a millisecond and does not depend on where in the region a peak falls.
-- `PanelCNN`: the full-detector model (the raw layout): every panel, max-pooled before it comes in
-  (preprocess.pool_panels), through one small convolution trunk shared by all panels, with each
-  pixel's distance from the beam as a second channel; pooled over pixels, then over panels.
+- `PanelCNN`: the full-detector model (the raw layout): every panel, pooled before it comes in
+  (preprocess.pool_panels: 2x2 sums, then their max), through one small convolution trunk shared by
+  all panels, with each pixel's distance from the beam as a learned input after the first
+  convolution; pooled over pixels, then over panels.
 """
 
 from __future__ import annotations

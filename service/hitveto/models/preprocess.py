@@ -25,7 +25,7 @@ class InputMismatch(ValueError):
 
 
 LAYOUTS = ("roi", "raw")
-PANEL_POOL = 4  # raw layout: 4x4 max-pool per panel, the whole CSPAD in 1472 x 97
+PANEL_POOL = 4  # raw layout: each panel pooled 4x4 (pool_panels), the whole CSPAD in 1472 x 97
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,12 +36,14 @@ class InputSpec:
     roi_index: np.ndarray | None  # roi: int64, roi_shape: flat index into the raw stack, -1 for gaps
     adu_per_photon: float  # used by the model's normalisation layer
     layout: str = "roi"  # one of LAYOUTS
-    pool: int = 1  # raw: the max-pool per panel
+    pool: int = 1  # raw: the pool per panel (pool_panels; even)
     _gather: np.ndarray = field(init=False, repr=False, compare=False)
     _gaps: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.layout == "raw":
+            if self.pool < 2 or self.pool % 2:  # pool_panels sums 2x2 blocks first
+                raise ValueError(f"raw layout pool {self.pool}: an even number >= 2")
             if tuple(self.roi_shape) != pooled_shape(self.raw_shape, self.pool):
                 raise ValueError(
                     f"roi_shape {self.roi_shape} != {self.raw_shape} pooled {self.pool}x{self.pool}"
@@ -68,7 +70,7 @@ class InputSpec:
 def full_frame_spec(
     detector: str, raw_shape: tuple[int, ...], adu_per_photon: float, pool: int = PANEL_POOL
 ) -> InputSpec:
-    """The raw layout: every panel of the detector, max-pooled."""
+    """The raw layout: every panel of the detector, pooled (pool_panels)."""
     return InputSpec(
         detector=detector,
         raw_shape=tuple(raw_shape),

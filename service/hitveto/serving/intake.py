@@ -9,6 +9,7 @@ IDLE_BEFORE_CLOSE_S, stop the proxy, then the workers.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -48,7 +49,7 @@ class Intake:
         metrics: Metrics,
         publish: Callable[[Verdict], None],
         artifact: Callable[[], Artifact],
-        draining: Any,
+        draining: threading.Event,
     ) -> None:
         self._context, self._cfg, self._curve = context, cfg, curve
         self._batcher, self._metrics, self._publish = batcher, metrics, publish
