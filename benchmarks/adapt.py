@@ -55,7 +55,7 @@ def run(frames: int, out: Path) -> dict:
         adapted = adapt(
             AdaptConfig(
                 sources=(window,),
-                model=artifact.DEFAULT_ARTIFACT,
+                model=artifact.REGION_ARTIFACT,
                 out=out / f"{preset}-adapted.pt",
                 frames=frames,
             )
@@ -69,7 +69,7 @@ def run(frames: int, out: Path) -> dict:
             "chosen": adapted.chosen,
             "validation_part": {"before": adapted.before, **adapted.candidates},
         }
-        for name, model in (("shipped", artifact.DEFAULT_ARTIFACT), ("adapted", adapted.path)):
+        for name, model in (("shipped", artifact.REGION_ARTIFACT), ("adapted", adapted.path)):
             if model is not None:
                 evaluate_runs(model, (evaluation,), out_dir=out / f"{preset}-{name}")
                 report = json.loads((out / f"{preset}-{name}" / "evaluation.json").read_text())

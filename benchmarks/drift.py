@@ -31,7 +31,7 @@ STREAMS = {  # name: (preset, seed, changes to its RunParams)
 
 
 def measure(n: int) -> dict:
-    shipped = artifact.read(artifact.DEFAULT_ARTIFACT)
+    shipped = artifact.read(artifact.REGION_ARTIFACT)
     engine = Engine(shipped, device="cpu", max_batch=64)
     prof = stream_profile.Profile.from_dict(shipped.info.profile)
     results = {

@@ -5,6 +5,9 @@ rate and reports the frames/s sustained with nothing lost (every frame judged by
 kept by fallback) and the p50/p99/max verdict latency seen by the client. Saves JSON and a PNG.
 
     python benchmarks/e2e.py [--quick] [--artifact model.pt] [--kinds region full] [--device cpu|cuda]
+
+Without --artifact, region frames go to the shipped region model and full frames to the shipped
+full-detector model.
                              [--out benchmarks/results]
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
+from hitveto.models import artifact
 from hitveto.serving.launcher import start_daemon
 from hitveto_client.hitwriter import Frame, stream
 from hitveto_client.protocol import EventKey
@@ -48,10 +52,10 @@ def measure(daemon, shape, rate_hz: float, seconds: float) -> dict:
 
 
 def sweep(
-    kind: str, settings: dict[str, str], rates: list[float], seconds: float, artifact, device, log_dir: Path
+    kind: str, settings: dict[str, str], rates: list[float], seconds: float, model, device, log_dir: Path
 ) -> list[dict]:
     sets = [f"{k}={v}" for k, v in settings.items()] + [f"model.device={device}"]
-    daemon = start_daemon(*sets, artifact=artifact, log_path=log_dir / f"daemon-{kind}.log")
+    daemon = start_daemon(*sets, artifact=model, log_path=log_dir / f"daemon-{kind}.log")
     rows = []
     try:
         measure(daemon, SHAPES[kind], rates[0] or 100, 1.0)  # warm-up, not reported: steady state only
@@ -123,7 +127,8 @@ def main() -> None:
     ]
     rows = []
     for kind, settings, rates in (step for step in plan if step[0] in args.kinds):
-        rows += sweep(kind, settings, rates, seconds, args.artifact, args.device, args.out)
+        shipped = artifact.REGION_ARTIFACT if kind == "region" else artifact.DEFAULT_ARTIFACT
+        rows += sweep(kind, settings, rates, seconds, args.artifact or shipped, args.device, args.out)
     meta = machine(processor=platform.processor(), device=args.device, seconds_per_point=seconds)
     record(
         args.out / f"e2e-{args.device}.json",

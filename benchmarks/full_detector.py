@@ -19,6 +19,7 @@ from hitveto.io import sources
 from hitveto.io.peaks import PeakFinderParams, detector_peak_finder
 from hitveto.models import artifact, preprocess
 from hitveto.models.engine import Engine
+from hitveto.offline.datasets import gain_scale
 
 from common import figure, machine, parser, record
 
@@ -29,15 +30,21 @@ PF8_N = (5, 10, 16, 25, 40)
 def judge(models: dict[str, artifact.Artifact], runs: list[Path], pf8: bool) -> dict[str, np.ndarray]:
     """Per frame: each model's keep, peakfinder8's count, and the truth."""
     engines = {name: Engine(a, device="cpu", max_batch=32) for name, a in models.items()}
-    finder = detector_peak_finder(PeakFinderParams()) if pf8 else None
     out: dict[str, list] = {"spots": [], "crystals": [], "peaks": [], **{n: [] for n in models}}
     for path in runs:
+        # each model told the run's gain, as the trainer is (datasets.gain_scale)
+        scales = {name: gain_scale(path, e.artifact.spec) for name, e in engines.items()}
+        gain = sources.run_info(path).get("adu_per_photon")  # peakfinder8's threshold in photons too
+        params = PeakFinderParams.for_gain(gain) if gain else PeakFinderParams()
+        finder = detector_peak_finder(params) if pf8 else None
         for ev in sources.events(path):
             out["spots"].append(ev.truth["n_strong_spots"])
             out["crystals"].append(ev.truth["n_crystals"])
             out["peaks"].append(finder.count(ev.image) if finder else -1)
             for name, engine in engines.items():
-                score = engine.infer([preprocess.region(ev.image, engine.artifact.spec)])[0]
+                region = preprocess.region(ev.image, engine.artifact.spec)
+                scale = scales[name]
+                score = engine.infer([region if scale is None else scale(region)])[0]
                 out[name].append(score >= engine.threshold)
     return {k: np.array(v) for k, v in out.items()}
 
@@ -90,8 +97,8 @@ def plot(results: dict[str, dict], path: Path) -> None:
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--model", type=Path, required=True, help="the full-detector artifact")
-    p.add_argument("--region-model", type=Path, default=artifact.DEFAULT_ARTIFACT)
+    p.add_argument("--model", type=Path, default=artifact.DEFAULT_ARTIFACT, help="the full-detector artifact")
+    p.add_argument("--region-model", type=Path, default=artifact.REGION_ARTIFACT)
     p.add_argument("--sets", nargs="+", required=True, metavar="NAME=RUN[,RUN]")
     p.add_argument("--no-peakfinder8", action="store_true")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/full-detector"))

@@ -7,7 +7,10 @@ truth, two ways: a frame with a crystal is a hit, and a frame with at least 10 s
 pixels (the indexability floor; the shipped model's definition, docs/MODEL.md) is a hit. Prints a
 table, saves JSON and a PNG.
 
-    python benchmarks/vs_peakfinder8.py --artifact service/models/default.pt [--frames 400] [--layout raw]
+    python benchmarks/vs_peakfinder8.py [--artifact MODEL] [--frames 400] [--layout raw]
+
+The model defaults to the shipped one for the layout: the region model for `roi`, the full-detector
+model for `raw`.
 """
 
 from __future__ import annotations
@@ -82,14 +85,15 @@ def agreement(events: list, counts: np.ndarray, scores: np.ndarray, threshold: f
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--artifact", type=Path, default=artifact.DEFAULT_ARTIFACT)
+    p.add_argument("--artifact", type=Path)
     p.add_argument("--frames", type=int, default=400)
     p.add_argument("--layout", choices=["roi", "raw"], default="roi")
     p.add_argument("--device", default="cpu")
     p.add_argument("--work", type=Path, default=Path("/tmp/hitveto-bench"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = p.parse_args()
-    art = artifact.read(args.artifact)
+    shipped = artifact.DEFAULT_ARTIFACT if args.layout == "raw" else artifact.REGION_ARTIFACT
+    art = artifact.read(args.artifact or shipped)
     (run,) = simulate_runs(
         args.work,
         runs=[90 if args.layout == "roi" else 91],

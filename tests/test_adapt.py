@@ -22,7 +22,7 @@ from helpers import running_daemon, simulated_regions
 
 
 def test_the_serving_network_is_rebuilt_trainable_with_the_same_scores(tmp_path):
-    shipped = artifact.read(artifact.DEFAULT_ARTIFACT)
+    shipped = artifact.read(artifact.REGION_ARTIFACT)
     images = np.stack(simulated_regions(seed=17, n=16))
     rebuilt = predict(trainable(shipped, shipped.info.adu_per_photon), images)
     assert np.allclose(rebuilt, Engine(shipped, device="cpu").infer(list(images)), atol=1e-5)
@@ -37,7 +37,7 @@ def test_learn_mode_then_adapt_then_reload(tmp_path):
         tmp_path / "runs", runs=[52], n_frames=900, preset="thermolysin", layout="roi", fmt="xtc2", seed=52
     )
     with running_daemon(
-        artifact.DEFAULT_ARTIFACT, **{"audit.fraction": 0.02, "model.reload_dirs": str(tmp_path)}
+        artifact.REGION_ARTIFACT, **{"audit.fraction": 0.02, "model.reload_dirs": str(tmp_path)}
     ) as daemon:
         control = daemon.endpoints.control
         assert request(control, "learn", on=True)["result"]["audit_fraction"] == 1.0
@@ -59,7 +59,7 @@ def test_learn_mode_then_adapt_then_reload(tmp_path):
         # 0.9 (docs/TRUST.md adapts on a minute of beam for 0.99)
         cfg = AdaptConfig(
             sources=files,
-            model=artifact.DEFAULT_ARTIFACT,
+            model=artifact.REGION_ARTIFACT,
             out=tmp_path / "new.pt",
             frames=900,
             workers=2,
@@ -72,7 +72,7 @@ def test_learn_mode_then_adapt_then_reload(tmp_path):
         assert result.path == cfg.out and result.after["sensitivity"] >= 0.9
         assert result.after["specificity"] >= 0.9 and result.frames["validation"] == 180
         new = artifact.read(result.path)
-        assert new.info.training["adapted_from"] == artifact.read(artifact.DEFAULT_ARTIFACT).info.version
+        assert new.info.training["adapted_from"] == artifact.read(artifact.REGION_ARTIFACT).info.version
         assert new.info.profile and new.info.adu_per_photon == gain
         reply = request(control, "reload", artifact=str(result.path))
         assert reply["ok"] and request(control, "status")["result"]["version"] == new.served_version

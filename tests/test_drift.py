@@ -25,7 +25,7 @@ def test_psi_is_near_zero_on_the_training_distribution_and_large_for_a_shift():
 
 
 def shipped_scores(images) -> dict[str, float]:
-    shipped = artifact.read(artifact.DEFAULT_ARTIFACT)
+    shipped = artifact.read(artifact.REGION_ARTIFACT)
     scores = Engine(shipped, device="cpu").infer(list(images))
     stats = stream_profile.frame_statistics(images, scores, shipped.info.threshold, shipped.spec)
     return stream_profile.drift_scores(stream_profile.Profile.from_dict(shipped.info.profile), stats)
@@ -39,7 +39,7 @@ def test_the_shipped_profile_holds_for_a_new_run_and_not_for_a_moved_detector():
 
 
 def test_a_shifted_stream_raises_the_drift_alert_in_a_real_prometheus_and_a_nominal_one_not(tmp_path):
-    shipped = [artifact.DEFAULT_ARTIFACT] * 2
+    shipped = [artifact.REGION_ARTIFACT] * 2
     with daemons_under_alerts(tmp_path, shipped, **WATCHED) as ((nominal, shifted), prom):
         paced_stream(nominal, simulated_regions(seed=17, n=300), rate_hz=200)
         paced_stream(shifted, simulated_regions(seed=17, n=300, distance_m=0.12), rate_hz=200)

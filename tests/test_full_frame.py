@@ -20,10 +20,23 @@ CSPAD = geometry.RAW_SHAPE
 
 
 def _sum2_max2(stack: np.ndarray) -> np.ndarray:
-    """The reference: each 2x2 block summed (no overflow), then the max of 2x2 of those sums."""
+    """The reference: each 2x2 block summed (no overflow) and capped at 3x its pixels but the
+    brightest, then the max of 2x2 of those."""
     p = stack[:, :184, :388].astype(np.float64)
-    sums = p[:, 0::2, 0::2] + p[:, 1::2, 0::2] + p[:, 0::2, 1::2] + p[:, 1::2, 1::2]
-    return sums.reshape(32, 46, 2, 97, 2).max(axis=(2, 4)).reshape(1472, 97)
+    blocks = p.reshape(32, 92, 2, 194, 2)
+    sums, brightest = blocks.sum(axis=(2, 4)), blocks.max(axis=(2, 4))
+    capped = np.minimum(sums, 3 * (sums - brightest))
+    return capped.reshape(32, 46, 2, 97, 2).max(axis=(2, 4)).reshape(1472, 97)
+
+
+def test_pool_panels_caps_a_lone_bright_pixel_and_keeps_a_spread_spot():
+    """A hot pixel is one pixel; a Bragg spot spreads over its 2x2 block: only the spot survives."""
+    stack = np.zeros(CSPAD, dtype=np.int16)
+    stack[0, 20, 20] = 3000  # hot pixel, alone in its block
+    stack[1, 40:42, 60:62] = [[900, 500], [500, 300]]  # a spot: brightest pixel 41 % of its block
+    pooled = preprocess.region(stack, preprocess.full_frame_spec("cspad", CSPAD, 35.0))
+    assert pooled[46 * 0 + 5, 5] == 0
+    assert pooled[46 * 1 + 10, 15] == 2200
 
 
 def test_pool_panels_sums_then_maxes_every_panel_and_masks_nan_before_pooling():
@@ -110,3 +123,19 @@ def test_the_full_frame_model_keeps_hits_whose_spots_all_lie_outside_the_centre_
     hits, misses = scores[labels[520:]], scores[~labels[520:]]
     # A region model, blind to every spot here, can do no better than chance (0.5 / 0.5).
     assert (hits >= 0.5).mean() >= 0.9 and (misses < 0.5).mean() >= 0.95
+
+
+def test_the_audit_estimate_of_a_full_detector_model_counts_peaks_on_the_whole_detector(tmp_path):
+    """Without truth, an audited frame is a hit by peakfinder8 where the model looks: for a
+    full-detector model, every panel (the region would show none of these spots)."""
+    from hitveto.offline.estimate import estimate
+    from hitveto_client.cxi import CxiWriter
+
+    rng = np.random.default_rng(3)
+    with CxiWriter(tmp_path / "hits") as w:
+        for i in range(6):
+            frame = _spots_outside_the_region(rng, 40 if i < 2 else 0)
+            w.write(frame, run=1, pulse_id=i, score=0.1, keep_reason=Reason.AUDIT.value)
+    spec = preprocess.full_frame_spec("cspad", CSPAD, 35.0)
+    loss = estimate(w.files, fraction=0.05, spec=spec)
+    assert (loss.audited, loss.audited_hits, loss.labels) == (6, 2, "peakfinder8 >= 10")

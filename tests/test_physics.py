@@ -278,6 +278,21 @@ def test_beam_stop_shadows_the_centre(region):
     assert photons[radius_px < behind].max() < 0.01 * photons[(radius_px > 40) & (radius_px < 60)].mean()
 
 
+def test_the_beam_stop_and_the_jet_streak_follow_the_beam_and_the_jet(region):
+    """A beam off the detector's centre moves the stop's shadow with it; a tilted jet tilts its
+    streak."""
+    beam = dataclasses.replace(RUN.beam, detector_offset_mm=(4.0, -3.0))
+    sample = dataclasses.replace(RUN.sample, jet_streak_angle_deg=60.0)
+    moved = detector_physics(region, dataclasses.replace(RUN, beam=beam, sample=sample))
+    darkest = np.argmin(np.where(region.mask.ravel(), moved.transmission, 1.0))
+    x_mm, y_mm = region.x_m.ravel()[darkest] * 1e3, region.y_m.ravel()[darkest] * 1e3
+    assert np.hypot(x_mm - 4.0, y_mm + 3.0) < RUN.sample.beamstop_radius_mm
+    streak = moved.jet_per_sr / np.maximum(moved.per_sr, 1e-30)
+    on = streak > 0.5 * streak.max()
+    angle = np.degrees(np.arctan2(moved.y[on], moved.x[on]))  # pixels from the beam
+    assert np.median(np.abs(angle % 180.0 - 60.0)) < 5.0  # the line through the beam at 60 degrees
+
+
 def test_pixels_without_positions_stay_dark():
     pixels = square_region()
     gap = ~pixels.mask

@@ -38,7 +38,7 @@ def test_window_estimates_are_wilson_bounds_and_slide():
 def weakened(tmp_path, images) -> tuple:
     """The shipped model with its threshold raised just above the median score of peakfinder8's
     hits: it keeps at most half of them (all but none where that median is 1, as scores saturate)."""
-    shipped = artifact.read(artifact.DEFAULT_ARTIFACT)
+    shipped = artifact.read(artifact.REGION_ARTIFACT)
     finder = region_peak_finder(shipped.spec, PeakFinderParams.for_gain(shipped.info.adu_per_photon))
     pf8_hits = np.array([finder.count(i) >= MIN_PEAKS_FOR_HIT for i in images])
     scores = Engine(shipped, device="cpu").infer(list(images))
@@ -66,7 +66,7 @@ def test_shadow_sees_the_shipped_model_keep_hits_and_a_weakened_one_lose_them(tm
     images = simulated_regions(seed=17, n=300)
     weak, pf8_hits = weakened(tmp_path, images)
     assert pf8_hits >= 30  # the stream has hits to lose
-    models = [artifact.DEFAULT_ARTIFACT, weak]
+    models = [artifact.REGION_ARTIFACT, weak]
     with daemons_under_alerts(tmp_path, models, **SHADOWED) as ((good, bad), prom):
         for daemon in (good, bad):
             counts = paced_stream(daemon, images, rate_hz=100)

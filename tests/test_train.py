@@ -61,7 +61,7 @@ def test_evaluate_reports_model_beside_peakfinder8_with_plots(tmp_path):
     from hitveto.offline.evaluate import evaluate_runs
 
     (run,) = simulate_runs(tmp_path / "runs", runs=[4], n_frames=40, layout="roi", fmt="xtc2", seed=3)
-    text = evaluate_runs(artifact.DEFAULT_ARTIFACT, (run,), out_dir=tmp_path / "eval")
+    text = evaluate_runs(artifact.REGION_ARTIFACT, (run,), out_dir=tmp_path / "eval")
     assert "Quartile protocol" in text and "vs simulator truth" in text and "strong hit" in text
     import json
 
@@ -139,6 +139,23 @@ def test_regions_spill_to_a_memory_mapped_file(tmp_path):
     assert np.array_equal(spilled.peaks, in_memory.peaks)
 
 
+def test_a_run_at_another_gain_is_rescaled_to_the_model_photon_scale(tmp_path):
+    """Runs of several gain modes train one model: a run's ADU are brought to the model's gain."""
+    import json
+
+    from hitveto.io.peaks import PeakFinderParams
+    from hitveto.offline.datasets import input_spec, load_runs
+
+    (run,) = simulate_runs(tmp_path / "runs", runs=[1], n_frames=4, layout="raw", fmt="cxi", seed=2)
+    spec = input_spec(350, 35.0, layout="raw")
+    as_simulated = load_runs((run,), spec, PeakFinderParams(), count_peaks=False).regions
+    sidecar = run.with_suffix(run.suffix + ".json")
+    described = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**described, "adu_per_photon": 17.5}))  # half the model's gain
+    rescaled = load_runs((run,), spec, PeakFinderParams(), count_peaks=False).regions
+    assert np.array_equal(rescaled, as_simulated * 2)
+
+
 def test_augmentation_adds_hot_pixels_and_scales_gain_only_when_asked():
     from hitveto.offline.augment import augment
 
@@ -150,6 +167,7 @@ def test_augmentation_adds_hot_pixels_and_scales_gain_only_when_asked():
     assert medians.min() >= 100 and medians.max() <= 800  # factors in [1/8, 1]
     assert medians.min() < 200 and medians.max() > 600  # spread over the range
     assert not flat.any() or flat.max() == 800  # the input is untouched
+    assert augment(flat, np.random.default_rng(0), hot_pixels=False).max() == 800  # the raw layout's
 
 
 @pytest.mark.parametrize(
@@ -163,6 +181,15 @@ def test_augmentation_adds_hot_pixels_and_scales_gain_only_when_asked():
 def test_a_recipe_refuses_what_it_cannot_train_with(change, message):
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(RECIPES["fast"], **change)
+
+
+def test_the_cli_offers_every_recipe(capsys):
+    from hitveto.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    offered = capsys.readouterr().out.split("--recipe {")[1].split("}")[0].split(",")
+    assert set(offered) == set(RECIPES)
 
 
 def test_the_label_protocols_are_the_same_in_the_cli_the_config_and_the_labeller():

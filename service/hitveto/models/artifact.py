@@ -26,7 +26,8 @@ from hitveto.models.preprocess import InputSpec
 FORMAT = "hitveto-model/1"
 INFO_NAME = "hitveto.json"
 INDEX_NAME = "roi_index.npy"
-DEFAULT_ARTIFACT = Path(__file__).parent / "default.pt"
+DEFAULT_ARTIFACT = Path(__file__).parent / "default.pt"  # the full-detector model (raw layout)
+REGION_ARTIFACT = Path(__file__).parent / "region.pt"  # the region model, the default until stop 28
 MAX_ARTIFACT_BYTES = 1 << 30  # a model file larger than this is refused before it is read
 READ_TIMEOUT_S = 30.0  # reading it must not take longer (a stalled network mount)
 

@@ -5,9 +5,9 @@
   max-pooling, the background shrinks), three strided convolutions and global pooling, so it runs
   in a fraction of a millisecond and does not depend on where in the region a peak falls.
 - `PanelCNN`: the full-detector model (the raw layout): every panel, pooled before it comes in
-  (preprocess.pool_panels: 2x2 sums, then their max), through one small convolution trunk shared by
-  all panels, with each pixel's distance from the beam as a learned input after the first
-  convolution; pooled over pixels, then over panels.
+  (preprocess.pool_panels), as sqrt(photons); soft counts of the bright pixels over the whole
+  detector beside one small convolution trunk shared by all panels (with each pixel's distance
+  from the beam as a learned input), pooled over pixels, then over panels.
 """
 
 from __future__ import annotations
@@ -20,24 +20,33 @@ from torch import nn
 
 
 class Normalise(nn.Module):
-    """ADU -> log(1 + photons), after an optional max-pool of the raw integers.
+    """ADU -> photons -> log(1 + photons) (region models) or sqrt(photons) (full-detector models),
+    after an optional max-pool of the raw integers.
 
-    log1p, clamping and scaling are monotonic, so they commute with max-pooling: pooling first, on
-    the integers, gives the same numbers as pooling the normalised image, at a quarter of the cost
-    for 2x2 (the normalisation and the pool were most of a compact model's time on CPU).
+    log1p, sqrt, clamping and scaling are monotonic, so they commute with max-pooling: pooling
+    first, on the integers, gives the same numbers as pooling the normalised image, at a quarter of
+    the cost for 2x2 (the normalisation and the pool were most of a compact model's time on CPU).
+    sqrt makes photon (Poisson) noise about as large on a bright ring as on a dark panel, so a spot
+    is "so far above its panel" whatever the background.
     """
 
-    def __init__(self, adu_per_photon: float, pool: int = 1) -> None:
+    def __init__(self, adu_per_photon: float, pool: int = 1, transform: str = "log1p") -> None:
         super().__init__()
+        if transform not in ("log1p", "sqrt"):
+            raise ValueError(f"transform {transform!r}: log1p or sqrt")
         self.scale = 1.0 / float(adu_per_photon)
         self.pool = pool
+        self.transform = transform
 
     def forward(self, adu: torch.Tensor) -> torch.Tensor:
         if self.pool > 1:
             b, h, w = adu.shape
             p = self.pool
             adu = adu.view(b, h // p, p, w).amax(2).view(b, h // p, w // p, p).amax(3)
-        return torch.log1p(adu.float().clamp_min(0.0) * self.scale).unsqueeze(1)
+        photons = adu.float().clamp_min(0.0) * self.scale
+        if self.transform == "sqrt":
+            return torch.sqrt(photons).unsqueeze(1)
+        return torch.log1p(photons).unsqueeze(1)
 
 
 class SeedCNN(nn.Module):
@@ -99,15 +108,28 @@ class CompactCNN(nn.Module):
 class PanelCNN(nn.Module):
     """The whole detector: (B, n_panels * h, w) pooled panels in, one logit per frame out.
 
-    Each panel goes through one small trunk shared by all panels: its pixels' 2x2 neighbourhoods
-    as 4 channels (space to depth: no pixel dropped, and a strided convolution on 4 channels runs
-    several times faster on a CPU than one on a single channel at full resolution), then three
-    stride-2 convolutions. Each pixel's distance from the beam enters after the first, as a learned
-    per-channel weight on a radius map, so that a ring at a fixed radius (ice, water) can be told
-    from Bragg spots, which fall anywhere. The trunk's max and mean over a panel say "a spot is
-    here" and "how many"; max and mean over the panels make the frame's features. No convolution
-    straddles two sensors.
+    Its input is sqrt(photons) (Normalise, `input_transform`), each panel less its mean: photon
+    noise is then about the same everywhere, so "a pixel this far above its panel" means the same
+    on a bright ring as on a dark panel. Two views of the frame meet in the last layers:
+
+    - **How many spots**: soft counts of the pixels above a few learned levels (sigmoids summed
+      over the frame's 128 brightest pixels, levels starting at 3-6 sqrt-photons). A hit is "at
+      least 10 strong spots anywhere": a count is its natural feature, and a max over panels (the
+      trunk's) cannot count.
+      On validation runs this count alone, by hand, kept 99.5 % of the hits while dropping 88-95 %
+      of the empty frames; the trunk before it, alone, 45 %.
+    - **What the bright pixels look like** (rings, streaks, or spots): one small trunk shared by
+      all panels, its pixels' 2x2 neighbourhoods as 4 channels (space to depth: no pixel dropped,
+      and a strided convolution on 4 channels runs several times faster on a CPU than one on a
+      single channel at full resolution), three stride-2 convolutions, each pixel's distance from
+      the beam a learned per-channel input after the first, so that a ring at a fixed radius (ice,
+      water) can be told from Bragg spots, which fall anywhere; max and mean over a panel, then
+      over the panels. No convolution straddles two sensors.
     """
+
+    input_transform = "sqrt"
+    LEVELS = (3.0, 4.0, 5.0, 6.0)  # sqrt-photons above the panel's mean, where the counts start
+    COUNTED = 128  # the brightest pixels of a frame that are counted: a count saturates there
 
     def __init__(self, radius: torch.Tensor, channels: int = 8) -> None:
         super().__init__()
@@ -132,22 +154,28 @@ class PanelCNN(nn.Module):
         shaped = nn.functional.adaptive_avg_pool2d((radius / radius.max()).unsqueeze(1), grid)
         self.radius = nn.Parameter(shaped, requires_grad=False)
         self.radius_weight = nn.Parameter(torch.zeros(1, c, 1, 1))
-        self.classify = nn.Sequential(nn.Linear(16 * c, 4 * c), nn.ReLU(), nn.Linear(4 * c, 1))
+        self.levels = nn.Parameter(torch.tensor(self.LEVELS).reshape(1, -1, 1))
+        self.sharpness = nn.Parameter(torch.tensor(3.0))  # of the sigmoid that counts a pixel
+        self.counted = self.COUNTED
+        features = 16 * c + len(self.LEVELS)
+        self.classify = nn.Sequential(nn.Linear(features, 4 * c), nn.ReLU(), nn.Linear(4 * c, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
         panels = x.reshape(b * self.panels, 1, self.h, self.w)
         # Each panel less its mean: a spot stands out of 0 whatever the panel's background, and
-        # the padding (0) looks like background. Without it the trunk's maxima sat on the padded
-        # border at first and training never found the spots.
+        # the padding (0) looks like background.
         panels = panels - panels.mean(dim=(2, 3), keepdim=True)
+        # Among the frame's brightest pixels only: a sigmoid on every pixel cost 8 ms a frame.
+        brightest = torch.topk(panels.reshape(b, 1, -1), self.counted, dim=2).values
+        counts = torch.log1p(torch.sigmoid(self.sharpness * (brightest - self.levels)).sum(dim=2))
         if self.pad_h or self.pad_w:
             panels = nn.functional.pad(panels, (0, self.pad_w, 0, self.pad_h))
         f = self.first(nn.functional.pixel_unshuffle(panels, 2))
         f = f.reshape(b, self.panels, f.shape[1], f.shape[2], f.shape[3]) + self.radius_weight * self.radius
         f = self.rest(f.reshape(b * self.panels, f.shape[2], f.shape[3], f.shape[4]))
         per_panel = torch.cat([f.amax(dim=(2, 3)), f.mean(dim=(2, 3))], dim=1).reshape(b, self.panels, -1)
-        frame = torch.cat([per_panel.amax(dim=1), per_panel.mean(dim=1)], dim=1)
+        frame = torch.cat([per_panel.amax(dim=1), per_panel.mean(dim=1), counts], dim=1)
         return self.classify(frame).squeeze(1)
 
 
@@ -161,7 +189,11 @@ class HitClassifier(nn.Module):
 
     def __init__(self, net: nn.Module, adu_per_photon: float) -> None:
         super().__init__()
-        self.normalise = Normalise(adu_per_photon, pool=getattr(net, "input_pool", 1))
+        self.normalise = Normalise(
+            adu_per_photon,
+            pool=getattr(net, "input_pool", 1),
+            transform=getattr(net, "input_transform", "log1p"),
+        )
         self.net = net
 
     def logits(self, adu: torch.Tensor) -> torch.Tensor:
@@ -198,5 +230,5 @@ def weights_digest(net: nn.Module, extra: bytes = b"") -> str:
 def at_gain(net: HitClassifier, adu_per_photon: float) -> HitClassifier:
     """A copy of the network normalising for another detector gain (the same weights)."""
     copy = deepcopy(net)
-    copy.normalise = Normalise(adu_per_photon, pool=net.normalise.pool)
+    copy.normalise = Normalise(adu_per_photon, pool=net.normalise.pool, transform=net.normalise.transform)
     return copy

@@ -4,8 +4,9 @@ Two layouts of the model input, both in ADU in the frame's own dtype:
 
 - `roi`: the square region round the beam (the study's central 350x350 crop), gathered from the raw
   stack by a precomputed index, gaps zeroed;
-- `raw`: the whole detector: every panel of the raw stack pooled `pool` x `pool` (2x2 sums, then the
-  max of those: a Bragg peak survives; the background shrinks), the panels stacked into one 2-D slab,
+- `raw`: the whole detector: every panel of the raw stack pooled `pool` x `pool` (2x2 sums capped so
+  that one bright pixel alone is not a spot, then the max of those: a Bragg peak survives; the
+  background and hot pixels shrink), the panels stacked into one 2-D slab,
   (n_panels * rows // pool, cols // pool); for the CSPAD (32, 185, 388) -> (1472, 97), the panel's
   last row dropped to make 184 rows.
 
@@ -89,19 +90,45 @@ def pooled_shape(raw_shape: tuple[int, ...], pool: int) -> tuple[int, int]:
 
 def pool_panels(stack: np.ndarray, pool: int) -> np.ndarray:
     """Each panel pooled pool x pool (rows and columns past a multiple of pool dropped), the panels
-    stacked into one slab (int32): each 2x2 block summed, then the max over (pool/2) x (pool/2) of
-    those sums. Summing first integrates a spot's photons (1-2 pixels rms) before the max picks the
-    brightest place: on weak hits against empty frames, the count of bright pooled pixels separated
-    them with AUC 0.90 this way and 0.63 with a plain 4x4 max (validation runs 35-36).
+    stacked into one slab (int32): each 2x2 block summed, the sum capped at three times what the
+    block holds outside its brightest pixel, then the max over (pool/2) x (pool/2) of those.
+
+    - Summing integrates a spot's photons (1-2 pixels rms) before the max picks the brightest
+      place: weak hits against empty frames, by the count of bright pooled pixels, AUC 0.90 this
+      way and 0.63 with a plain 4x4 max (validation runs 35-36).
+    - The cap: a Bragg spot spreads over its block; a hot pixel or a zinger is one pixel. A CSPAD
+      has ~230 hot pixels (1e-4); uncapped, each pooled into a bright "spot" like a weak hit's, so
+      an empty frame showed ~180 bright pooled pixels and a weak hit ~190. Capped, an empty frame
+      shows ~1 and a weak hit ~15 (run 61, 18 weak hits, 293 empty frames).
+
     Every raw-layout artifact was trained on exactly this: another pooling is another layout name.
-    Element-wise sums and maxima of strided views: 1.4 ms a CSPAD frame on one core (a plain 4x4
-    max this way: 0.5 ms; numpy's max over reshaped axes: 4.6 ms; torch's max_pool2d on floats: 11 ms)."""
+    Element-wise ops on strided views, 8 panels at a time (temporaries that stay in cache and in
+    malloc's heap: all 32 at once took 6-8 ms, mostly page faults on fresh buffers): 1.8 ms a CSPAD
+    frame on one core (numpy's max over reshaped axes: 4.6 ms for the max alone; torch's
+    max_pool2d on floats: 11 ms)."""
     panels = stack.reshape(-1, *stack.shape[-2:])
     n, rows, cols = panels.shape
-    r, c = rows // pool * pool, cols // pool * pool
     wide = np.int32 if panels.dtype.kind in "iub" else panels.dtype  # int16 sums would overflow
-    pairs = np.add(panels[:, 0:r:2, :c], panels[:, 1:r:2, :c], dtype=wide)
-    sums = pairs[:, :, 0::2] + pairs[:, :, 1::2]
+    out = np.empty((n, rows // pool, cols // pool), dtype=wide)
+    for i in range(0, n, POOL_CHUNK):
+        out[i : i + POOL_CHUNK] = _pool_chunk(panels[i : i + POOL_CHUNK], pool, wide)
+    return out.reshape(n * (rows // pool), cols // pool)
+
+
+POOL_CHUNK = 8  # panels pooled at a time
+
+
+def _pool_chunk(panels: np.ndarray, pool: int, wide: np.typing.DTypeLike) -> np.ndarray:
+    r, c = panels.shape[1] // pool * pool, panels.shape[2] // pool * pool
+    top, bottom = panels[:, 0:r:2, :c], panels[:, 1:r:2, :c]
+    pairs = np.add(top, bottom, dtype=wide)
+    sums = np.add(pairs[:, :, 0::2], pairs[:, :, 1::2])
+    brightest = np.maximum(top, bottom)
+    brightest = np.maximum(brightest[:, :, 0::2], brightest[:, :, 1::2])
+    rest = pairs[:, :, 0::2]  # reused: the pairs are summed already
+    np.subtract(sums, brightest, out=rest)
+    rest *= 3
+    np.minimum(sums, rest, out=sums)  # the brightest pixel holds at most 2/3 of its block
     half = pool // 2
     down = sums[:, 0::half, :].copy()
     for k in range(1, half):
@@ -109,7 +136,7 @@ def pool_panels(stack: np.ndarray, pool: int) -> np.ndarray:
     out = down[:, :, 0::half].copy()
     for k in range(1, half):
         np.maximum(out, down[:, :, k::half], out=out)
-    return out.reshape(n * (r // pool), c // pool)
+    return out
 
 
 def region(frame: np.ndarray, spec: InputSpec) -> np.ndarray:

@@ -35,7 +35,8 @@ from hitveto.io.peaks import PeakFinderParams, count_in_region, region_counter_p
 from hitveto.models import artifact, networks, preprocess, stream_profile
 from hitveto.models.artifact import Artifact, ArtifactError
 from hitveto.offline import labels
-from hitveto.offline.train import Recipe, fit, predict
+from hitveto.offline.recipes import Recipe
+from hitveto.offline.train import fit, predict
 from hitveto.serving.audit import wilson
 
 log = logging.getLogger(__name__)

@@ -54,7 +54,8 @@ def load_runs(
     """Regions, peak counts and truth of every event of the runs (progress bar per run).
 
     With `spill` (a folder) the regions go to a file there and come back memory-mapped, so runs
-    larger than memory train: only the batches in use are read in. Without `count_peaks` the peak
+    larger than memory train: only the batches in use are read in. A run whose sidecar gives
+    another gain than the spec's is rescaled to the spec's (gain_scale). Without `count_peaks` the peak
     counts are -1 unless cached (peakfinder8 on a whole CSPAD frame costs ~0.1 s).
     """
     counter = _peak_counter(spec, params) if count_peaks else lambda frame, roi: -1
@@ -68,6 +69,7 @@ def load_runs(
         cache = _peak_cache(stored, params, limit, spec)
         counted = list(np.load(cache)) if cache.exists() else None
         start = len(peaks)
+        to_model_gain = gain_scale(path, spec)
         for i, ev in enumerate(
             tqdm(
                 sources.events(path, limit=limit),
@@ -78,7 +80,7 @@ def load_runs(
             )
         ):
             roi = preprocess.region(ev.image, spec)
-            regions.add(roi)
+            regions.add(roi if to_model_gain is None else to_model_gain(roi))
             peaks.append(counted[i] if counted is not None else counter(ev.image, roi))
             crystals.append(ev.truth.get("n_crystals", -1))
             spots.append(ev.truth.get("n_strong_spots", -1))
@@ -153,11 +155,31 @@ def _peak_cache(path: Path, params: PeakFinderParams, limit: int | None, spec: p
     return path.with_name(f"{path.name}.pf8-{key.hexdigest()[:12]}.npy")
 
 
+def gain_scale(path: Path, spec: preprocess.InputSpec) -> Callable[[np.ndarray], np.ndarray] | None:
+    """ADU at the run's gain (its sidecar's) -> ADU at the model's, or None where they agree or the
+    run does not say: runs of several gain modes train one model on one photon scale, so that a
+    strong spot (>= 15 photons) looks the same in every run."""
+    gain = sources.run_info(path).get("adu_per_photon")
+    if gain is None or np.isclose(gain, spec.adu_per_photon):
+        return None
+    scale = spec.adu_per_photon / float(gain)
+
+    def rescale(roi: np.ndarray) -> np.ndarray:
+        scaled = np.rint(roi * scale)
+        if roi.dtype.kind in "iu":
+            limits = np.iinfo(roi.dtype)
+            scaled = np.clip(scaled, limits.min, limits.max)
+        return scaled.astype(roi.dtype)
+
+    return rescale
+
+
 def adu_from_runs(paths: tuple[Path, ...]) -> float:
     gain = sources.sidecar_gain(paths)
     if gain is None:
         gains = {sources.run_info(p).get("adu_per_photon") for p in paths}
         raise ValueError(
-            f"cannot tell ADU per photon from the runs' sidecars ({gains}); pass --adu-per-photon"
+            f"cannot tell ADU per photon from the runs' sidecars ({gains}); pass --adu-per-photon "
+            "(the model's: each run with a sidecar is rescaled to it)"
         )
     return gain

@@ -31,37 +31,10 @@ from hitveto.offline import distributed, labels
 from hitveto.offline.augment import augment
 from hitveto.offline.datasets import LabelledFrames, adu_from_runs, input_spec, load_runs
 from hitveto.offline.evaluate import summarise
+from hitveto.offline.recipes import RECIPES as RECIPES  # re-exported: `train.RECIPES`
+from hitveto.offline.recipes import Recipe, optimiser_for
 
 log = logging.getLogger(__name__)
-OPTIMISERS = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Recipe:
-    """Optimiser and schedule."""
-
-    optimiser: Literal["sgd", "adamw"]
-    lr: float
-    momentum: float = 0.0
-    batch_size: int = 100
-    epochs: int = 3
-    augment: bool = False  # fresh hot and dead pixels per sample (see augment())
-    gain_range: float = 1.0  # and each sample's ADU scaled by a factor in [1/g, 1] (see augment())
-
-    def __post_init__(self) -> None:
-        if self.optimiser not in OPTIMISERS:
-            raise ValueError(f"optimiser {self.optimiser!r}: one of {sorted(OPTIMISERS)}")
-        if self.lr <= 0 or self.batch_size < 1 or self.epochs < 1 or self.gain_range < 1.0:
-            raise ValueError(f"recipe out of range: {self}")
-
-
-RECIPES = {
-    "seed": Recipe(optimiser="sgd", lr=0.002, momentum=0.9, batch_size=100, epochs=3),  # the study's
-    "fast": Recipe(optimiser="adamw", lr=0.003, batch_size=64, epochs=8, augment=True),
-    # fast, and gains down to 1/8 of the runs': a detector in a lower gain mode (CSPAD low gain:
-    # 1/6.9) looks like these, so the model need not be told the gain
-    "fast-gain": Recipe(optimiser="adamw", lr=0.003, batch_size=64, epochs=8, augment=True, gain_range=8.0),
-}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,14 +85,10 @@ def fit(
     rank, world = distributed.rank_and_world()
     distributed.sync_parameters(net)
     r = recipe
-    optimiser = (
-        torch.optim.SGD(net.parameters(), lr=r.lr, momentum=r.momentum)
-        if r.optimiser == "sgd"
-        else torch.optim.AdamW(net.parameters(), lr=r.lr)
-    )
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    rng = np.random.default_rng(seed)
     rows = np.arange(len(x)) if rows is None else rows
+    optimiser, schedule = optimiser_for(net, r, steps=r.epochs * -(-len(rows) // r.batch_size))
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(r.hit_weight))
+    rng = np.random.default_rng(seed)
     losses = []
     net.train()
     for epoch in range(r.epochs):
@@ -136,7 +105,7 @@ def fit(
             # Every process augments the whole batch (the random stream stays the one process's)
             # and keeps its share: with equal shares the averaged gradient is the whole batch's.
             whole = x[rows[idx]]
-            batch = (augment(whole, rng, r.gain_range) if r.augment else whole)[rank::world]
+            batch = (augment(whole, rng, r.gain_range, r.hot_pixels) if r.augment else whole)[rank::world]
             idx = idx[rank::world]
             optimiser.zero_grad()
             device = next(net.parameters()).device
@@ -146,6 +115,8 @@ def fit(
             loss.backward()
             distributed.average_gradients(net, world)
             optimiser.step()
+            if schedule is not None:
+                schedule.step()
             total += loss.item() * len(idx)
             bar.set_postfix(loss=f"{loss.item():.4f}")
         losses.append(distributed.sum_over_processes(total, world) / len(rows))
@@ -211,7 +182,8 @@ def _train(cfg: TrainConfig, spill: Path) -> tuple[Path | None, str]:
     labelled, y = np.flatnonzero(q != labels.UNUSED), q[q != labels.UNUSED]
     torch.manual_seed(cfg.seed)
     net = _network(cfg, spec).to(distributed.device())
-    losses = fit(net, train_data.regions, y, cfg.recipe, seed=cfg.seed, rows=labelled)
+    recipe = cfg.recipe if cfg.layout == "roi" else dataclasses.replace(cfg.recipe, hot_pixels=False)
+    losses = fit(net, train_data.regions, y, recipe, seed=cfg.seed, rows=labelled)
     if rank > 0:
         return None, f"rank {rank} of {world}: trained; rank 0 validates and writes the artifact"
     seconds = {"data_and_labels": round(t_data, 1), "fit": round(time.monotonic() - t0 - t_data, 1)}

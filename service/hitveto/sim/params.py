@@ -28,6 +28,9 @@ class BeamParams:
     focus_fwhm_um: float = 1.5
     bandwidth_rms: float = 1.2e-3  # relative rms spread of the wavelength
     polarisation_horizontal: float = 0.99  # fraction of linear polarisation along lab x
+    # where the beam crosses the detector, from the detector's nominal centre (x, y): beamlines
+    # run with the beam mm off the centre (the beam stop follows the beam)
+    detector_offset_mm: tuple[float, float] = (0.0, 0.0)
 
     @property
     def wavelength_a(self) -> float:
@@ -62,6 +65,7 @@ class SampleParams:
     air_scatter_s0_inv_a: float = 0.05  # s at which air scatter has halved
     jet_streak_per_sr: float = 4.0e5  # photons/sr on the streak at small angle
     jet_streak_width_mrad: float = 1.5  # rms, perpendicular to the streak (jet along lab y)
+    jet_streak_angle_deg: float = 0.0  # the streak's angle from horizontal (a tilted jet)
     jet_streak_falloff_deg: float = 6.0  # 2-theta at which the streak has halved
     background_jitter: float = 0.2  # relative rms frame-to-frame of jet scatter (jet wobble)
     beamstop_radius_mm: float = 2.5

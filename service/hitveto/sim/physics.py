@@ -97,6 +97,8 @@ class DetectorPhysics:
 def build_detector_physics(pixels: Any, beam: BeamParams, sample: SampleParams) -> DetectorPhysics:
     """Precompute scattering angles, solid angles, polarisation and the beam-stop shadow (~1 s raw)."""
     x, y, z = (np.array(a, dtype=np.float32).ravel() for a in (pixels.x_m, pixels.y_m, pixels.z_m))
+    x -= np.float32(beam.detector_offset_mm[0] * 1e-3)  # pixel positions from the beam
+    y -= np.float32(beam.detector_offset_mm[1] * 1e-3)
     placed = np.isfinite(x) & np.isfinite(y) & np.isfinite(z)
     for a in (x, y, z):
         a[~placed] = 1e3  # pixels without a position (NaN gaps): far away, so no spot reaches them
@@ -133,9 +135,12 @@ def build_detector_physics(pixels: Any, beam: BeamParams, sample: SampleParams) 
 
 
 def _jet_streak(u: np.ndarray, sample: SampleParams) -> np.ndarray:
-    """Scatter off the vertical jet's surface: a horizontal streak, 1 on its axis at small angle."""
+    """Scatter off the jet's surface: a streak across the jet (horizontal for a vertical jet,
+    tilted by jet_streak_angle_deg), 1 on its axis at small angle."""
     two_theta = np.arccos(np.clip(u[2], -1.0, 1.0))
-    elevation = np.arcsin(np.clip(u[1], -1.0, 1.0))
+    tilt = np.radians(sample.jet_streak_angle_deg)
+    across = u[1] * np.cos(tilt) - u[0] * np.sin(tilt)  # the ray's component across the streak
+    elevation = np.arcsin(np.clip(across, -1.0, 1.0))
     return np.exp(-0.5 * (elevation / (sample.jet_streak_width_mrad * 1e-3)) ** 2) / (
         1 + (two_theta / np.radians(sample.jet_streak_falloff_deg)) ** 2
     )

@@ -123,7 +123,9 @@ def frames(params: RunParams, layout: str) -> Iterator[RunEvent]:
 def _write_cxi(path: Path, events: Iterator[RunEvent], run: int) -> None:
     from hitveto_client.cxi import CxiWriter
 
-    with CxiWriter(path.with_suffix(""), max_frames=1 << 30) as writer:
+    # One run, one file (the path returned, the sidecar beside it): no roll-over at 4 GiB, which
+    # left the frames past ~930 raw CSPAD frames in a second file that readers of `path` missed.
+    with CxiWriter(path.with_suffix(""), max_frames=1 << 30, max_bytes=1 << 60) as writer:
         for ev in events:
             if not writer.write(
                 ev.image,
@@ -134,7 +136,8 @@ def _write_cxi(path: Path, events: Iterator[RunEvent], run: int) -> None:
                 truth=ev.truth,
             ):
                 raise OSError(f"{path}: frame {ev.pulse_id} not written ({writer.error})")
-    writer.files[0].rename(path)
+    (written,) = writer.files
+    written.rename(path)
 
 
 def _same_run(sidecar: Path, description: dict) -> bool:
