@@ -139,3 +139,10 @@ def test_the_audit_estimate_of_a_full_detector_model_counts_peaks_on_the_whole_d
     spec = preprocess.full_frame_spec("cspad", CSPAD, 35.0)
     loss = estimate(w.files, fraction=0.05, spec=spec)
     assert (loss.audited, loss.audited_hits, loss.labels) == (6, 2, "peakfinder8 >= 10")
+
+
+def test_a_detector_smaller_than_the_count_window_is_judged():
+    """The soft counts look at the frame's 128 brightest pixels, or all of a smaller detector's."""
+    net = networks.build("panels", 0, 35.0, torch.rand(2, 4, 6)).eval()
+    scores = torch.jit.freeze(torch.jit.script(net))(torch.randint(0, 300, (3, 8, 6), dtype=torch.int32))
+    assert scores.shape == (3,) and torch.isfinite(scores).all()

@@ -157,7 +157,7 @@ class PanelCNN(nn.Module):
         self.radius_weight = nn.Parameter(torch.zeros(1, c, 1, 1))
         self.levels = nn.Parameter(torch.tensor(self.LEVELS).reshape(1, -1, 1))
         self.sharpness = nn.Parameter(torch.tensor(3.0))  # of the sigmoid that counts a pixel
-        self.counted = self.COUNTED
+        self.counted = min(self.COUNTED, self.panels * self.h * self.w)  # a small test detector has fewer
         features = 16 * c + len(self.LEVELS)
         self.classify = nn.Sequential(nn.Linear(features, 4 * c), nn.ReLU(), nn.Linear(4 * c, 1))
 
