@@ -48,7 +48,7 @@ RECIPES = {
     # epoch, 0.08 unweighted); the learning rate decays so that the last epoch does not leave the
     # threshold's tail where one noisy step put it
     "full": Recipe(
-        optimiser="adamw", lr=0.003, batch_size=64, epochs=10, augment=True, hit_weight=4.0, cosine=True
+        optimiser="adamw", lr=0.003, batch_size=64, epochs=12, augment=True, hit_weight=4.0, cosine=True
     ),
 }
 
