@@ -5,10 +5,10 @@ rate and reports the frames/s sustained with nothing lost (every frame judged by
 kept by fallback) and the p50/p99/max verdict latency seen by the client. Saves JSON and a PNG.
 
     python benchmarks/e2e.py [--quick] [--artifact model.pt] [--kinds region full] [--device cpu|cuda]
+                             [--out benchmarks/results]
 
 Without --artifact, region frames go to the shipped region model and full frames to the shipped
 full-detector model.
-                             [--out benchmarks/results]
 """
 
 from __future__ import annotations

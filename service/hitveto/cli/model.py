@@ -40,7 +40,8 @@ def add_train(sub: Any) -> None:
         choices=["seed", "fast", "fast-gain", "full"],
         default="seed",
         help="seed: the study's SGD recipe; fast: AdamW, 8 epochs; fast-gain: fast with gains down to "
-        "1/8 of the runs'; full: fast with a hit weighing 4 misses (the full-detector model's)",
+        "1/8 of the runs'; full: AdamW, 12 epochs, cosine learning rate, a hit weighing 4 misses (the "
+        "full-detector model's)",
     )
     s.add_argument("--epochs", type=int, help="override the recipe's epochs")
     s.add_argument(

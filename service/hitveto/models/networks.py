@@ -165,7 +165,8 @@ class PanelCNN(nn.Module):
         b = x.shape[0]
         panels = x.reshape(b * self.panels, 1, self.h, self.w)
         # Each panel less its mean: a spot stands out of 0 whatever the panel's background, and
-        # the padding (0) looks like background.
+        # the padding (0) looks like background. Without it the trunk's maxima sat on the padded
+        # border at first and training never found the spots.
         panels = panels - panels.mean(dim=(2, 3), keepdim=True)
         # Among the frame's brightest pixels only: a sigmoid on every pixel cost 8 ms a frame.
         brightest = torch.topk(panels.reshape(b, 1, -1), self.counted, dim=2).values

@@ -58,7 +58,7 @@ def load_runs(
     another gain than the spec's is rescaled to the spec's (gain_scale). Without `count_peaks` the peak
     counts are -1 unless cached (peakfinder8 on a whole CSPAD frame costs ~0.1 s).
     """
-    counter = _peak_counter(spec, params) if count_peaks else lambda frame, roi: -1
+    counter = peak_counter(spec, params) if count_peaks else lambda frame, roi: -1
     regions = _Regions(spill)
     peaks: list[int] = []
     crystals: list[int] = []
@@ -135,7 +135,7 @@ class _Regions:
         )
 
 
-def _peak_counter(
+def peak_counter(
     spec: preprocess.InputSpec, params: PeakFinderParams
 ) -> Callable[[np.ndarray, np.ndarray], int]:
     """count(frame, model input): peakfinder8 on the region the model sees, or (raw) on every pixel."""

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hitveto.io.peaks import PeakFinderParams, detector_peak_finder, region_peak_finder
+from hitveto.io.peaks import PeakFinderParams
 from hitveto.models import artifact
 from hitveto.models.preprocess import InputSpec, region
+from hitveto.offline.datasets import peak_counter
 from hitveto.serving.audit import wilson
 from hitveto_client.cxi import read_frames
 from hitveto_client.protocol import Reason
@@ -83,10 +84,6 @@ def _true_hits(
     if "truth/n_crystals" in columns:
         return columns["truth/n_crystals"] > 0, "truth"
     spec = spec or artifact.read(artifact.DEFAULT_ARTIFACT).spec
-    if spec.layout == "raw":  # a full-detector model: a hit anywhere on the detector
-        whole = detector_peak_finder(PeakFinderParams())
-        counts = [whole.count(frame) for frame in data]
-    else:
-        finder = region_peak_finder(spec, PeakFinderParams())
-        counts = [finder.count(region(frame, spec)) for frame in data]
+    count = peak_counter(spec, PeakFinderParams())  # the region, or (raw) the whole detector
+    counts = [count(frame, region(frame, spec)) for frame in data]
     return np.array(counts) >= min_peaks, f"peakfinder8 >= {min_peaks}"
