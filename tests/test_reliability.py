@@ -159,7 +159,9 @@ def test_nan_and_inf_pixels_are_masked_and_the_frame_judged_as_without_them(tmp_
         _, without = stream(daemon, clean)
         masked = sample(daemon, "hitveto_nonfinite_pixel_frames_total")
     score = {(d.key.run, d.key.pulse_id): d.verdict.score for d in with_nan + without}
-    assert all(score[(2, i)] == score[(1, i)] for i in range(40))
+    # Equal up to float rounding: the two streams may batch differently, and a batch's size picks
+    # the BLAS kernel.
+    assert all(abs(score[(2, i)] - score[(1, i)]) <= 1e-6 for i in range(40))
     assert sum(d.keep for d in with_nan) == sum(d.keep for d in without) > 0  # the hits are kept
     assert {d.reason for d in with_nan} == {Reason.MODEL} and masked == 40
 
