@@ -28,3 +28,64 @@ def test_rolls_files_and_keeps_every_frame(tmp_path, limits, files):
 def _frames_and_ids(path):
     data, columns = read_frames(path)
     return data, columns["event/pulse_id"]
+
+
+def test_a_file_is_read_while_the_writer_has_it_open(tmp_path):
+    """An SWMR reader in another process sees the frames written so far, then the later ones."""
+    import subprocess
+    import sys
+
+    reader = (
+        "import sys, h5py; f = h5py.File(sys.argv[1], 'r', swmr=True); d = f['entry_1/data_1/data']\n"
+        "for line in sys.stdin:\n"
+        "    d.refresh(); f['entry_1/event/pulse_id'].refresh()\n"
+        "    print(len(d), int(d[-1].max()), int(f['entry_1/event/pulse_id'][-1]), flush=True)\n"
+    )
+    with CxiWriter(tmp_path / "hits") as w:
+        for i in range(3):
+            w.write(np.full((20, 30), i, np.int16), run=1, pulse_id=100 + i, keep_reason="model")
+        with subprocess.Popen(
+            [sys.executable, "-c", reader, str(w.files[0])],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        ) as proc:
+            assert proc.stdin and proc.stdout
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            seen_early = proc.stdout.readline().split()
+            for i in range(3, 5):
+                w.write(np.full((20, 30), i, np.int16), run=1, pulse_id=100 + i, keep_reason="model")
+            proc.stdin.write("\n")
+            proc.stdin.close()
+            seen_late = proc.stdout.readline().split()
+        assert not (tmp_path / "hits.lst").exists()  # not complete yet: CrystFEL waits for it
+    assert seen_early == ["3", "2", "102"] and seen_late == ["5", "4", "104"]
+    assert (tmp_path / "hits.lst").read_text().split() == [str(w.files[0].resolve())]
+
+
+def test_the_files_carry_what_indexing_needs(tmp_path):
+    from hitveto_client.cxi import Experiment, read_experiment
+
+    mask = np.zeros((20, 30), np.uint16)
+    mask[3, 4] = 4
+    experiment = Experiment(
+        photon_energy_ev=9500.0,
+        distance_m=0.1,
+        adu_per_photon=35.0,
+        saturation_adu=15000.0,
+        beam_center_m=(1e-3, -2e-3),
+        mask=mask,
+    )
+    with CxiWriter(tmp_path / "hits", experiment=experiment) as w:
+        w.write(np.zeros((20, 30), np.int16), run=1, pulse_id=1)
+        w.write(np.zeros((20, 30), np.int16), run=1, pulse_id=2, photon_energy_ev=9400.0, distance_m=0.12)
+    back, shape = read_experiment(w.files[0])
+    assert shape == (20, 30) and np.array_equal(back.mask, mask)
+    assert (back.photon_energy_ev, back.distance_m, back.adu_per_photon) == (9500.0, 0.1, 35.0)
+    assert back.saturation_adu == 15000.0 and back.beam_center_m == (1e-3, -2e-3)
+    with h5py.File(w.files[0]) as f:  # the frame's own values where it had them
+        assert list(f["LCLS/photon_energy_eV"]) == [9500.0, 9400.0]
+        assert list(f["entry_1/instrument_1/detector_1/distance"]) == [0.1, 0.12]
+        joules = f["entry_1/instrument_1/source_1/energy"][()]
+    assert np.allclose(joules / 1.602176634e-19, [9500.0, 9400.0])

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hitveto.io import geometry, sources, xtc2
+from hitveto.io import geometry, shmem, sources
 from hitveto.offline.replay import frames_of, live_frames, replay
 from hitveto.serving.launcher import start_daemon
 from hitveto.sim.run import simulate_runs
@@ -91,7 +91,7 @@ def test_daemon_killed_mid_run_loses_nothing(run_file, cspad_model, tmp_path):
 def test_live_shared_memory_run_streams_through_the_daemon(run_file, cspad_model, tmp_path):
     """psana's live mode: the wheel's shmemServer serves the run as a DAQ node would."""
     tag = f"hitveto-test-{os.getpid()}"
-    server = xtc2.shmem_server(run_file, tag, rate_hz=60, loops=1000)
+    server = shmem.serve(run_file, tag, rate_hz=60, loops=1000)
     try:
         with running_daemon(cspad_model) as daemon:
             summary = replay(
@@ -104,7 +104,7 @@ def test_live_shared_memory_run_streams_through_the_daemon(run_file, cspad_model
     finally:
         server.kill()
         server.wait()
-        xtc2.remove_shmem(tag)
+        shmem.remove(tag)
     # psana's monitor may skip events when this (busy) process falls behind; those it hands over
     # must all be judged, and the kept ones written bit-identical.
     assert 12 <= summary.sent <= 24 and summary.accounted and summary.kept_fallback == 0
@@ -114,6 +114,24 @@ def test_live_shared_memory_run_streams_through_the_daemon(run_file, cspad_model
     source = source_frames(run_file)
     assert all(np.array_equal(img, source[int(p)]) for img, p in zip(data, columns["event/pulse_id"]))
     assert not list(Path("/dev/shm").glob(f"*{tag}*"))
+    assert not _queue_exists(f"/PdsFromMonitorDiscovery_{tag}")  # left behind, they filled the quota
+    assert not _queue_exists(f"/PdsToMonitorEvQueue_{tag}_0")
+
+
+def _queue_exists(name: str) -> bool:
+    """Whether a POSIX message queue of that name exists (mq_open without O_CREAT)."""
+    import ctypes
+    import ctypes.util
+    import errno
+
+    librt = ctypes.CDLL(ctypes.util.find_library("rt") or "librt.so.1", use_errno=True)
+    librt.mq_open.argtypes, librt.mq_open.restype = [ctypes.c_char_p, ctypes.c_int], ctypes.c_int
+    fd = librt.mq_open(name.encode(), os.O_RDONLY)
+    if fd >= 0:
+        librt.mq_close(fd)
+        return True
+    assert ctypes.get_errno() == errno.ENOENT
+    return False
 
 
 @pytest.mark.slow  # ~11 s

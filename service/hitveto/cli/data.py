@@ -1,4 +1,4 @@
-"""Commands that make or move runs: simulate, replay, reprocess, demo."""
+"""Commands that make or move runs: simulate, replay, reprocess, demo; and geom for what they write."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hitveto.cli.args import call_with
 
 
 def register(sub: Any) -> None:
-    for add in (add_simulate, add_replay, add_reprocess, add_demo):
+    for add in (add_simulate, add_replay, add_reprocess, add_demo, add_geom):
         add(sub)
 
 
@@ -55,6 +55,10 @@ def add_replay(sub: Any) -> None:
     s.add_argument(
         "--verdict-log", type=Path, help="every verdict to this CSV (pulse_id, timestamp, score, hit)"
     )
+    e = s.add_argument_group("what indexing needs, stored in the files (default: the first run's sidecar)")
+    e.add_argument("--photon-energy-ev", type=float)
+    e.add_argument("--distance-mm", type=float, help="interaction point to the detector")
+    e.add_argument("--adu-per-photon", type=float, default=35.0)
     s.set_defaults(func=replay)
 
 
@@ -83,9 +87,25 @@ def replay(args: argparse.Namespace) -> int:
             rate_hz=args.rate,
             deadline_ms=args.deadline_ms,
             verdict_log=args.verdict_log,
+            experiment=_experiment(args),
         )
     print("\n".join(summary.lines()))
     return 0 if summary.ok else 1
+
+
+def _experiment(args: argparse.Namespace):
+    """The replay's experiment: from the flags, else the first run's sidecar, else None (then no
+    geometry is written; `hitveto geom --photon-energy-ev E --distance-mm D` makes one later)."""
+    from hitveto.io import sources
+    from hitveto_client.cxi import Experiment
+
+    if args.photon_energy_ev is not None and args.distance_mm is not None:
+        return Experiment(
+            photon_energy_ev=args.photon_energy_ev,
+            distance_m=args.distance_mm * 1e-3,
+            adu_per_photon=args.adu_per_photon,
+        )
+    return sources.experiment(args.runs[0]) if args.runs else None
 
 
 def add_reprocess(sub: Any) -> None:
@@ -120,8 +140,45 @@ def add_demo(sub: Any) -> None:
 
 
 def demo(args: argparse.Namespace) -> int:
-    from hitveto.demo import run_demo
+    from hitveto.demo import index_command, run_demo
 
     summary = run_demo(args.workdir, n_frames=args.frames, rate_hz=args.rate)
     print("\n".join(["", "hitveto demo: simulated CSPAD run -> veto daemon -> hit writer", *summary.lines()]))
+    print(f"index them         {index_command(args.workdir)}")
     return 0 if summary.ok else 1
+
+
+def add_geom(sub: Any) -> None:
+    s = sub.add_parser("geom", help="the CrystFEL geometry file for CXI files hitveto wrote")
+    s.add_argument("cxi", type=Path, help="a CXI file written by replay/write/demo/simulate")
+    s.add_argument(
+        "--literal",
+        action="store_true",
+        help="write the file's photon energy and distance in, rather than point at its columns",
+    )
+    s.add_argument("--photon-energy-ev", type=float, help="written in, for files that lack it")
+    s.add_argument("--distance-mm", type=float, help="written in, for files that lack it")
+    s.add_argument("--out", type=Path, help="the geometry file (default: print it)")
+    s.set_defaults(func=geom)
+
+
+def geom(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from hitveto.io.crystfel import geometry_text, layout_of
+    from hitveto_client.cxi import read_experiment
+
+    experiment, frame_shape = read_experiment(args.cxi)
+    distance_m = None if args.distance_mm is None else args.distance_mm * 1e-3
+    given = {k: v for k, v in (("photon_energy_ev", args.photon_energy_ev), ("distance_m", distance_m)) if v}
+    text = geometry_text(
+        layout_of(frame_shape),
+        dataclasses.replace(experiment, **given),
+        from_file=not (args.literal or given),
+        has_mask=experiment.mask is not None,
+    )
+    if args.out:
+        args.out.write_text(text)
+    else:
+        print(text, end="")
+    return 0

@@ -99,13 +99,28 @@ def add_evaluate(sub: Any) -> None:
         help="the indexability floor: peakfinder8 peaks, and strong spots of the truth, of a hit",
     )
     s.add_argument("--out", type=Path, help="write evaluation.json and evaluation.png here")
+    c = s.add_argument_group("CrystFEL as the reference (indexed = hit)")
+    c.add_argument("--crystfel", action="store_true", help="index every frame with indexamajig first")
+    c.add_argument("--indexamajig", default="indexamajig", help="the program (default: on PATH)")
+    c.add_argument("--cell", type=Path, help="unit cell file (default: the simulated crystal's)")
+    c.add_argument("--geometry", type=Path, help="geometry file (default: hitveto geom's for the run)")
+    c.add_argument("--index-dir", type=Path, help="keep geometry, cell and streams here")
     s.set_defaults(func=evaluate)
 
 
 def evaluate(args: argparse.Namespace) -> int:
     from hitveto.offline.evaluate import evaluate_runs
+    from hitveto.offline.indexing import IndexingOptions
 
-    print(evaluate_runs(args.artifact, tuple(args.runs), min_peaks=args.min_peaks, out_dir=args.out))
+    indexing = (
+        IndexingOptions(
+            indexamajig=args.indexamajig, cell=args.cell, geometry=args.geometry, workdir=args.index_dir
+        )
+        if args.crystfel
+        else None
+    )
+    runs = tuple(args.runs)
+    print(evaluate_runs(args.artifact, runs, min_peaks=args.min_peaks, out_dir=args.out, indexing=indexing))
     return 0
 
 

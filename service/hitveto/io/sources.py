@@ -14,7 +14,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hitveto.io.xtc2 import RunEvent
+from hitveto_client.cxi import MASK_DEAD, MASK_HOT, MASK_INVALID, Experiment
 
 CXI_SUFFIXES = (".cxi", ".h5", ".hdf5")
 
@@ -47,6 +50,47 @@ def run_info(path: Path) -> dict[str, Any]:
     path = run_file(path)
     sidecar = path.with_suffix(path.suffix + ".json")
     return json.loads(sidecar.read_text()) if sidecar.exists() else {}
+
+
+def experiment(path: Path | str) -> Experiment | None:
+    """What indexing needs for a run (energy, distance, gain, bad pixels), from its sidecar; None
+    without one. Runs simulated before sidecars described it: from their parameters, no mask."""
+    info = run_info(Path(path))
+    if "experiment" in info:
+        return experiment_of(info["experiment"], info.get("layout", "raw"))
+    if "params" not in info:
+        return None
+    beam, detector = info["params"]["beam"], info["params"]["detector"]
+    offset = beam.get("detector_offset_mm", (0.0, 0.0))
+    return Experiment(
+        photon_energy_ev=beam["photon_energy_ev"],
+        distance_m=detector["distance_m"],
+        adu_per_photon=detector["adu_per_photon"],
+        saturation_adu=detector["saturation_adu"],
+        beam_center_m=(offset[0] * 1e-3, offset[1] * 1e-3),
+    )
+
+
+def experiment_of(described: dict[str, Any], layout: str) -> Experiment:
+    """An Experiment from a sidecar's description; the mask from its bad pixels (and, for the
+    region layout, the region's gaps)."""
+    from hitveto.io import geometry
+
+    if layout == "raw":
+        mask = np.zeros(geometry.RAW_SHAPE, np.uint16)
+    else:
+        mask = np.where(geometry.roi_index() >= 0, 0, MASK_INVALID).astype(np.uint16)
+    mask.flat[described.get("hot_pixels", [])] |= MASK_HOT
+    mask.flat[described.get("dead_pixels", [])] |= MASK_DEAD
+    x, y = described.get("beam_center_m", (0.0, 0.0))
+    return Experiment(
+        photon_energy_ev=described["photon_energy_ev"],
+        distance_m=described["distance_m"],
+        adu_per_photon=described["adu_per_photon"],
+        saturation_adu=described.get("saturation_adu", float("inf")),
+        beam_center_m=(x, y),
+        mask=mask,
+    )
 
 
 def sidecar_gain(paths: Iterable[Path | str]) -> float | None:

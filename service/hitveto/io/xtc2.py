@@ -207,7 +207,7 @@ def read_live(tag: str, *, detector: str = "cspad", runs: int | None = None) -> 
     """Events from psana's live shared-memory mode (`DataSource(shmem=tag)`).
 
     The frames come from a monitoring server on this node (the DAQ's, or the wheel's `shmemServer`
-    replaying a file; see `shmem_server`). This is psana's monitoring path: its reader thread
+    replaying a file; see `shmem.serve`). This is psana's monitoring path: its reader thread
     keeps only the newest event, so a consumer slower than the stream sees a sample (see
     docs/CLIENTS.md). Between runs psana waits for the next one; `runs` stops after that many
     (None: until the caller stops iterating).
@@ -232,51 +232,6 @@ def read_live(tag: str, *, detector: str = "cspad", runs: int | None = None) -> 
         # psana's reader thread reconnects, holding the GIL, when the server goes away: stop it
         # while the server is still there, or this process freezes.
         ds.dm.close_reader()
-
-
-def shmem_server(
-    path: Path, tag: str, *, rate_hz: float = 0.0, clients: int = 1, buffers: int = 8, loops: int = 1
-) -> subprocess.Popen:
-    """Start the psana wheel's `shmemServer` serving one run file under `tag`, as a live DAQ would.
-
-    It waits for `clients` readers and serves the run to each, `loops` times over. Stop it only
-    after its readers stopped (see `read_live`), then call `remove_shmem`: it leaves its shared
-    memory (`/dev/shm/PdsMonitorSharedMemory_<tag>`) behind.
-    """
-    largest = max(_dgram_sizes(Path(path)))
-    cmd = [
-        str(psana_tool("shmemServer")),
-        "-p",
-        tag,
-        "-n",
-        str(buffers),
-        "-s",
-        hex(largest + 4096),
-        "-f",
-        str(path),
-        "-c",
-        str(clients),
-        "-L",
-        str(loops),
-    ]
-    if rate_hz > 0:
-        cmd += ["-r", str(int(rate_hz))]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-def remove_shmem(tag: str) -> None:
-    """Remove what a stopped shmemServer left under `tag`."""
-    Path(f"/dev/shm/PdsMonitorSharedMemory_{tag}").unlink(missing_ok=True)
-
-
-def _dgram_sizes(path: Path) -> Iterator[int]:
-    """Each dgram's size, from its header: 12 bytes of timestamp and env, then the Xtc, whose
-    extent (bytes 20-23) counts its own 12-byte header."""
-    with open(path, "rb") as f:
-        while len(header := f.read(24)) == 24:
-            extent = int.from_bytes(header[20:24], "little")
-            yield 12 + extent
-            f.seek(extent - 12, 1)
 
 
 def _events(run, detector: str, *, parallel: bool) -> Iterator[RunEvent]:

@@ -17,8 +17,10 @@ import numpy as np
 
 from hitveto.models import artifact
 from hitveto.offline import labels
+from hitveto.offline.indexing import IndexingOptions, indexed_frames
 
 KINDS = ("clean miss", "ice miss", "strong hit", "weak hit", "multiple hit")  # sim FrameKind order
+PEAK_BINS = (0, 10, 20, 30, 50, 100)  # peak counts the dropped indexable frames are told by
 
 
 def evaluate_runs(
@@ -27,8 +29,12 @@ def evaluate_runs(
     *,
     min_peaks: int = labels.MIN_PEAKS_FOR_HIT,
     out_dir: Path | None = None,
+    indexing: IndexingOptions | None = None,
 ) -> str:
-    """The report as text; with out_dir, also `evaluation.json` and `evaluation.png` there."""
+    """The report as text; with out_dir, also `evaluation.json` and `evaluation.png` there.
+
+    With `indexing`, CrystFEL indexes every frame first, and the report says how many frames it
+    indexed the veto dropped (by kind and by peak count)."""
     from hitveto.io.peaks import PeakFinderParams
     from hitveto.models.engine import Engine  # torch and psana only when evaluating
     from hitveto.offline.datasets import load_runs
@@ -39,6 +45,9 @@ def evaluate_runs(
     engine = Engine(art, device="cpu", max_batch=64)
     scores = engine.score(list(data.regions))  # views, no copy
     result = summarise(scores, data, art.info.threshold, min_peaks)
+    if indexing is not None:
+        indexed = np.concatenate([indexed_frames(run, indexing) for run in runs])
+        result["crystfel"] = indexed_summary(indexed, scores >= art.info.threshold, data, min_peaks)
     text = report(result, art.info.version, art.info.threshold, min_peaks)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -81,6 +90,51 @@ def summarise(scores: np.ndarray, data, threshold: float, min_peaks: int) -> dic
     return result
 
 
+def indexed_summary(indexed: np.ndarray, kept: np.ndarray, data, min_peaks: int) -> dict[str, Any]:
+    """CrystFEL's indexing as the reference: the veto against it, peakfinder8 beside, and the
+    indexable frames dropped, by frame kind and by peakfinder8 peak count."""
+    dropped = indexed & ~kept
+    result: dict[str, Any] = {
+        "indexable": int(indexed.sum()),
+        "dropped": int(dropped.sum()),
+        "model": labels.confusion(indexed, kept),
+    }
+    if (data.peaks >= 0).all():
+        result["peakfinder8"] = labels.confusion(indexed, labels.min_peak_labels(data.peaks, min_peaks) > 0)
+        edges = [*PEAK_BINS, np.inf]
+        result["by_peaks"] = {
+            f"{lo}-{hi - 1:g}" if np.isfinite(hi) else f">={lo}": [
+                int((indexed & (data.peaks >= lo) & (data.peaks < hi)).sum()),
+                int((dropped & (data.peaks >= lo) & (data.peaks < hi)).sum()),
+            ]
+            for lo, hi in zip(edges[:-1], edges[1:])
+        }
+    if (data.kinds >= 0).all():
+        result["by_kind"] = {
+            KINDS[k]: [int((indexed & (data.kinds == k)).sum()), int((dropped & (data.kinds == k)).sum())]
+            for k in range(len(KINDS))
+            if (indexed & (data.kinds == k)).any()
+        }
+    return result
+
+
+def _indexed_lines(r: dict[str, Any], min_peaks: int) -> list[str]:
+    share = r["dropped"] / max(1, r["indexable"])
+    lines = [
+        "",
+        f"CrystFEL (indexamajig, asdf) indexed {r['indexable']} frames; the veto dropped "
+        f"{r['dropped']} of them ({100 * share:.2f}%)",
+        "",
+        labels.study_table(r["model"], "Every frame vs CrystFEL (indexed = hit)"),
+        *_beside(r, "peakfinder8", f"peakfinder8 (>= {min_peaks} peaks) vs CrystFEL"),
+    ]
+    for key, title in (("by_kind", "kind"), ("by_peaks", "peakfinder8 peaks")):
+        if key in r:
+            lines += ["", f"{title:18s} indexed   dropped by the veto"]
+            lines += [f"{name:18s} {n:7d}   {d:7d}" for name, (n, d) in r[key].items()]
+    return lines
+
+
 def report(r: dict, version: str, threshold: float, min_peaks: int) -> str:
     lines = [
         f"model {version}, threshold {threshold:.4f}, {r['frames']} frames; "
@@ -112,6 +166,8 @@ def report(r: dict, version: str, threshold: float, min_peaks: int) -> str:
             labels.study_table(r["visible"], f"Every frame vs truth (>= {min_peaks} strong spots = hit)"),
             *_beside(r, "peakfinder8_visible", f"peakfinder8 (>= {min_peaks} peaks) vs the same truth"),
         ]
+    if "crystfel" in r:
+        lines += _indexed_lines(r["crystfel"], min_peaks)
     return "\n".join(lines)
 
 

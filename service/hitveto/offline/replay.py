@@ -9,10 +9,10 @@ from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
 
-from hitveto.io import sources, xtc2
+from hitveto.io import crystfel, sources, xtc2
 from hitveto.offline.reprocess import Row, write_verdicts
 from hitveto.serving.launcher import DaemonProcess, start_daemon
-from hitveto_client.cxi import CxiWriter
+from hitveto_client.cxi import UNKNOWN, CxiWriter, Experiment
 from hitveto_client.hitwriter import Frame, Summary, stream
 from hitveto_client.protocol import EventKey
 from hitveto_client.veto import Decision, VetoClient
@@ -56,9 +56,13 @@ def replay(
     rate_hz: float = 0.0,
     deadline_ms: float = 1000.0,
     verdict_log: Path | None = None,
+    experiment: Experiment | None = None,
 ) -> Summary:
     """Stream the frames through the daemon; kept frames go to CXI files under out_dir (if given),
-    every verdict to the `verdict_log` CSV (if given)."""
+    every verdict to the `verdict_log` CSV (if given).
+
+    With the `experiment` (energy, distance, gain, mask) the files carry what indexing needs, and
+    `out_dir/hits.geom` is the CrystFEL geometry for them."""
     rows: list[Row] = []
 
     def log_verdict(d: Decision) -> None:
@@ -67,7 +71,7 @@ def replay(
 
     with VetoClient(frames_endpoint, verdicts_endpoint, deadline_ms=deadline_ms) as veto:
         veto.wait_subscribed()
-        writer = CxiWriter(Path(out_dir) / "hits") if out_dir else None
+        writer = CxiWriter(Path(out_dir) / "hits", experiment=experiment or UNKNOWN) if out_dir else None
         try:
             summary = stream(
                 frames, veto, writer, rate_hz=rate_hz, on_decision=log_verdict if verdict_log else None
@@ -77,6 +81,10 @@ def replay(
                 writer.close()
     if verdict_log:
         write_verdicts(Path(verdict_log), rows)
+    if experiment is not None and summary.files:
+        geom = Path(out_dir or ".") / "hits.geom"
+        geom.write_text(crystfel.geometry_for_file(Path(summary.files[0])))
+        log.info("CrystFEL geometry for the hits: %s", geom)
     return summary
 
 

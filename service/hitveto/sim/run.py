@@ -13,14 +13,17 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from hitveto.io import geometry, sources
 from hitveto.io.xtc2 import RunEvent
-from hitveto.sim.noise import to_adu
+from hitveto.sim.noise import fixed_pattern, to_adu
 from hitveto.sim.params import PRESETS, RunParams
 from hitveto.sim.physics import simulate_photons
+from hitveto_client.cxi import Experiment
 
 EXPERIMENT = "hitveto"
 TIMESTAMP_STEP = 1 << 23  # ~120 Hz in xtc2's (seconds << 32 | ns) units; only order matters
@@ -63,6 +66,7 @@ def simulate_run(out_dir: Path, *, run: int, params: RunParams, preset: str, lay
         "n_frames": params.n_frames,
         "adu_per_photon": params.detector.adu_per_photon,
         "params": _jsonable(dataclasses.asdict(params)),
+        "experiment": describe_experiment(params, layout),
     }
     sidecar = path.with_suffix(path.suffix + ".json")
     if path.exists() and sidecar.exists() and _same_run(sidecar, description):
@@ -75,7 +79,7 @@ def simulate_run(out_dir: Path, *, run: int, params: RunParams, preset: str, lay
 
         write_run(path, events, detector="cspad")
     else:
-        _write_cxi(path, events, run)
+        _write_cxi(path, events, run, sources.experiment_of(description["experiment"], layout))
     description["seconds"] = round(time.perf_counter() - t0, 2)
     sidecar.write_text(json.dumps(description, indent=1))
     return path
@@ -120,12 +124,30 @@ def frames(params: RunParams, layout: str) -> Iterator[RunEvent]:
         )
 
 
-def _write_cxi(path: Path, events: Iterator[RunEvent], run: int) -> None:
+def describe_experiment(params: RunParams, layout: str) -> dict[str, Any]:
+    """What indexing needs of a simulated run, for its sidecar (`sources.experiment` reads it): its
+    beam, its detector, and as bad pixels the simulator's hot and dead ones (what a dark run's
+    status would flag), as flat indices."""
+    shape = geometry.pixel_map(layout, params.detector.distance_m).mask.shape
+    pattern = fixed_pattern(params.detector, params.seed, shape)
+    offset_x, offset_y = params.beam.detector_offset_mm
+    return {
+        "photon_energy_ev": params.beam.photon_energy_ev,
+        "distance_m": params.detector.distance_m,
+        "adu_per_photon": params.detector.adu_per_photon,
+        "saturation_adu": params.detector.saturation_adu,
+        "beam_center_m": [offset_x * 1e-3, offset_y * 1e-3],
+        "hot_pixels": pattern.hot.tolist(),
+        "dead_pixels": pattern.dead.tolist(),
+    }
+
+
+def _write_cxi(path: Path, events: Iterator[RunEvent], run: int, experiment: Experiment) -> None:
     from hitveto_client.cxi import CxiWriter
 
     # One run, one file (the path returned, the sidecar beside it): no roll-over at 4 GiB, which
     # left the frames past ~930 raw CSPAD frames in a second file that readers of `path` missed.
-    with CxiWriter(path.with_suffix(""), max_frames=1 << 30, max_bytes=1 << 60) as writer:
+    with CxiWriter.single_file(path.with_suffix(""), experiment) as writer:
         for ev in events:
             if not writer.write(
                 ev.image,
@@ -138,6 +160,7 @@ def _write_cxi(path: Path, events: Iterator[RunEvent], run: int) -> None:
                 raise OSError(f"{path}: frame {ev.pulse_id} not written ({writer.error})")
     (written,) = writer.files
     written.rename(path)
+    path.with_suffix(".lst").unlink(missing_ok=True)  # the writer's list names the file before rename
 
 
 def _same_run(sidecar: Path, description: dict) -> bool:
