@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 
+import h5py
 import numpy as np
 import zmq
 
@@ -31,11 +32,14 @@ def test_writer_joins_frames_with_verdicts_and_counts_malformed(tmp_path):
     model = median_threshold_artifact(tmp_path / "m.pt", list(sent.values()))
     listen = free_tcp_endpoint()
     with running_daemon(model) as daemon:
-        writer = start_writer(listen, daemon, tmp_path / "out", *DEADLINE, "--max-frames", "8")
+        beam = ("--photon-energy-ev", "9500", "--distance-mm", "100")
+        writer = start_writer(listen, daemon, tmp_path / "out", *DEADLINE, "--max-frames", "8", *beam)
         with zmq.Context() as ctx, ctx.socket(zmq.PUSH) as push:
             push.connect(listen)
             for pulse_id, image in sent.items():
-                push.send_multipart(encode_frame(EventKey(run=5, pulse_id=pulse_id), image), copy=False)
+                meta = {"photon_energy_ev": 9000.0 + pulse_id} if pulse_id % 2 else {}  # the pulse's own
+                key = EventKey(run=5, pulse_id=pulse_id)
+                push.send_multipart(encode_frame(key, image, meta=meta), copy=False)
                 if pulse_id == 10:
                     push.send_multipart([b"not msgpack", b"x"])
                     push.send_multipart([b"a", b"b", b"c"])
@@ -46,13 +50,17 @@ def test_writer_joins_frames_with_verdicts_and_counts_malformed(tmp_path):
     assert "rejected           2 malformed messages (bad_header 1, bad_parts 1)" in out
     hits = summary_value(out, "verdicts (model)")
     files = sorted((tmp_path / "out").glob("hits-*.cxi"))
-    kept = {}
+    kept, energy = {}, {}
     for f in files:
         data, columns = read_frames(f)
         assert len(data) <= 8  # rolled by count
         kept |= dict(zip(columns["event/pulse_id"].tolist(), data))
+        with h5py.File(f) as h:
+            energy |= dict(zip(columns["event/pulse_id"].tolist(), h["LCLS/photon_energy_eV"][()]))
+            assert (h["entry_1/instrument_1/detector_1/distance"][()] == 0.1).all()
         assert set(columns["result_1/keep_reason"].astype(str)) == {Reason.MODEL.value}
         assert (columns["event/run"] == 5).all()
+    assert energy == {p: 9000.0 + p if p % 2 else 9500.0 for p in kept}
     assert 0 < len(kept) < 40 and summary_value(out, "frames written") == len(kept) <= hits
     assert all(np.array_equal(image, sent[p]) for p, image in kept.items())
 

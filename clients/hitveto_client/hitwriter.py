@@ -21,6 +21,8 @@ class Frame:
     key: EventKey
     image: np.ndarray
     truth: dict[str, int] = field(default_factory=dict)
+    photon_energy_ev: float | None = None  # the pulse's own, where the source has it
+    distance_m: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,7 +101,7 @@ def stream(
     from `frames` means no frame yet: decisions due meanwhile (verdicts, deadlines) are written.
     `on_decision` sees every decision, kept or not (e.g. to log every verdict).
     """
-    truths: dict[tuple, dict[str, int]] = {}
+    truths: dict[tuple, Frame] = {}  # frames awaiting their decision (for what is stored beside them)
     latencies: list[float] = []
     written = i = 0
     t0 = time.monotonic()
@@ -111,7 +113,7 @@ def stream(
         i += 1
         while (wait := due - time.monotonic()) > 0:  # pace on verdicts, not on a sleep
             written += _settle(veto.poll(max(1, int(wait * 1000))), writer, truths, latencies, on_decision)
-        truths[frame.key.as_tuple()] = frame.truth
+        truths[frame.key.as_tuple()] = frame
         veto.send(frame.key, frame.image)
         written += _settle(veto.poll(), writer, truths, latencies, on_decision)
     written += _settle(veto.flush(), writer, truths, latencies, on_decision)
@@ -146,7 +148,7 @@ def _settle(
     for d in decisions:
         if on_decision is not None:
             on_decision(d)
-        truth = truths.pop(d.key.as_tuple(), {})
+        frame = truths.pop(d.key.as_tuple(), None)
         if d.reason in JUDGED:
             latencies.append(d.latency_s)
         if d.keep and writer is not None:
@@ -160,6 +162,8 @@ def _settle(
                 keep_reason=d.reason.value,
                 model_version=v.model_version if v else "",
                 threshold=v.threshold if v else float("nan"),
-                truth=truth,
+                truth=frame.truth if frame else {},
+                photon_energy_ev=frame.photon_energy_ev if frame else None,
+                distance_m=frame.distance_m if frame else None,
             )
     return written

@@ -23,7 +23,7 @@ from typing import Any
 
 import zmq
 
-from hitveto_client.cxi import CxiWriter
+from hitveto_client.cxi import UNKNOWN, CxiWriter, Experiment
 from hitveto_client.hitwriter import Frame, Summary, stream
 from hitveto_client.protocol import ProtocolError, decode_frame
 from hitveto_client.veto import VetoClient
@@ -56,7 +56,18 @@ def receive_frames(
             rejected[e.reason] += 1
             continue
         received += 1
-        yield Frame(key=header.key, image=image)
+        energy, distance = _beam(header.meta)
+        yield Frame(key=header.key, image=image, photon_energy_ev=energy, distance_m=distance)
+
+
+def _beam(meta: dict) -> tuple[float | None, float | None]:
+    """The pulse's photon energy (eV) and detector distance (m), where the sender put them in the
+    header's `meta` (`photon_energy_ev`, `distance_m`); None where absent or not a number."""
+    values = (meta.get(name) for name in ("photon_energy_ev", "distance_m"))
+    energy, distance = (
+        float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None for v in values
+    )
+    return energy, distance
 
 
 def write_hits(
@@ -71,12 +82,14 @@ def write_hits(
     count: int | None = None,
     stop: threading.Event | None = None,
     metrics_port: int | None = None,
+    experiment: Experiment = UNKNOWN,
 ) -> Summary:
     """Receive frames on `listen` (bound), relay them to the daemon, write what it keeps.
 
     Runs until `stop` is set or `count` frames arrived; then waits for the verdicts in flight (at
     most the deadline) and returns the summary. With `metrics_port`, the frames written and not
-    written are on /metrics there (loopback) while it runs.
+    written are on /metrics there (loopback) while it runs. The files carry `experiment` (energy,
+    distance, gain), a frame's own energy and distance where its header's `meta` gives them.
     """
     stop = stop or threading.Event()
     rejected: Counter = Counter()
@@ -88,7 +101,9 @@ def write_hits(
         pull.bind(listen)
         with (
             VetoClient(frames_endpoint, verdicts_endpoint, deadline_ms=deadline_ms, context=context) as veto,
-            CxiWriter(Path(out_dir) / "hits", max_frames=max_frames, max_bytes=max_bytes) as writer,
+            CxiWriter(
+                Path(out_dir) / "hits", max_frames=max_frames, max_bytes=max_bytes, experiment=experiment
+            ) as writer,
         ):
             server = serve_metrics(writer, metrics_port) if metrics_port is not None else None
             veto.wait_subscribed()

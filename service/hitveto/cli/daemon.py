@@ -133,6 +133,10 @@ def add_write(sub: Any) -> None:
     s.add_argument("--max-gb", type=float, default=4.0, help="pixel data per file")
     s.add_argument("--count", type=int, help="stop after this many frames (default: at SIGTERM)")
     s.add_argument("--metrics-port", type=int, help="frames written / not written on /metrics here")
+    e = s.add_argument_group("what indexing needs, stored in the files (a frame's own header meta wins)")
+    e.add_argument("--photon-energy-ev", type=float, default=float("nan"))
+    e.add_argument("--distance-mm", type=float, default=float("nan"))
+    e.add_argument("--adu-per-photon", type=float, default=float("nan"))
     s.set_defaults(func=write)
 
 
@@ -140,12 +144,20 @@ def write(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    from hitveto_client.cxi import Experiment
     from hitveto_client.relay import write_hits
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    summary = call_with(write_hits, args, max_bytes=int(args.max_gb * 2**30), stop=stop)
+    experiment = Experiment(
+        photon_energy_ev=args.photon_energy_ev,
+        distance_m=args.distance_mm * 1e-3,
+        adu_per_photon=args.adu_per_photon,
+    )
+    summary = call_with(
+        write_hits, args, max_bytes=int(args.max_gb * 2**30), stop=stop, experiment=experiment
+    )
     print("\n".join(summary.lines()), flush=True)
     return 0 if summary.ok else 1
 
