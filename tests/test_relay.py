@@ -19,7 +19,9 @@ DEADLINE = ("--deadline-ms", "5000")
 
 def frames(n: int) -> dict[int, np.ndarray]:
     rng = np.random.default_rng(11)
-    return {i: rng.poisson(0.3 + (i % 4), RAW).astype(np.int16) * 10 for i in range(n)}
+    return {
+        i: rng.poisson(0.3 + (i % 4) * 0.5, RAW).astype(np.int16) * 10 for i in range(n)
+    }  # < 2 photons: calibrated
 
 
 def summary_value(out: str, label: str) -> int:

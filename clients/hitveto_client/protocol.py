@@ -49,6 +49,8 @@ class Reason(enum.StrEnum):
     MODEL_ERROR = "model_error"  # the model raised on this batch, or an internal error on the frame
     BAD_SCORE = "bad_score"  # the model's score is not a number (NaN/Inf): not a verdict
     SHUTDOWN = "shutdown"  # the daemon stopped before judging it
+    OUT_OF_DISTRIBUTION = "out_of_distribution"  # not what the model was trained on (e.g. a raw,
+    # uncalibrated frame): kept, not judged (service/hitveto/serving/guard.py)
     NO_VERDICT = "no_verdict"  # client side only: no verdict before the deadline
     DUPLICATE = "duplicate"  # client side only: its key already awaits a verdict; not sent
 

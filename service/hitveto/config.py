@@ -103,6 +103,14 @@ class ModelConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CalibConfig:
+    constants: str = ""  # calibration constants (hitveto dark): raw frames are calibrated on
+    # arrival; empty = frames arrive calibrated
+    guard: bool = True  # frames whose panels are not at a calibrated level are kept
+    # (out_of_distribution), not judged
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PublishConfig:
     endpoint: str = "tcp://127.0.0.1:5551"  # PUB socket for verdicts (bound)
     sndhwm: Positive = 100000  # verdicts queued per subscriber before PUB drops for it
@@ -141,6 +149,7 @@ class ServeConfig:
     shadow: ShadowConfig = field(default_factory=ShadowConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    calib: CalibConfig = field(default_factory=CalibConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     control: ControlConfig = field(default_factory=ControlConfig)

@@ -64,8 +64,8 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def add_ctl(sub: Any) -> None:
-    s = sub.add_parser("ctl", help="send a control command (status, stats, reload, learn) to a daemon")
-    s.add_argument("command", choices=["status", "stats", "reload", "learn"])
+    s = sub.add_parser("ctl", help="send a control command (status, stats, reload, learn, calib) to a daemon")
+    s.add_argument("command", choices=["status", "stats", "reload", "learn", "calib"])
     s.add_argument(
         "state",
         nargs="?",
@@ -79,6 +79,7 @@ def add_ctl(sub: Any) -> None:
         help=f"the daemon's control.endpoint (default {DEFAULT_CONTROL})",
     )
     s.add_argument("--artifact", help="for reload: the model file to swap in")
+    s.add_argument("--constants", help="for calib: the calibration constants to swap in (hitveto dark)")
     s.set_defaults(func=ctl)
 
 
@@ -90,6 +91,8 @@ def ctl(args: argparse.Namespace) -> int:
     params: dict[str, Any] = {"artifact": args.artifact} if args.artifact else {}
     if args.command == "learn":
         params["on"] = args.state != "off"
+    if args.constants:
+        params["constants"] = args.constants
     reply = request(args.endpoint, args.command, **params)
     print(json.dumps(reply, indent=1, default=str))
     return 0 if reply.get("ok") else 1

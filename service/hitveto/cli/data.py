@@ -1,4 +1,5 @@
-"""Commands that make or move runs: simulate, replay, reprocess, demo; and geom for what they write."""
+"""Commands that make or move runs (simulate, replay, reprocess, demo), and what goes with them: geom for
+the files they write, dark for the calibration constants raw runs need."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from hitveto.cli.args import call_with
 
 
 def register(sub: Any) -> None:
-    for add in (add_simulate, add_replay, add_reprocess, add_demo, add_geom):
+    for add in (add_simulate, add_replay, add_reprocess, add_demo, add_geom, add_dark):
         add(sub)
 
 
@@ -23,6 +24,15 @@ def add_simulate(sub: Any) -> None:
     s.add_argument("--layout", choices=["raw", "roi"], default="raw")
     s.add_argument("--format", dest="fmt", choices=["xtc2", "cxi"], default="xtc2")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument(
+        "--readout",
+        choices=["calib", "raw", "dark"],
+        default="calib",
+        help="calibrated frames (psana's calib), raw ADC counts on the pedestals, or a dark run",
+    )
+    s.add_argument(
+        "--unit-seed", type=int, default=1, help="raw/dark: the detector unit (pedestals, bad pixels)"
+    )
     s.set_defaults(func=simulate)
 
 
@@ -181,4 +191,31 @@ def geom(args: argparse.Namespace) -> int:
         args.out.write_text(text)
     else:
         print(text, end="")
+    return 0
+
+
+def add_dark(sub: Any) -> None:
+    s = sub.add_parser("dark", help="calibration constants (pedestal, noise, status) from dark runs")
+    s.add_argument("runs", type=Path, nargs="+", help="dark runs: xtc2, CXI, or exp=EXP:run=N:dir=DIR")
+    s.add_argument("--out", type=Path, required=True, help="the constants file (.npz); a PNG beside it")
+    s.add_argument("--detector", default="cspad")
+    s.add_argument("--limit", type=int, help="at most this many frames per run")
+    s.set_defaults(func=dark)
+
+
+def dark(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from hitveto.offline.dark import dark_constants, plot
+    from hitveto_client.cxi import MASK_DEAD, MASK_HOT
+
+    constants = dark_constants(args.runs, detector=args.detector, limit=args.limit)
+    constants.save(args.out)
+    plot(constants, args.out.with_suffix(".png"))
+    status = constants.status
+    print(
+        f"{args.out}: pedestal median {np.median(constants.pedestal):.1f} ADU, noise median "
+        f"{np.median(constants.noise):.2f} ADU; {int((status & MASK_HOT > 0).sum())} hot, "
+        f"{int((status & MASK_DEAD > 0).sum())} dead pixels; valid from run {constants.runs[0]}"
+    )
     return 0

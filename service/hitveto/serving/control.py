@@ -1,4 +1,4 @@
-"""The control channel: a REP socket with a closed set of commands (status, stats, reload, learn).
+"""The control channel: a REP socket with a closed set of commands (status, stats, reload, learn, calib).
 
 Request: msgpack map {"command": str, "params": map}. Reply: {"ok": true, "result": ...} or
 {"ok": false, "error": str}; an unknown command gets an error reply. The socket is a Unix socket
@@ -26,6 +26,7 @@ class Command(enum.StrEnum):
     STATS = "stats"
     RELOAD = "reload"
     LEARN = "learn"
+    CALIB = "calib"
 
 
 class Controlled(Protocol):
@@ -33,6 +34,7 @@ class Controlled(Protocol):
     def stats(self) -> dict[str, Any]: ...
     def reload(self, artifact: str | None = None) -> dict[str, Any]: ...
     def learn(self, on: bool) -> dict[str, Any]: ...
+    def calib(self, constants: str) -> dict[str, Any]: ...
 
 
 HANDLERS: dict[Command, Callable[[Controlled, Mapping[str, Any]], dict[str, Any]]] = {
@@ -40,6 +42,7 @@ HANDLERS: dict[Command, Callable[[Controlled, Mapping[str, Any]], dict[str, Any]
     Command.STATS: lambda d, _: d.stats(),
     Command.RELOAD: lambda d, p: d.reload(p.get("artifact")),
     Command.LEARN: lambda d, p: d.learn(bool(p.get("on", True))),
+    Command.CALIB: lambda d, p: d.calib(str(p["constants"])),
 }
 
 

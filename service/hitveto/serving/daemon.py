@@ -16,11 +16,11 @@ watchers shadow.py and drift.py; docs/ARCHITECTURE.md draws them.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import logging
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -33,10 +33,11 @@ from hitveto.serving import lifecycle
 from hitveto.serving.audit import AuditSample
 from hitveto.serving.batcher import Batcher
 from hitveto.serving.control import ControlServer
+from hitveto.serving.guard import InputGuard
 from hitveto.serving.inference import InferenceLoop
 from hitveto.serving.intake import Intake
 from hitveto.serving.metrics import Metrics
-from hitveto.serving.model_slot import ModelSlot
+from hitveto.serving.model_slot import ModelSlot, devices_of, freeze_heap
 from hitveto.serving.notify import notify
 from hitveto.serving.publisher import Publisher
 from hitveto.serving.security import HandshakeMonitor, server_options, start_authenticator
@@ -81,6 +82,7 @@ class Daemon:
     def start(self) -> Endpoints:
         cfg = self.config
         self._start_security()
+        self.guard = InputGuard(cfg.calib.constants, self.artifact.spec, check_level=cfg.calib.guard)
         engines = self._slot.engines(self.artifact)
         warm_s = sum(e.warm_up() for e in engines)
         b = cfg.batch
@@ -97,6 +99,7 @@ class Daemon:
             metrics=self.metrics,
             publish=self.publisher.put,
             artifact=lambda: self._slot.artifact,
+            guard=self.guard,
             draining=self._draining,
         )
         ingest_endpoint = self.intake.start(self._watch_handshakes)
@@ -118,9 +121,9 @@ class Daemon:
         self.endpoints = Endpoints(
             ingest=ingest_endpoint, publish=pub_endpoint, control=control_endpoint, metrics_port=port
         )
-        served, devices = self.artifact.served_version, _devices(engines)
+        served, devices = self.artifact.served_version, devices_of(engines)
         log.info("serving %s on %s (warm-up %.2f s): %s", served, devices, warm_s, self.endpoints)
-        _freeze_heap()
+        freeze_heap()
         notify(f"READY=1\nSTATUS=serving {served} on {devices}")
         return self.endpoints
 
@@ -189,7 +192,7 @@ class Daemon:
             self.artifact.served_version,
             info.architecture,
             info.detector,
-            _devices(engines),
+            devices_of(engines),
             self.artifact.sha256,
             info.threshold,
         )
@@ -205,7 +208,7 @@ class Daemon:
             "sha256": self.artifact.sha256,
             "detector": info.detector,
             "threshold": info.threshold,
-            "device": _devices([loop.engine for loop in self.inference]),
+            "device": devices_of([loop.engine for loop in self.inference]),
             "artifact": str(self.artifact.path),
             "queue_depth": self.batcher.depth(),
             "uptime_s": round(time.monotonic() - self._started_s, 1),
@@ -239,7 +242,7 @@ class Daemon:
             self._slot.artifact = new
             self.watchers.use(new, old)
             self._announce_model(engines)
-            _freeze_heap()
+            freeze_heap()
             self.metrics.reloads.labels("ok").inc()
             log.info(
                 "reloaded: %s (sha256 %s) replaces %s",
@@ -248,6 +251,13 @@ class Daemon:
                 old.served_version,
             )
             return {"version": new.served_version, "sha256": new.sha256, "previous": old.served_version}
+
+    def calib(self, constants: str) -> dict[str, Any]:
+        """Swap in new calibration constants (a new dark mid-shift); frames go on meanwhile.
+        ValueError (the old constants still in use) if the file does not fit the model."""
+        loaded = self.guard.load(Path(constants), self.artifact.spec)
+        log.info("calibration constants now %s (from %s)", constants, loaded.source)
+        return {"constants": constants, "source": loaded.source}
 
     def learn(self, on: bool) -> dict[str, Any]:
         """Learn mode keeps every frame, the model's misses as `audit`, so that the hit writer
@@ -333,16 +343,3 @@ class Daemon:
 
     def __exit__(self, *exc: Any) -> None:
         self.shutdown()
-
-
-def _freeze_heap() -> None:
-    """Move everything alive now (torch, numpy, the model: built once, kept for good) out of the
-    garbage collector's view, so that a full collection, which stops every thread, no longer walks
-    it. Measured (120 full CSPAD frames/s, 600 frames): p99 100-150 ms without, 10-30 ms with."""
-    gc.collect()
-    gc.freeze()
-
-
-def _devices(engines: list[Engine]) -> str:
-    """The engines' devices as the config writes them, e.g. "cuda:0,cuda:1"."""
-    return ",".join(e.device for e in engines)

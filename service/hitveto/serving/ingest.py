@@ -19,9 +19,18 @@ import zmq
 from hitveto.models.artifact import Artifact
 from hitveto.models.preprocess import InputMismatch, masked_region
 from hitveto.serving.batcher import Batcher, Pending
+from hitveto.serving.guard import InputGuard
 from hitveto.serving.metrics import Metrics
 from hitveto.serving.supervise import Supervised
-from hitveto_client.protocol import EventKey, ProtocolError, Reason, Verdict, decode_frame, peek_key
+from hitveto_client.protocol import (
+    EventKey,
+    FrameHeader,
+    ProtocolError,
+    Reason,
+    Verdict,
+    decode_frame,
+    peek_key,
+)
 
 log = logging.getLogger(__name__)
 POLL_MS = 50
@@ -36,6 +45,7 @@ class IngestWorker:
         metrics: Metrics,
         publish: Callable[[Verdict], None],
         artifact: Callable[[], Artifact],
+        guard: InputGuard,
         draining: threading.Event,
         name: str,
     ) -> None:
@@ -44,6 +54,7 @@ class IngestWorker:
         self._metrics = metrics
         self._publish = publish
         self._artifact = artifact  # the current model's artifact (changes on reload)
+        self._guard = guard
         self._draining = draining
         self.last_frame_s = time.monotonic()
         self.stop = threading.Event()
@@ -74,6 +85,10 @@ class IngestWorker:
                     f"detector {key.detector!r}, model serves {artifact.spec.detector!r}",
                     key,
                 )
+            image, fit = self._guard.prepare(image, header.meta, artifact.spec)
+            if not fit:
+                self._out_of_distribution(header, received_ns, artifact)
+                return
             roi, nonfinite = masked_region(image, artifact.spec)
         except ProtocolError as exc:
             self._reject(exc.reason, exc.key, str(exc), received_ns, artifact)
@@ -106,6 +121,20 @@ class IngestWorker:
             self._keep(pending, Reason.SHUTDOWN, artifact)
         elif not self._batcher.offer(pending):
             self._keep(pending, Reason.OVERLOAD, artifact)
+
+    def _out_of_distribution(self, header: FrameHeader, received_ns: int, artifact: Artifact) -> None:
+        """Kept unjudged: not what the model was trained on (serving/guard.py)."""
+        self._metrics.out_of_distribution.inc()
+        self._publish(
+            Verdict.fail_open(
+                header.key,
+                Reason.OUT_OF_DISTRIBUTION,
+                model_version=artifact.served_version,
+                threshold=artifact.info.threshold,
+                sent_ns=header.sent_ns,
+                received_ns=received_ns,
+            )
+        )
 
     def _reject(
         self,

@@ -19,6 +19,7 @@ import zmq
 from hitveto.config import IngestConfig
 from hitveto.models.artifact import Artifact
 from hitveto.serving.batcher import Batcher
+from hitveto.serving.guard import InputGuard
 from hitveto.serving.ingest import IngestWorker, forward_frames
 from hitveto.serving.metrics import Metrics
 from hitveto.serving.sockets import bind
@@ -49,9 +50,11 @@ class Intake:
         metrics: Metrics,
         publish: Callable[[Verdict], None],
         artifact: Callable[[], Artifact],
+        guard: InputGuard,
         draining: threading.Event,
     ) -> None:
         self._context, self._cfg, self._curve = context, cfg, curve
+        self._guard = guard
         self._batcher, self._metrics, self._publish = batcher, metrics, publish
         self._artifact, self._draining = artifact, draining
         self.workers: list[IngestWorker] = []
@@ -114,6 +117,7 @@ class Intake:
             metrics=self._metrics,
             publish=self._publish,
             artifact=self._artifact,
+            guard=self._guard,
             draining=self._draining,
             name=f"hitveto-ingest-{i}",
         )

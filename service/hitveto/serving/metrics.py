@@ -83,6 +83,10 @@ class Metrics:
             "Internal errors caught, by stage; the frames concerned are kept (model_error)",
             "stage",
         )
+        self.out_of_distribution = counter(
+            "out_of_distribution_frames_total",
+            "Frames kept unjudged: their panels are not at a calibrated level (raw, or a wrong dark)",
+        )
         self.nonfinite_frames = counter(
             "nonfinite_pixel_frames_total",
             "Frames with NaN/Inf pixels in the judged region (masked to 0, then judged)",

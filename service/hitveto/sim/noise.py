@@ -21,6 +21,7 @@ from hitveto.sim.params import DetectorParams, RunParams
 POISSON_DIRECT_ABOVE = 16.0  # photons; brighter pixels are rare and use numpy's sampler
 INT16_MIN, INT16_MAX = -32768, 32767
 _FIXED_PATTERN_KEY = 0xDE7EC7  # spawn key of the run's fixed-pattern stream
+_PEDESTAL_KEY = 0x9EDE57  # spawn key of the unit's pedestals
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
@@ -36,7 +37,7 @@ class FixedPattern:
 def to_adu(photons: np.ndarray, run: RunParams, rng: np.random.Generator) -> np.ndarray:
     """Noisy ADU (int16, shape of `photons`) for expected photons per pixel."""
     det = run.detector
-    pattern = fixed_pattern(det, run.seed, photons.shape)
+    pattern = fixed_pattern(det, pattern_seed(run), photons.shape)
     adu = poisson(np.ravel(photons).astype(np.float32, copy=False), rng)
     adu *= pattern.gain
     adu += pattern.offset
@@ -71,6 +72,38 @@ def poisson(lam: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if big.size:
         counts[big] = rng.poisson(lam[big])
     return counts
+
+
+def pattern_seed(run: RunParams) -> int:
+    """What the fixed pattern is drawn from: the detector unit's seed where it has one, else the run's."""
+    return run.detector.unit_seed if run.detector.unit_seed is not None else run.seed
+
+
+def to_raw(adu: np.ndarray, run: RunParams) -> np.ndarray:
+    """Calibrated ADU (to_adu) as the DAQ reads them: on the unit's pedestals, 14-bit, int16. Dead
+    pixels read their pedestal alone (stuck: no noise), as a dark run shows them."""
+    det = run.detector
+    pedestal = pedestal_map(det, adu.shape)
+    raw = adu.astype(np.int32) + pedestal
+    dead = fixed_pattern(det, pattern_seed(run), adu.shape).dead
+    raw.flat[dead] = pedestal.flat[dead]
+    return np.clip(raw, 0, det.adc_max).astype(np.int16)
+
+
+@functools.lru_cache(maxsize=4)
+def pedestal_map(det: DetectorParams, shape: tuple[int, ...]) -> np.ndarray:
+    """The unit's pedestals (int32 ADU): a level per ASIC, a spread per pixel, from `unit_seed`."""
+    if det.unit_seed is None:
+        raise ValueError("raw readout needs the detector unit's seed (DetectorParams.unit_seed)")
+    rng = np.random.default_rng(np.random.SeedSequence(det.unit_seed, spawn_key=(_PEDESTAL_KEY,)))
+    rows, cols = shape[-2:]
+    asic_rows, asic_cols = det.asic_shape
+    levels = rng.uniform(
+        *det.pedestal_adu, (math.prod(shape[:-2]), -(-rows // asic_rows), -(-cols // asic_cols))
+    )
+    per_pixel = np.repeat(np.repeat(levels, asic_rows, axis=1), asic_cols, axis=2)[:, :rows, :cols]
+    spread = det.pedestal_spread_adu * rng.standard_normal(per_pixel.shape)
+    return np.rint(per_pixel + spread).astype(np.int32).reshape(shape)
 
 
 @functools.lru_cache(maxsize=4)

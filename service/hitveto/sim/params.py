@@ -105,6 +105,13 @@ class DetectorParams:
     hot_pixel_adu: float = 2000.0  # mean extra ADU of a hot pixel (exponential spread)
     dead_pixel_fraction: float = 2e-4
     saturation_adu: float = 15000.0  # 14-bit ADC less a ~1300 ADU pedestal
+    # Raw readout (runs simulated with readout "raw" or "dark"): the ADC counts before calibration.
+    # The pedestals, gain map, hot and dead pixels then belong to the detector unit (drawn from
+    # unit_seed: the same in its dark runs and its data runs), not to the run.
+    unit_seed: int | None = None
+    pedestal_adu: tuple[float, float] = (900.0, 1700.0)  # each ASIC's pedestal level: uniform in this
+    pedestal_spread_adu: float = 15.0  # rms of the pixels' pedestals about their ASIC's level
+    adc_max: int = 16383  # 14 bits
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -20,12 +20,14 @@ from tqdm import tqdm
 
 from hitveto.io import geometry, sources
 from hitveto.io.xtc2 import RunEvent
-from hitveto.sim.noise import fixed_pattern, to_adu
+from hitveto.sim.noise import fixed_pattern, pattern_seed, to_adu, to_raw
 from hitveto.sim.params import PRESETS, RunParams
-from hitveto.sim.physics import simulate_photons
+from hitveto.sim.physics import FrameKind, FrameTruth, simulate_photons
 from hitveto_client.cxi import Experiment
 
 EXPERIMENT = "hitveto"
+READOUTS = ("calib", "raw", "dark")
+DARK = FrameTruth(n_crystals=0, n_strong_spots=0, kind=FrameKind.CLEAN_MISS, ice=False)
 TIMESTAMP_STEP = 1 << 23  # ~120 Hz in xtc2's (seconds << 32 | ns) units; only order matters
 
 
@@ -38,30 +40,42 @@ def simulate_runs(
     layout: str = "raw",
     fmt: str = "xtc2",
     seed: int = 0,
+    readout: str = "calib",
+    unit_seed: int = 1,
 ) -> list[Path]:
-    """Simulate and write each run; returns the run files."""
+    """Simulate and write each run; returns the run files. Raw and dark readouts come from the
+    detector unit `unit_seed` (the same pedestals and bad pixels in every such run)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
+    params = PRESETS[preset]
+    if readout != "calib":
+        params = dataclasses.replace(
+            params, detector=dataclasses.replace(params.detector, unit_seed=unit_seed)
+        )
     return [
         simulate_run(
             Path(out_dir),
             run=run,
-            params=dataclasses.replace(PRESETS[preset], seed=seed * 1000 + run, n_frames=n_frames),
+            params=dataclasses.replace(params, seed=seed * 1000 + run, n_frames=n_frames),
             preset=preset,
             layout=layout,
             fmt=fmt,
+            readout=readout,
         )
         for run in runs
     ]
 
 
-def simulate_run(out_dir: Path, *, run: int, params: RunParams, preset: str, layout: str, fmt: str) -> Path:
+def simulate_run(
+    out_dir: Path, *, run: int, params: RunParams, preset: str, layout: str, fmt: str, readout: str = "calib"
+) -> Path:
     suffix = {"xtc2": "xtc2", "cxi": "cxi"}[fmt]
     path = out_dir / f"{EXPERIMENT}-r{run:04d}-s000-c000.{suffix}"
     description = {
         "run": run,
         "preset": preset,
         "layout": layout,
+        "readout": readout,
         "format": fmt,
         "n_frames": params.n_frames,
         "adu_per_photon": params.detector.adu_per_photon,
@@ -73,7 +87,9 @@ def simulate_run(out_dir: Path, *, run: int, params: RunParams, preset: str, lay
         return path
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    events = tqdm(frames(params, layout), total=params.n_frames, desc=f"simulate run {run}", unit="frame")
+    events = tqdm(
+        frames(params, layout, readout), total=params.n_frames, desc=f"simulate run {run}", unit="frame"
+    )
     if fmt == "xtc2":
         from hitveto.io.xtc2 import write_run
 
@@ -101,15 +117,24 @@ def regions(
     return [ev.image for ev in frames(params, "roi")]
 
 
-def frames(params: RunParams, layout: str) -> Iterator[RunEvent]:
-    """The run's frames as ADU (int16), with truth; gap pixels of the region layout are 0."""
+def frames(params: RunParams, layout: str, readout: str = "calib") -> Iterator[RunEvent]:
+    """The run's frames as ADU (int16), with truth; gap pixels of the region layout are 0.
+
+    readout: "calib" (pedestal-subtracted, as psana's calib gives them), "raw" (the same on the
+    unit's pedestals, as the DAQ records them) or "dark" (raw with the beam off: no photons)."""
     from hitveto.io.geometry import pixel_map
 
+    if readout not in READOUTS:
+        raise ValueError(f"readout {readout!r}: one of {READOUTS}")
     pixels = pixel_map(layout, distance_m=params.detector.distance_m)
     for pulse_id in range(params.n_frames):
         rng = np.random.default_rng([params.seed, pulse_id])
-        photons, truth = simulate_photons(pixels, params, rng)
+        if readout == "dark":  # the beam off: read-out noise on the pedestals
+            photons, truth = np.zeros(pixels.mask.shape, np.float32), DARK
+        else:
+            photons, truth = simulate_photons(pixels, params, rng)
         adu = to_adu(photons, params, rng)
+        adu = to_raw(adu, params) if readout != "calib" else adu
         adu[~pixels.mask] = 0
         yield RunEvent(
             timestamp=(pulse_id + 1) * TIMESTAMP_STEP,
@@ -129,7 +154,7 @@ def describe_experiment(params: RunParams, layout: str) -> dict[str, Any]:
     beam, its detector, and as bad pixels the simulator's hot and dead ones (what a dark run's
     status would flag), as flat indices."""
     shape = geometry.pixel_map(layout, params.detector.distance_m).mask.shape
-    pattern = fixed_pattern(params.detector, params.seed, shape)
+    pattern = fixed_pattern(params.detector, pattern_seed(params), shape)
     offset_x, offset_y = params.beam.detector_offset_mm
     return {
         "photon_energy_ev": params.beam.photon_energy_ev,
