@@ -1,14 +1,16 @@
 """End-to-end throughput and latency: client -> daemon process -> verdict -> subscriber, on loopback.
 
-For each frame kind (350x350 region, full CSPAD raw stack) and batching setting, sweeps the offered
-rate and reports the frames/s sustained with nothing lost (every frame judged by the model, none
-kept by fallback) and the p50/p99/max verdict latency seen by the client. Saves JSON and a PNG.
+For each frame kind (350x350 region, full calibrated CSPAD stack, full raw CSPAD stack: ADC counts
+on ~1,200 ADU pedestals, calibrated by the daemon with `calib.constants`) and batching setting,
+sweeps the offered rate and reports the frames/s sustained with nothing lost (every frame judged by
+the model, none kept by fallback) and the p50/p99/max verdict latency seen by the client. Saves
+JSON and a PNG.
 
-    python benchmarks/e2e.py [--quick] [--artifact model.pt] [--kinds region full] [--device cpu|cuda]
+    python benchmarks/e2e.py [--quick] [--artifact model.pt] [--kinds region full raw] [--device cpu|cuda]
                              [--out benchmarks/results]
 
-Without --artifact, region frames go to the shipped region model and full frames to the shipped
-full-detector model.
+Without --artifact, region frames go to the shipped region model and full and raw frames to the
+shipped full-detector model.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
+import numpy as np
+
+from hitveto.io.calibration import Constants
 from hitveto.models import artifact
 from hitveto.serving.launcher import start_daemon
 from hitveto_client.hitwriter import Frame, stream
@@ -23,21 +28,35 @@ from hitveto_client.protocol import EventKey
 
 from common import SHAPES, figure, machine, parser, poisson_images, record, subscribed
 
+KINDS = {**SHAPES, "raw": SHAPES["full"]}  # frame kind -> shape
+PEDESTAL_ADU = 1200  # raw frames: the Poisson counts on this pedestal
 
-def frames(shape: tuple[int, ...], n: int, pool: int = 16):
+
+def frames(kind: str, n: int, pool: int = 16):
     """n frames cycling through a pool of Poisson images (generation stays out of the timing)."""
-    images = poisson_images(shape, pool)
+    images = poisson_images(KINDS[kind], pool)
+    if kind == "raw":
+        images = [image + np.int16(PEDESTAL_ADU) for image in images]
     return [Frame(key=EventKey(run=1, pulse_id=i), image=images[i % pool]) for i in range(n)]
 
 
-def measure(daemon, shape, rate_hz: float, seconds: float) -> dict:
-    n = (
-        int(rate_hz * seconds)
-        if rate_hz
-        else int(2000 * seconds if shape == SHAPES["region"] else 150 * seconds)
-    )
+def raw_constants(path: Path) -> Path:
+    """Constants for the raw frames: their pedestal, 4 ADU of noise, no bad pixel."""
+    shape = SHAPES["full"]
+    Constants(
+        detector="cspad",
+        pedestal=np.full(shape, PEDESTAL_ADU, np.float32),
+        noise=np.full(shape, 4.0, np.float32),
+        status=np.zeros(shape, np.uint16),
+        source="benchmarks/e2e.py",
+    ).save(path)
+    return path
+
+
+def measure(daemon, kind: str, rate_hz: float, seconds: float) -> dict:
+    n = int(rate_hz * seconds) if rate_hz else int(2000 * seconds if kind == "region" else 150 * seconds)
     with subscribed(daemon, deadline_ms=2000, max_pending=100_000) as veto:
-        summary = stream(frames(shape, n), veto, None, rate_hz=rate_hz)
+        summary = stream(frames(kind, n), veto, None, rate_hz=rate_hz)
     lost = summary.kept_fallback
     return {
         "offered_hz": rate_hz or None,
@@ -58,9 +77,9 @@ def sweep(
     daemon = start_daemon(*sets, artifact=model, log_path=log_dir / f"daemon-{kind}.log")
     rows = []
     try:
-        measure(daemon, SHAPES[kind], rates[0] or 100, 1.0)  # warm-up, not reported: steady state only
+        measure(daemon, kind, rates[0] or 100, 1.0)  # warm-up, not reported: steady state only
         for rate in rates:
-            row = {"kind": kind, **settings, **measure(daemon, SHAPES[kind], rate, seconds)}
+            row = {"kind": kind, **settings, **measure(daemon, kind, rate, seconds)}
             rows.append(row)
             print(
                 f"{kind:6s} {settings} offered {rate or 'max':>6} Hz -> {row['achieved_hz']:8.1f} Hz, "
@@ -74,8 +93,8 @@ def sweep(
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    with figure(path, 2, dpi=120, figsize=(11, 4.2)) as (_fig, axes):
-        for ax, kind in zip(axes, SHAPES):
+    with figure(path, 3, dpi=120, figsize=(16, 4.2)) as (_fig, axes):
+        for ax, kind in zip(axes, KINDS):
             groups = {}
             for r in rows:
                 if r["kind"] == kind:
@@ -92,7 +111,7 @@ def plot(rows: list[dict], path: Path) -> None:
                     label=f"{label} p50",
                 )
             ax.set(
-                title=f"{kind} frames {SHAPES[kind]}",
+                title=f"{kind} frames {KINDS[kind]}",
                 xlabel="frames/s through the daemon",
                 ylabel="verdict latency (ms)",
                 yscale="log",
@@ -110,8 +129,8 @@ def main() -> None:
     p.add_argument(
         "--kinds",
         nargs="+",
-        choices=list(SHAPES),
-        default=list(SHAPES),
+        choices=list(KINDS),
+        default=list(KINDS),
         help="frame kinds to send: a full-detector model (--layout raw) judges full frames only",
     )
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -124,9 +143,12 @@ def main() -> None:
         ("region", {"batch.max_batch": 64, "batch.max_delay_ms": 5.0}, [1000, 2000, 0]),
         ("full", {"batch.max_batch": 8, "batch.max_delay_ms": 2.0}, [60, 120, 240, 0]),
         ("full", {"batch.max_batch": 32, "batch.max_delay_ms": 5.0}, [120, 240, 360, 0]),
+        ("raw", {"batch.max_batch": 32, "batch.max_delay_ms": 5.0, "calib.constants": ""}, [120, 240, 0]),
     ]
     rows = []
     for kind, settings, rates in (step for step in plan if step[0] in args.kinds):
+        if "calib.constants" in settings:
+            settings = {**settings, "calib.constants": str(raw_constants(args.out / "e2e-raw-constants.npz"))}
         shipped = artifact.REGION_ARTIFACT if kind == "region" else artifact.DEFAULT_ARTIFACT
         rows += sweep(kind, settings, rates, seconds, args.artifact or shipped, args.device, args.out)
     meta = machine(processor=platform.processor(), device=args.device, seconds_per_point=seconds)
