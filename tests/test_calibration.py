@@ -136,3 +136,37 @@ def _stream_calibrated(daemon, items):
             decisions += veto.poll()
         decisions += veto.flush(timeout_s=10)
         return veto.counts, decisions
+
+
+def test_a_dark_psana_processed_converts_from_its_calib_store(runs, tmp_path):
+    """A store laid out as psana names it, written by psana's writer, read back through its finder."""
+    import subprocess
+    import sys
+
+    from hitveto.io.psana_import import import_psana
+
+    _, path = runs
+    constants = calibration.load(path)
+    store, source = tmp_path / "calib", "CxiDs1.0:Cspad.0"
+    writer = import_psana("psana.pscalib.calib.NDArrIO")
+    for kind, values in (
+        ("pedestals", constants.pedestal),
+        ("pixel_rms", constants.noise),
+        ("pixel_status", (constants.status != 0).astype(np.float32)),
+    ):
+        name = store / "CsPad::CalibV1" / source / kind / "3-end.data"  # valid from run 3 on
+        name.parent.mkdir(parents=True)
+        writer.save_txt(str(name), values.reshape(-1, values.shape[-1]), fmt="%.3f")
+    out = tmp_path / "from-psana.npz"
+    cli = [sys.executable, "-m", "hitveto.cli", "dark", "--psana-calib", str(store), "--source", source]
+    done = subprocess.run(
+        [*cli, "--run", "5", "--out", str(out)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    back = calibration.load(out)
+    assert np.abs(back.pedestal - constants.pedestal).max() < 1e-3
+    assert np.array_equal(back.status != 0, constants.status != 0) and back.runs == (3, -1)
+    before = subprocess.run(
+        [*cli, "--run", "2", "--out", str(out)], capture_output=True, text=True, timeout=300
+    )
+    assert before.returncode != 0 and "valid for run 2" in before.stderr  # no dark yet at run 2

@@ -196,20 +196,31 @@ def geom(args: argparse.Namespace) -> int:
 
 def add_dark(sub: Any) -> None:
     s = sub.add_parser("dark", help="calibration constants (pedestal, noise, status) from dark runs")
-    s.add_argument("runs", type=Path, nargs="+", help="dark runs: xtc2, CXI, or exp=EXP:run=N:dir=DIR")
+    s.add_argument("runs", type=Path, nargs="*", help="dark runs: xtc2, CXI, or exp=EXP:run=N:dir=DIR")
     s.add_argument("--out", type=Path, required=True, help="the constants file (.npz); a PNG beside it")
     s.add_argument("--detector", default="cspad")
     s.add_argument("--limit", type=int, help="at most this many frames per run")
+    p = s.add_argument_group("or convert a dark psana processed already (its LCLS calib store)")
+    p.add_argument("--psana-calib", type=Path, metavar="DIR", help="the experiment's calib/ folder")
+    p.add_argument("--source", help="the detector's source, e.g. CxiDs1.0:Cspad.0")
+    p.add_argument("--run", type=int, help="the run the constants must be valid for")
     s.set_defaults(func=dark)
 
 
 def dark(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from hitveto.offline.dark import dark_constants, plot
+    from hitveto.offline.dark import dark_constants, from_psana_calib, plot
     from hitveto_client.cxi import MASK_DEAD, MASK_HOT
 
-    constants = dark_constants(args.runs, detector=args.detector, limit=args.limit)
+    if bool(args.runs) == bool(args.psana_calib):
+        raise SystemExit("hitveto dark: give dark runs, or --psana-calib DIR --source SRC --run N")
+    if args.psana_calib:
+        if args.source is None or args.run is None:
+            raise SystemExit("hitveto dark --psana-calib: --source and --run are needed too")
+        constants = from_psana_calib(args.psana_calib, args.source, args.run, detector=args.detector)
+    else:
+        constants = dark_constants(args.runs, detector=args.detector, limit=args.limit)
     constants.save(args.out)
     plot(constants, args.out.with_suffix(".png"))
     status = constants.status

@@ -9,6 +9,11 @@ fix, per ASIC so that a whole ASIC's level does not count:
   standard deviations above its ASIC's median pedestal (dark current).
 
 A PNG shows the pedestal and noise maps on the assembled detector, and the status counts.
+
+A beamline's existing darks, processed by psana into its LCLS calib store
+(`calib/CsPad::CalibV1/<source>/{pedestals,pixel_rms,pixel_status}/<first>-<last|end>.data`), convert
+with `from_psana_calib` (`hitveto dark --psana-calib DIR --source SRC --run N`), through psana's own
+file finder and reader.
 """
 
 from __future__ import annotations
@@ -21,12 +26,16 @@ from tqdm import tqdm
 
 from hitveto.io import sources
 from hitveto.io.calibration import ASIC_COLS, Constants
-from hitveto_client.cxi import MASK_DEAD, MASK_HOT
+from hitveto.io.psana_import import import_psana
+from hitveto_client.cxi import MASK_DEAD, MASK_HOT, MASK_INVALID
 
 log = logging.getLogger(__name__)
 DEAD_NOISE = 0.2
 HOT_NOISE = 5.0
 HOT_PEDESTAL_SIGMA = 5.0
+# psana's calib store groups constants by detector type; its own lookup of the group from the
+# source name is gone from psana2 (CalibFileFinder without a group raises), so it is named here
+PSANA_GROUPS = {"cspad": "CsPad::CalibV1"}
 
 
 def dark_constants(runs: list[Path], *, detector: str = "cspad", limit: int | None = None) -> Constants:
@@ -56,6 +65,44 @@ def dark_constants(runs: list[Path], *, detector: str = "cspad", limit: int | No
         runs=(max(numbers), -1),  # from the dark on, until the next one
         source=", ".join(Path(r).name for r in runs),
     )
+
+
+def from_psana_calib(calib_dir: Path, source: str, run: int, *, detector: str = "cspad") -> Constants:
+    """Constants from psana's calib store, valid for `run`: its pedestals and pixel_rms (what
+    psana's dark processing writes), and its pixel_status where there is one (non-zero: bad)."""
+    group, shape = PSANA_GROUPS[detector], _shape(detector)
+    finder = import_psana("psana.pscalib.calib.CalibFileFinder").CalibFileFinder(
+        str(calib_dir), group, pbits=0
+    )
+    reader = import_psana("psana.pscalib.calib.NDArrIO")
+    found: dict[str, np.ndarray] = {}
+    names: list[str] = []
+    for kind in ("pedestals", "pixel_rms", "pixel_status"):
+        path = finder.findCalibFile(source, kind, run)
+        if not path:
+            if kind == "pixel_status":
+                continue
+            raise FileNotFoundError(f"{calib_dir}: no {kind} for {source} valid for run {run}")
+        found[kind] = np.asarray(reader.load_txt(path), dtype=np.float64).reshape(shape)
+        names.append(path)
+    first, _, last = Path(names[0]).stem.partition("-")
+    bad = found.get("pixel_status", np.zeros(shape)) != 0
+    return Constants(
+        detector=detector,
+        pedestal=found["pedestals"].astype(np.float32),
+        noise=found["pixel_rms"].astype(np.float32),
+        status=np.where(bad, MASK_INVALID, 0).astype(np.uint16),
+        runs=(int(first), -1 if last == "end" else int(last)),
+        source=", ".join(names),
+    )
+
+
+def _shape(detector: str) -> tuple[int, ...]:
+    from hitveto.io import geometry
+
+    if detector not in PSANA_GROUPS:
+        raise ValueError(f"detector {detector!r}: psana calib stores are read for {sorted(PSANA_GROUPS)}")
+    return geometry.RAW_SHAPE
 
 
 def status_of(pedestal: np.ndarray, noise: np.ndarray) -> np.ndarray:
