@@ -26,8 +26,10 @@ with atheris.instrument_imports(include=["hitveto", "hitveto_client"]):
     import msgpack
     import numpy as np
 
+    from hitveto.io.calibration import Constants
     from hitveto.models import artifact as artifacts
     from hitveto.serving.batcher import Batcher
+    from hitveto.serving.guard import InputGuard
     from hitveto.serving.ingest import IngestWorker
     from hitveto.serving.metrics import Metrics
     from hitveto_client.protocol import ALLOWED_DTYPES, PROTOCOL_VERSION
@@ -45,8 +47,17 @@ class Intake:
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry
 
-        path = make_artifact(Path(tempfile.mkdtemp()) / "fuzz.pt")
+        folder = Path(tempfile.mkdtemp())
+        path = make_artifact(folder / "fuzz.pt")
         self.artifact = artifacts.read(path)
+        # calibration on: raw frames of the model's shape go through it too (fuzzed pixels and all)
+        rng = np.random.default_rng(0)
+        Constants(
+            detector="cspad",
+            pedestal=rng.uniform(0, 1000, RAW).astype(np.float32),
+            noise=np.full(RAW, 4.0, np.float32),
+            status=(rng.random(RAW) < 0.01).astype(np.uint16),
+        ).save(folder / "dark.npz")
         self.metrics = Metrics(CollectorRegistry())
         self.bad_frames = self.metrics.registry.restricted_registry(["hitveto_bad_frames_total"])
         self.batcher = Batcher(max_batch=8, max_delay_ms=1.0, max_queue=4)
@@ -57,6 +68,7 @@ class Intake:
             metrics=self.metrics,
             publish=self._publish,
             artifact=lambda: self.artifact,
+            guard=InputGuard(str(folder / "dark.npz"), self.artifact.spec),
             draining=threading.Event(),
             name="fuzz",
         )

@@ -78,7 +78,10 @@ class InputGuard:
 
 
 def level_ok(image: np.ndarray, adu_per_photon: float) -> bool:
-    """True when at most PANEL_SHARE of the panels have a median level beyond the limit."""
+    """True when at most PANEL_SHARE of the panels have a median level beyond the limit (and for
+    what has no panels, a frame of one axis or none: the shape check rejects it next)."""
+    if image.ndim < 2 or image.size == 0:
+        return True
     if image.ndim >= 3:
         panels = image.reshape(-1, *image.shape[-2:])[:, ::SAMPLE_STRIDE, ::SAMPLE_STRIDE]
         levels = np.median(panels.reshape(len(panels), -1), axis=1)

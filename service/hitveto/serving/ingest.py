@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
+import numpy as np
 import zmq
 
 from hitveto.models.artifact import Artifact
@@ -85,9 +86,9 @@ class IngestWorker:
                     f"detector {key.detector!r}, model serves {artifact.spec.detector!r}",
                     key,
                 )
-            image, fit = self._guard.prepare(image, header.meta, artifact.spec)
-            if not fit:
-                self._out_of_distribution(header, received_ns, artifact)
+            image, unjudged = self._prepare(header, image, artifact)
+            if unjudged is not None:
+                self._unjudged(header, unjudged, received_ns, artifact)
                 return
             roi, nonfinite = masked_region(image, artifact.spec)
         except ProtocolError as exc:
@@ -122,13 +123,28 @@ class IngestWorker:
         elif not self._batcher.offer(pending):
             self._keep(pending, Reason.OVERLOAD, artifact)
 
-    def _out_of_distribution(self, header: FrameHeader, received_ns: int, artifact: Artifact) -> None:
-        """Kept unjudged: not what the model was trained on (serving/guard.py)."""
-        self._metrics.out_of_distribution.inc()
+    def _prepare(
+        self, header: FrameHeader, image: np.ndarray, artifact: Artifact
+    ) -> tuple[np.ndarray, Reason | None]:
+        """The frame calibrated where it must be, and why it is kept unjudged, if it is: the daemon
+        is draining, the queue is full (decided before the pixels are touched: a saturated daemon
+        must not spend milliseconds on a frame it will not judge), or the guard finds it out of
+        distribution."""
+        if self._draining.is_set():
+            return image, Reason.SHUTDOWN
+        if self._batcher.depth() >= self._batcher.max_queue:
+            return image, Reason.OVERLOAD
+        image, fit = self._guard.prepare(image, header.meta, artifact.spec)
+        if not fit:
+            self._metrics.out_of_distribution.inc()
+            return image, Reason.OUT_OF_DISTRIBUTION
+        return image, None
+
+    def _unjudged(self, header: FrameHeader, reason: Reason, received_ns: int, artifact: Artifact) -> None:
         self._publish(
             Verdict.fail_open(
                 header.key,
-                Reason.OUT_OF_DISTRIBUTION,
+                reason,
                 model_version=artifact.served_version,
                 threshold=artifact.info.threshold,
                 sent_ns=header.sent_ns,
