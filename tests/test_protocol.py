@@ -119,17 +119,24 @@ def test_random_bytes_never_crash_the_decoder(parts):
 @pytest.mark.slow  # ~12 s: 60,000 coverage-guided inputs
 def test_atheris_campaign_on_the_daemon_intake_finds_nothing(tmp_path):
     """tests/fuzz_ingest.py: coverage-guided messages through IngestWorker.handle (see its doc)."""
+    import resource
     import subprocess
     import sys
     from pathlib import Path
 
     harness = Path(__file__).with_name("fuzz_ingest.py")
+    # Linux keeps a process's peak RSS across exec, so the harness starts with this (large) test
+    # process's: measured, 2,361 MB in a full run, over libFuzzer's default 2,048 MB limit before
+    # any input. The limit is 2 GB above that inherited peak; one allocation stays capped at 2 GB.
+    inherited_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     done = subprocess.run(
         [
             sys.executable,
             str(harness),
             "-runs=60000",
             "-seed=7",
+            f"-rss_limit_mb={inherited_mb + 2048}",
+            "-malloc_limit_mb=2048",
             f"-artifact_prefix={tmp_path}/",
         ],  # a crash input lands there
         capture_output=True,
