@@ -141,6 +141,7 @@ def main() -> None:
         ("region", {"batch.max_batch": 1, "batch.max_delay_ms": 0.0}, [500, 1000, 0]),
         ("region", {"batch.max_batch": 32, "batch.max_delay_ms": 2.0}, [500, 1000, 2000, 0]),
         ("region", {"batch.max_batch": 64, "batch.max_delay_ms": 5.0}, [1000, 2000, 0]),
+        ("full", {"batch.max_batch": 1, "batch.max_delay_ms": 0.0}, [120, 240]),
         ("full", {"batch.max_batch": 8, "batch.max_delay_ms": 2.0}, [60, 120, 240, 0]),
         ("full", {"batch.max_batch": 32, "batch.max_delay_ms": 5.0}, [120, 240, 360, 0]),
         ("raw", {"batch.max_batch": 32, "batch.max_delay_ms": 5.0, "calib.constants": ""}, [120, 240, 0]),
