@@ -98,6 +98,7 @@ class ModelConfig:
     threads: Annotated[int, Range(0, 1024)] = 1  # torch intra-op threads on CPU (0 = torch's default);
     # 1 measured fastest on 2 cores beside the ingest threads
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # fp16/bf16: autocast (for GPUs)
+    engine: Literal["torchscript", "onnxruntime"] = "torchscript"  # onnxruntime: CPU, fp32
     reload_dirs: str = ""  # folders `reload` may take a model file from (comma-
     # separated); empty = the configured model's folder
 

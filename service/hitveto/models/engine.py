@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -38,6 +39,24 @@ def resolve_devices(spec: str) -> list[str]:
     if not devices:
         raise ValueError(f"model.device {spec!r}: no device")
     return devices
+
+
+class ModelEngine(Protocol):
+    """What the daemon and the tools use of an engine: TorchScript (`Engine`) or onnxruntime
+    (`onnx_engine.OnnxEngine`), chosen by `model.engine`."""
+
+    artifact: Artifact
+    device: str
+    max_batch: int
+
+    @property
+    def version(self) -> str: ...
+    @property
+    def threshold(self) -> float: ...
+    def infer(self, regions: Sequence[np.ndarray]) -> np.ndarray: ...
+    def score(self, regions: Sequence[np.ndarray]) -> np.ndarray: ...
+    def warm_up(self) -> float: ...
+    def gpu_memory_bytes(self) -> int: ...
 
 
 class Engine:

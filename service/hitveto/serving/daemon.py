@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from hitveto.config import ServeConfig
 from hitveto.models.artifact import Artifact
-from hitveto.models.engine import Engine
+from hitveto.models.engine import ModelEngine
 from hitveto.serving import lifecycle
 from hitveto.serving.audit import AuditSample
 from hitveto.serving.batcher import Batcher
@@ -147,7 +147,7 @@ class Daemon:
         self.publisher = Publisher(self._pub, self.metrics, cfg.max_subscribers)
         return endpoint
 
-    def _inference_loops(self, engines: list[Engine]) -> list[InferenceLoop]:
+    def _inference_loops(self, engines: list[ModelEngine]) -> list[InferenceLoop]:
         """One inference thread per engine, all taking batches from the one batcher: a free device
         takes the next due batch."""
         cfg = self.config
@@ -186,7 +186,7 @@ class Daemon:
         if self._monitor is not None:
             self._monitor.watch(sock)
 
-    def _announce_model(self, engines: list[Engine]) -> None:
+    def _announce_model(self, engines: list[ModelEngine]) -> None:
         info = self.artifact.info
         self.metrics.set_model(
             self.artifact.served_version,

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from hitveto.models.engine import Engine
+from hitveto.models.engine import ModelEngine
 from hitveto.serving.audit import NO_AUDIT, AuditSample
 from hitveto.serving.batcher import Batcher, Pending
 from hitveto.serving.metrics import Metrics
@@ -40,7 +40,7 @@ class InferenceLoop:
     def __init__(
         self,
         *,
-        engine: Engine,
+        engine: ModelEngine,
         batcher: Batcher,
         metrics: Metrics,
         publish: Callable[[Verdict], None],
@@ -50,7 +50,7 @@ class InferenceLoop:
         name: str = "hitveto-infer",
     ) -> None:
         self.engine = engine
-        self._next_engine: Engine | None = None
+        self._next_engine: ModelEngine | None = None
         self._batcher = batcher
         self._metrics = metrics
         self._publish = publish
@@ -61,7 +61,7 @@ class InferenceLoop:
         self.stop = threading.Event()
         self.thread = Supervised(name, self._run, on_crash=metrics.thread_crashed)
 
-    def swap(self, engine: Engine) -> None:
+    def swap(self, engine: ModelEngine) -> None:
         """Serve `engine` from the next batch on (thread-safe)."""
         self._next_engine = engine
 
@@ -125,7 +125,7 @@ class InferenceLoop:
             if v.reason is not Reason.BAD_SCORE:
                 self._watch(p.region, v.score, v.hit)
 
-    def _verdict(self, p: Pending, score: float, engine: Engine, inference_ms: float) -> Verdict:
+    def _verdict(self, p: Pending, score: float, engine: ModelEngine, inference_ms: float) -> Verdict:
         if not math.isfinite(score):  # kept, and said why: a NaN must not read as a miss
             hit, keep, reason = False, True, Reason.BAD_SCORE
         else:

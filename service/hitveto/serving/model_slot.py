@@ -7,10 +7,10 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
-from hitveto.config import ServeConfig
+from hitveto.config import ConfigError, ServeConfig
 from hitveto.models import artifact as artifacts
 from hitveto.models.artifact import Artifact
-from hitveto.models.engine import Engine, resolve_devices
+from hitveto.models.engine import Engine, ModelEngine, resolve_devices
 
 
 class ModelSlot:
@@ -19,15 +19,25 @@ class ModelSlot:
         self.configured = Path(config.model.artifact or artifacts.DEFAULT_ARTIFACT)
         self.artifact = artifacts.read(self.configured)
 
-    def engines(self, artifact: Artifact) -> list[Engine]:
+    def engines(self, artifact: Artifact) -> list[ModelEngine]:
         """One engine per configured device, not yet warm."""
         m, batch = self._config.model, self._config.batch
+        devices = resolve_devices(m.device)
+        if m.engine == "onnxruntime":
+            if set(devices) != {"cpu"} or m.precision != "fp32":
+                raise ConfigError(
+                    f"model.engine onnxruntime runs fp32 on the CPU: model.device {m.device!r} "
+                    f"({','.join(devices)}), model.precision {m.precision!r}"
+                )
+            from hitveto.models.onnx_engine import OnnxEngine
+
+            return [OnnxEngine(artifact, max_batch=batch.max_batch, threads=m.threads) for _ in devices]
         return [
             Engine(artifact, device=d, max_batch=batch.max_batch, threads=m.threads, precision=m.precision)
-            for d in resolve_devices(m.device)
+            for d in devices
         ]
 
-    def prepare(self, path: str | None) -> tuple[Artifact, list[Engine]]:
+    def prepare(self, path: str | None) -> tuple[Artifact, list[ModelEngine]]:
         """The replacement (default: the configured file again), checked, and its engines, warmed,
         while the current model goes on serving. ArtifactError if it may not take over."""
         new = artifacts.read(self.configured if path is None else self._reloadable(path))
@@ -54,6 +64,6 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
-def devices_of(engines: list[Engine]) -> str:
+def devices_of(engines: list[ModelEngine]) -> str:
     """The engines' devices as the config writes them, e.g. "cuda:0,cuda:1"."""
     return ",".join(e.device for e in engines)
