@@ -116,9 +116,9 @@ def calibrate(raw: np.ndarray, constants: Constants) -> np.ndarray:
     else:
         out = np.subtract(raw, constants.pedestal, dtype=np.float32)
     if constants.common_mode == "asic_dark_peak":
-        asics = _asics(out)
-        offset = _dark_peak(_asic_sample(out), constants._window).reshape(len(asics), 1, -1, 1)
-        asics -= (np.rint(offset) if whole else offset).astype(out.dtype)
+        view = asics(out)
+        offset = _dark_peak(_asic_sample(out), constants._window).reshape(len(view), 1, -1, 1)
+        view -= (np.rint(offset) if whole else offset).astype(out.dtype)
     out.flat[constants._bad] = 0
     return out
 
@@ -136,7 +136,7 @@ def _dark_peak(sample: np.ndarray, window: np.ndarray) -> np.ndarray:
     return offset
 
 
-def _asics(frame: np.ndarray) -> np.ndarray:
+def asics(frame: np.ndarray) -> np.ndarray:
     """(panels, rows, asics per row, asic columns) view: CSPAD 2x1s hold two ASICs side by side;
     other detectors' panels count as one."""
     rows, cols = frame.shape[-2:]
@@ -146,5 +146,5 @@ def _asics(frame: np.ndarray) -> np.ndarray:
 
 def _asic_sample(frame: np.ndarray) -> np.ndarray:
     """(asics, n) every COMMON_MODE_STRIDE-th row and column of each ASIC."""
-    sample = _asics(frame)[:, ::COMMON_MODE_STRIDE, :, ::COMMON_MODE_STRIDE]
+    sample = asics(frame)[:, ::COMMON_MODE_STRIDE, :, ::COMMON_MODE_STRIDE]
     return sample.transpose(0, 2, 1, 3).reshape(sample.shape[0] * sample.shape[2], -1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Sequence
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -41,25 +40,42 @@ def resolve_devices(spec: str) -> list[str]:
     return devices
 
 
-class ModelEngine(Protocol):
-    """What the daemon and the tools use of an engine: TorchScript (`Engine`) or onnxruntime
-    (`onnx_engine.OnnxEngine`), chosen by `model.engine`."""
+class ModelEngine:
+    """What the daemon and the tools use of an engine, and what every engine shares: TorchScript
+    (`Engine`) or onnxruntime (`onnx_engine.OnnxEngine`), chosen by `model.engine`. An engine
+    sets `artifact`, `device` and `max_batch`, and runs `infer` on one batch."""
 
     artifact: Artifact
     device: str
     max_batch: int
 
     @property
-    def version(self) -> str: ...
+    def version(self) -> str:
+        return self.artifact.served_version
+
     @property
-    def threshold(self) -> float: ...
-    def infer(self, regions: Sequence[np.ndarray]) -> np.ndarray: ...
-    def score(self, regions: Sequence[np.ndarray]) -> np.ndarray: ...
-    def warm_up(self) -> float: ...
-    def gpu_memory_bytes(self) -> int: ...
+    def threshold(self) -> float:
+        return self.artifact.info.threshold
+
+    def infer(self, regions: Sequence[np.ndarray]) -> np.ndarray:
+        """P(hit) per region (float32); regions all of the model's region shape and one dtype."""
+        raise NotImplementedError
+
+    def score(self, regions: Sequence[np.ndarray]) -> np.ndarray:
+        """P(hit) for any number of regions, max_batch at a time (offline: evaluations, profiles)."""
+        return np.concatenate(
+            [self.infer(regions[i : i + self.max_batch]) for i in range(0, len(regions), self.max_batch)]
+        )
+
+    def warm_up(self) -> float:
+        """Run the batch sizes once or more so the first real frames do not pay; seconds taken."""
+        raise NotImplementedError
+
+    def gpu_memory_bytes(self) -> int:
+        return 0
 
 
-class Engine:
+class Engine(ModelEngine):
     """Runs an artifact's model on batches of regions; thread: one inference thread owns it."""
 
     def __init__(
@@ -84,25 +100,10 @@ class Engine:
         self._module = load_module(artifact, self.device)
         self._pinned: dict[np.dtype, torch.Tensor] = {}  # host staging buffers, one per input dtype
 
-    @property
-    def version(self) -> str:
-        return self.artifact.served_version
-
-    @property
-    def threshold(self) -> float:
-        return self.artifact.info.threshold
-
     def infer(self, regions: Sequence[np.ndarray]) -> np.ndarray:
-        """P(hit) per region (float32); regions all of the model's region shape and one dtype."""
         with torch.inference_mode(), self._autocast():
             batch = self._stage(regions)
             return self._module(batch).float().cpu().numpy()
-
-    def score(self, regions: Sequence[np.ndarray]) -> np.ndarray:
-        """P(hit) for any number of regions, max_batch at a time (offline: evaluations, profiles)."""
-        return np.concatenate(
-            [self.infer(regions[i : i + self.max_batch]) for i in range(0, len(regions), self.max_batch)]
-        )
 
     def _autocast(self):
         """Mixed precision for the convolutions when asked (a GPU option: on CPU fp32 is fastest)."""

@@ -4,7 +4,8 @@ exported to ONNX once and run by onnxruntime's CPU provider.
 Measured (`benchmarks/engines.py`, one core): faster at batch 1, the batch full frames at 120 Hz
 have (full-detector model 1.03 ms a frame against TorchScript's 1.35; region model 0.24 against
 0.37), mixed at batches of 8-32 (0.88-1.12x); scores within 2e-6 of TorchScript's.
-The same interface as `Engine` (what the inference loop and the tools call). The export is cached
+The same interface as `Engine` (`engine.ModelEngine`: what the inference loop and the tools
+call). The export is cached
 beside the geometry tables (`$HITVETO_CACHE` or ~/.cache/hitveto), named by the artifact's SHA-256,
 so a restart does not export again. Integer regions are fed as int32 (onnxruntime's ReduceMax takes
 no int16), float ones as float32: one exported graph for each. fp32 only; CPU only.
@@ -22,11 +23,12 @@ from typing import Any
 import numpy as np
 
 from hitveto.models.artifact import Artifact, load_module
+from hitveto.models.engine import ModelEngine
 
 EXPORT_OPSET = 17
 
 
-class OnnxEngine:
+class OnnxEngine(ModelEngine):
     """Runs an artifact's model under onnxruntime; one inference thread owns it."""
 
     def __init__(self, artifact: Artifact, *, max_batch: int = 32, threads: int = 1) -> None:
@@ -36,26 +38,11 @@ class OnnxEngine:
         self._threads = max(1, threads)
         self._sessions: dict[str, Any] = {}  # input dtype name -> InferenceSession
 
-    @property
-    def version(self) -> str:
-        return self.artifact.served_version
-
-    @property
-    def threshold(self) -> float:
-        return self.artifact.info.threshold
-
     def infer(self, regions: Sequence[np.ndarray]) -> np.ndarray:
-        """P(hit) per region (float32); regions all of the model's region shape and one dtype."""
         batch = np.stack(regions)
         kind = "int32" if batch.dtype.kind in "iub" else "float32"
         (scores,) = self._session(kind).run(None, {"x": batch.astype(kind, copy=False)})
         return np.asarray(scores, dtype=np.float32)
-
-    def score(self, regions: Sequence[np.ndarray]) -> np.ndarray:
-        """P(hit) for any number of regions, max_batch at a time."""
-        return np.concatenate(
-            [self.infer(regions[i : i + self.max_batch]) for i in range(0, len(regions), self.max_batch)]
-        )
 
     def warm_up(self) -> float:
         """Load (export if need be) the integer graph and run every batch size once (seconds)."""
@@ -64,9 +51,6 @@ class OnnxEngine:
         for n in range(self.max_batch, 0, -1):
             self.infer(list(zeros[:n]))
         return time.perf_counter() - t0
-
-    def gpu_memory_bytes(self) -> int:
-        return 0
 
     def _session(self, kind: str) -> Any:
         if kind not in self._sessions:

@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from hitveto.io import sources
-from hitveto.io.calibration import ASIC_COLS, Constants
+from hitveto.io.calibration import Constants, asics
 from hitveto.io.psana_import import import_psana
 from hitveto_client.cxi import MASK_DEAD, MASK_HOT, MASK_INVALID
 
@@ -118,12 +118,9 @@ def status_of(pedestal: np.ndarray, noise: np.ndarray) -> np.ndarray:
 
 
 def _asics(a: np.ndarray) -> list[np.ndarray]:
-    """Views of each ASIC (each panel where the columns are not a whole number of ASICs)."""
-    rows, cols = a.shape[-2:]
-    panels = a.reshape(-1, rows, cols)
-    if cols % ASIC_COLS:
-        return list(panels)
-    return [p[:, i : i + ASIC_COLS] for p in panels for i in range(0, cols, ASIC_COLS)]
+    """Views of each ASIC, as calibration's common mode takes them (calibration.asics)."""
+    view = asics(a)
+    return [view[p, :, k] for p in range(view.shape[0]) for k in range(view.shape[2])]
 
 
 def plot(constants: Constants, path: Path) -> None:
