@@ -11,7 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hitveto.io.xtc2 import RunEvent, read_experiment_run, read_run, run_path, smalldata_path, write_run
+from hitveto.io.xtc2 import (
+    DetectorNotInRun,
+    RunEvent,
+    read_experiment_run,
+    read_run,
+    run_path,
+    smalldata_path,
+    write_run,
+)
 
 MPIRUN = Path(sys.executable).with_name("mpirun")
 
@@ -115,3 +123,49 @@ def test_a_dataset_string_reads_the_run_through_its_experiment_directory(tmp_pat
     data = load_runs((f"exp=hitveto:run=10:dir={tmp_path}",), spec, PeakFinderParams())
     assert data.regions.shape == (3, 350, 350)  # labelled, peak counts cached
     assert list(tmp_path.glob("hitveto-r0010-s000-c000.xtc2.pf8-*.npy"))
+
+
+LCLS2 = Path(__file__).parent / "data" / "lcls2"  # real runs from psana's own tests (README there)
+
+
+@pytest.mark.parametrize(
+    "name, detector, shape",
+    [("test_jungfrau05M_calib", "jungfrau", (1, 512, 1024)), ("test_epix_calib", "epixquad", (4, 352, 384))],
+)
+def test_a_real_lcls2_detector_reads_through_psanas_detector_interface(name, detector, shape):
+    events = list(read_run(LCLS2 / f"{name}.xtc2", detector=detector))
+    assert [ev.pulse_id for ev in events] == [0, 1]
+    assert all(ev.image.shape == shape and ev.image.dtype == np.uint16 for ev in events)
+    assert events[0].timestamp < events[1].timestamp and events[0].truth == {}
+    assert not np.array_equal(events[0].image, events[1].image)  # two frames, not one read twice
+    assert events[0].run == {"test_jungfrau05M_calib": 7, "test_epix_calib": 109}[name]
+
+
+def test_a_detector_the_run_lacks_is_named_with_those_it_has():
+    with pytest.raises(DetectorNotInRun, match=r"no detector 'cspad'.*jungfrau \(jungfrau\)"):
+        next(read_run(LCLS2 / "test_jungfrau05M_calib.xtc2"))
+
+
+def test_replay_of_a_run_without_the_detector_says_so_without_a_traceback(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "hitveto.cli", "replay", str(LCLS2 / "test_epix_calib.xtc2")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "it has: epixquad (epix10ka)" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_real_jungfrau_frames_sent_to_a_cspad_model_are_kept_not_judged(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "hitveto.cli", "replay", str(LCLS2 / "test_jungfrau05M_calib.xtc2")]
+        + ["--detector", "jungfrau", "--model", "service/hitveto/models/default.pt", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=Path(__file__).parents[1],
+    )
+    assert done.returncode == 0, done.stderr
+    assert "kept by fallback   2 (malformed 2)" in done.stdout  # the daemon's unknown_detector
+    assert "frames written     2" in done.stdout

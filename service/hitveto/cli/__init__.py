@@ -20,7 +20,15 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as e:
+        from hitveto.io.xtc2 import DetectorNotInRun  # here: `hitveto ctl` stays free of numpy
+
+        if not isinstance(e, DetectorNotInRun):
+            raise
+        print(f"hitveto: {e}", file=sys.stderr)  # the user's input, not a bug: no traceback
+        return 2
 
 
 def parser() -> argparse.ArgumentParser:

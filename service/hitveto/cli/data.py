@@ -74,6 +74,7 @@ def add_replay(sub: Any) -> None:
 
 def replay(args: argparse.Namespace) -> int:
     import contextlib
+    import itertools
 
     from hitveto.offline import replay as replaying
 
@@ -84,6 +85,8 @@ def replay(args: argparse.Namespace) -> int:
         if args.shmem
         else replaying.frames_of(args.runs, detector=args.detector, limit=args.limit)
     )
+    if not args.shmem:  # a run that lacks the detector says so before any daemon is waited for
+        frames = itertools.chain(list(itertools.islice(frames, 1)), frames)
     with contextlib.ExitStack() as stack:
         frames_to, verdicts_from = args.frames, args.verdicts
         if args.model:  # a daemon of our own, reproducible

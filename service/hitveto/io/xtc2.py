@@ -15,6 +15,9 @@ the psana detector class for containers of named arrays: `image`, `pulse_id` and
 per truth field) and `runinfo` (expt, runnum); then BeginRun (runinfo), BeginStep, Enable, one
 L1Accept per frame, Disable, EndStep, EndRun. Always `skip_calib_load="all"`: offline, psana must
 not look for SLAC's calibration database.
+
+A DAQ's run holds its detectors as their own dettypes (`jungfrau`, `epix10ka`, ...): those are read
+through psana's detector interface, `run.Detector(name).raw.raw(evt)`, the raw stack as recorded.
 """
 
 from __future__ import annotations
@@ -235,6 +238,10 @@ def read_live(tag: str, *, detector: str = "cspad", runs: int | None = None) -> 
 
 
 def _events(run, detector: str, *, parallel: bool) -> Iterator[RunEvent]:
+    algorithm = _algorithm(run, detector)
+    if algorithm == "raw":
+        yield from _detector_events(run, detector)
+        return
     fields = _fields(run, detector)
     number = int(getattr(run, "runnum", 0) or 0)
     det = getattr(run.Detector(detector), ALGORITHM[0])
@@ -255,8 +262,48 @@ def _events(run, detector: str, *, parallel: bool) -> Iterator[RunEvent]:
         )
 
 
+def _detector_events(run, detector: str) -> Iterator[RunEvent]:
+    """A DAQ's detector, read as psana users do: `run.Detector(name).raw.raw(evt)`, the raw stack
+    (segments, rows, columns) in the detector's own dtype; no truth, the event count as pulse id."""
+    number = int(getattr(run, "runnum", 0) or 0)
+    raw = run.Detector(detector).raw
+    for i, evt in enumerate(run.events()):
+        image = raw.raw(evt)
+        if image is not None:
+            yield RunEvent(timestamp=int(evt.timestamp), pulse_id=i, image=image, run=number)
+
+
+def detectors(run) -> dict[str, str]:
+    """The run's readable detectors: name -> psana dettype (e.g. {"jungfrau": "jungfrau"})."""
+    found = {}
+    for config in run.configs:
+        software = getattr(config, "software", None)
+        for name in [n for n in dir(software) if not n.startswith("_")]:
+            segment = next(iter(getattr(software, name).values()))
+            if hasattr(segment, ALGORITHM[0]) or hasattr(segment, "raw"):
+                found[name] = segment.dettype
+    return found
+
+
+def _algorithm(run, detector: str) -> str:
+    """How the run stores this detector: hitveto's container ("xtc1dump") or a DAQ's ("raw")."""
+    for config in run.configs:
+        segments = getattr(getattr(config, "software", None), detector, None)
+        if segments:
+            segment = next(iter(segments.values()))
+            for algorithm in (ALGORITHM[0], "raw"):
+                if hasattr(segment, algorithm):
+                    return algorithm
+    have = ", ".join(f"{n} ({t})" for n, t in sorted(detectors(run).items())) or "none"
+    raise DetectorNotInRun(f"no detector {detector!r} in this run; it has: {have} (--detector NAME)")
+
+
+class DetectorNotInRun(ValueError):
+    """The detector asked for is not in the run (the message lists those that are)."""
+
+
 def _fields(run, detector: str) -> list[str]:
-    """The data fields this run declares for the detector, from its Configure.
+    """The data fields this run declares for hitveto's container, from its Configure.
 
     Not `run.detinfo`, nor the detector's accessors: psana keeps those from runs opened earlier
     in the same process, so they may name fields this run lacks.
@@ -266,7 +313,7 @@ def _fields(run, detector: str) -> list[str]:
         if segments:
             declared = getattr(next(iter(segments.values())), ALGORITHM[0])
             return [n for n in dir(declared) if not n.startswith("_") and n not in ("software", "version")]
-    raise KeyError(f"{detector}/{ALGORITHM[0]}: not in this run's Configure")
+    raise DetectorNotInRun(f"{detector}/{ALGORITHM[0]}: not in this run's Configure")
 
 
 def _run_identity(path: Path, experiment: str | None, run: int | None) -> tuple[str, int]:
