@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hitveto.models import kernels
+
 CONSTANTS_FORMAT = 1
 ASIC_COLS = 194  # a CSPAD 2x1 is two ASICs of 185 x 194
 COMMON_MODE_STRIDE = 4  # every 4th row and column: 1/16 of an ASIC's pixels give its offset
@@ -47,6 +49,7 @@ class Constants:
     runs: tuple[int, int] = (0, -1)
     source: str = ""
     _bad: np.ndarray = field(init=False, repr=False)  # flat indices of the pixels the status flags
+    _bad_mask: np.ndarray = field(init=False, repr=False)  # uint8, 1 where the status flags a pixel
     _pedestal16: np.ndarray = field(init=False, repr=False)  # the pedestal rounded, for int16 frames
     _window: np.ndarray = field(init=False, repr=False)  # per ASIC: COMMON_MODE_WINDOW x its noise
 
@@ -57,6 +60,7 @@ class Constants:
         if len(shapes) != 1:
             raise ValueError(f"pedestal, noise and status differ in shape: {sorted(shapes)}")
         object.__setattr__(self, "_bad", np.flatnonzero(self.status))
+        object.__setattr__(self, "_bad_mask", (self.status != 0).astype(np.uint8))
         pedestal16 = np.clip(np.rint(self.pedestal), -(1 << 15), (1 << 15) - 1).astype(np.int16)
         object.__setattr__(self, "_pedestal16", pedestal16)
         noise = np.median(_asic_sample(self.noise), axis=-1, keepdims=True)
@@ -121,6 +125,32 @@ def calibrate(raw: np.ndarray, constants: Constants) -> np.ndarray:
         view -= (np.rint(offset) if whole else offset).astype(out.dtype)
     out.flat[constants._bad] = 0
     return out
+
+
+def calibrate_pooled(
+    raw: np.ndarray, constants: Constants, pool: int, sample_stride: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """An int16 raw frame calibrated and pooled for the raw layout in one pass (kernels.pool_raw),
+    exactly `preprocess.pool_panels(calibrate(raw, constants), pool)` without the calibrated frame
+    in memory; and the calibrated frame's every `sample_stride`-th row and column (the guard's
+    sample), shaped as the raw stack's."""
+    if raw.dtype != np.int16 or raw.shape != constants.shape:
+        raise ValueError(f"raw frame {raw.dtype}{raw.shape}: int16 {constants.shape} expected")
+    panels = raw.reshape(-1, *raw.shape[-2:])
+    n, rows, cols = panels.shape
+    pedestal, bad = (a.reshape(panels.shape) for a in (constants._pedestal16, constants._bad_mask))
+    offsets = np.zeros((n, cols), np.int16)  # each column's ASIC common mode
+    if constants.common_mode == "asic_dark_peak":
+        sample = np.subtract(_asic_sample(raw), _asic_sample(constants._pedestal16))
+        per_asic = np.rint(_dark_peak(sample, constants._window)).astype(np.int16)
+        offsets[:] = np.repeat(per_asic.reshape(n, -1), cols // (len(per_asic) // n), axis=1)
+    pooled = np.empty((n, rows // pool, cols // pool), np.int32)
+    kernels.pool_raw(panels, pedestal, offsets, bad, pool, pooled)
+    s = sample_stride
+    guard = np.subtract(panels[:, ::s, ::s], pedestal[:, ::s, ::s])
+    guard -= offsets[:, None, ::s]
+    guard[bad[:, ::s, ::s] != 0] = 0
+    return pooled.reshape(n * (rows // pool), cols // pool), guard.reshape(*raw.shape[:-2], *guard.shape[1:])
 
 
 def _dark_peak(sample: np.ndarray, window: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ import zmq
 from prometheus_client import CollectorRegistry
 
 from hitveto.config import ServeConfig
+from hitveto.models import kernels
 from hitveto.models.artifact import Artifact
 from hitveto.models.engine import ModelEngine
 from hitveto.serving import lifecycle
@@ -84,7 +85,7 @@ class Daemon:
         self._start_security()
         self.guard = InputGuard(cfg.calib.constants, self.artifact.spec, check_level=cfg.calib.guard)
         engines = self._slot.engines(self.artifact)
-        warm_s = sum(e.warm_up() for e in engines)
+        warm_s = sum(e.warm_up() for e in engines) + kernels.warm_up()
         b = cfg.batch
         self.batcher = Batcher(max_batch=b.max_batch, max_delay_ms=b.max_delay_ms, max_queue=b.max_queue)
         pub_endpoint = self._bind_publisher()

@@ -71,10 +71,18 @@ class InputGuard:
             constants, floor = self.constants, self._floor
         if constants is None or meta.get("calibrated") is True or image.shape != constants.shape:
             return image, not self.check_level or level_ok(image, spec.adu_per_photon)
+        if spec.layout == "raw" and image.dtype == np.int16:  # one pass to the model's input
+            pooled, sample = calibration.calibrate_pooled(image, constants, spec.pool, SAMPLE_STRIDE)
+            return pooled, not self.check_level or _sample_ok(sample, floor, spec.adu_per_photon)
         image = calibration.calibrate(image, constants)
         if not self.check_level:
             return image, True
         return image, level_ok(image, spec.adu_per_photon) and noise_ok(image, floor)
+
+
+def _sample_ok(sample: np.ndarray, floor: np.ndarray, adu_per_photon: float) -> bool:
+    """level_ok and noise_ok on a calibrated stack's every SAMPLE_STRIDE-th row and column."""
+    return _panels_level_ok(sample, adu_per_photon) and _noise_sample_ok(sample, floor)
 
 
 def level_ok(image: np.ndarray, adu_per_photon: float) -> bool:
@@ -83,13 +91,18 @@ def level_ok(image: np.ndarray, adu_per_photon: float) -> bool:
     if image.ndim < 2 or image.size == 0:
         return True
     if image.ndim >= 3:
-        panels = image.reshape(-1, *image.shape[-2:])[:, ::SAMPLE_STRIDE, ::SAMPLE_STRIDE]
-        levels = np.median(panels.reshape(len(panels), -1), axis=1)
-    else:
-        bands = range(0, image.shape[0], BAND_ROWS)
-        levels = np.array(
-            [np.median(image[r : r + BAND_ROWS : SAMPLE_STRIDE, ::SAMPLE_STRIDE]) for r in bands]
-        )
+        return _panels_level_ok(image[..., ::SAMPLE_STRIDE, ::SAMPLE_STRIDE], adu_per_photon)
+    bands = range(0, image.shape[0], BAND_ROWS)
+    levels = np.array([np.median(image[r : r + BAND_ROWS : SAMPLE_STRIDE, ::SAMPLE_STRIDE]) for r in bands])
+    return _levels_ok(levels, adu_per_photon)
+
+
+def _panels_level_ok(sample: np.ndarray, adu_per_photon: float) -> bool:
+    panels = sample.reshape(-1, sample.shape[-2] * sample.shape[-1])
+    return _levels_ok(np.median(panels, axis=1), adu_per_photon)
+
+
+def _levels_ok(levels: np.ndarray, adu_per_photon: float) -> bool:
     off = np.abs(levels) > LEVEL_LIMIT_PHOTONS * adu_per_photon
     return bool(off.mean() <= PANEL_SHARE)
 
@@ -99,5 +112,8 @@ def noise_ok(image: np.ndarray, floor: np.ndarray) -> bool:
     below 0. Photons only add; a wrong dark (another unit, an old one, another gain mode) leaves
     pixel pedestals off by more than the noise both ways, which the ASIC's common mode cannot
     take out: measured, another unit's dark put 49 % of the sampled pixels there, the right one none."""
-    sample = image[..., ::SAMPLE_STRIDE, ::SAMPLE_STRIDE]
+    return _noise_sample_ok(image[..., ::SAMPLE_STRIDE, ::SAMPLE_STRIDE], floor)
+
+
+def _noise_sample_ok(sample: np.ndarray, floor: np.ndarray) -> bool:
     return bool((sample < floor).mean() <= NEGATIVE_SHARE)

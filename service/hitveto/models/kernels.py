@@ -1,0 +1,113 @@
+"""Compiled kernels (numba) for the per-frame hot path: the raw layout's pool, and the same pool fused
+with the calibration of raw frames.
+
+numpy's element-wise pool made ten passes over a frame, each into a fresh temporary, with the
+interpreter lock taken between them: 1.8 ms a calibrated CSPAD frame, and calibration before it
+another 1.4 ms and a 4.6 MB frame written. These read each pixel once and release the lock
+(`nogil`), so the daemon's ingest threads pool in parallel. They give exactly what the numpy
+version gives (tests/test_kernels.py): every model was trained on that. Integer frames of 16 bits
+only (the CSPAD's int16, calibrated or raw); float frames keep numpy's version, whose float32
+rounding the models learnt.
+
+The pool, per panel (preprocess.pool_panels says why): each 2x2 block summed, the sum capped at
+three times what the block holds outside its brightest pixel, then the max over (pool/2)^2 blocks.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numba
+import numpy as np
+
+
+@numba.njit(nogil=True, cache=True)
+def pool(panels: np.ndarray, pool: int, out: np.ndarray) -> None:  # pragma: no cover (compiled)
+    """Integer panels (n, rows, cols) pooled into out (n, rows // pool, cols // pool) int32."""
+    n, rows, cols = panels.shape
+    half, width = pool // 2, cols // pool
+    blocks = np.empty(width * half, np.int64)  # one row of 2x2 blocks
+    for p in range(n):
+        for i in range(rows // pool):
+            for a in range(half):
+                r = i * pool + 2 * a
+                _capped_blocks(panels[p, r], panels[p, r + 1], blocks)
+                _max_into(out[p, i], blocks, half, a == 0)
+
+
+@numba.njit(nogil=True, cache=True)
+def pool_raw(
+    raw: np.ndarray,
+    pedestal: np.ndarray,
+    offset: np.ndarray,
+    bad: np.ndarray,
+    pool: int,
+    out: np.ndarray,
+) -> None:  # pragma: no cover (compiled)
+    """Raw int16 panels (n, rows, cols) calibrated and pooled in one pass into out (int32).
+
+    Each pixel is raw - pedestal - offset, in int16 as calibration.calibrate computes it, and 0
+    where `bad` (uint8) is set; `offset` (n, cols) int16 is each column's ASIC common mode."""
+    n, rows, cols = raw.shape
+    half, width = pool // 2, cols // pool
+    blocks = np.empty(width * half, np.int64)
+    top, bottom = np.empty(cols, np.int16), np.empty(cols, np.int16)
+    for p in range(n):
+        for i in range(rows // pool):
+            for a in range(half):
+                r = i * pool + 2 * a
+                _calibrate_row(raw[p, r], pedestal[p, r], offset[p], bad[p, r], top)
+                _calibrate_row(raw[p, r + 1], pedestal[p, r + 1], offset[p], bad[p, r + 1], bottom)
+                _capped_blocks(top, bottom, blocks)
+                _max_into(out[p, i], blocks, half, a == 0)
+
+
+@numba.njit(inline="always")
+def _calibrate_row(raw, pedestal, offset, bad, out):  # type: ignore[no-untyped-def]  # pragma: no cover
+    for c in range(len(out)):
+        value = np.int16(np.int16(raw[c] - pedestal[c]) - offset[c])  # int16 wraps, as numpy's
+        out[c] = 0 if bad[c] else value
+
+
+@numba.njit(inline="always")
+def _capped_blocks(top, bottom, blocks):  # type: ignore[no-untyped-def]  # pragma: no cover
+    for k in range(len(blocks)):  # along the rows: the loop the compiler vectorises
+        blocks[k] = _capped_block(top[2 * k], top[2 * k + 1], bottom[2 * k], bottom[2 * k + 1])
+
+
+@numba.njit(inline="always")
+def _max_into(best, blocks, half, first):  # type: ignore[no-untyped-def]  # pragma: no cover
+    for j in range(len(best)):
+        m = blocks[j * half]
+        for b in range(1, half):
+            m = max(m, blocks[j * half + b])
+        best[j] = m if first else max(best[j], m)
+
+
+@numba.njit(inline="always")
+def _capped_block(x0, x1, x2, x3):  # type: ignore[no-untyped-def]  # pragma: no cover
+    # in 64-bit integers: exact, as numpy's int32 sums are for 16-bit pixels
+    total = np.int64(x0) + np.int64(x1) + np.int64(x2) + np.int64(x3)
+    brightest = max(max(x0, x1), max(x2, x3))
+    return min(total, (total - np.int64(brightest)) * 3)
+
+
+def warm_up() -> float:
+    """Compile (or load from numba's cache) what frames will call, read-only frames included (a
+    frame decoded from a ZeroMQ message is read-only: another signature), so that the first frames
+    do not wait ~1 s for the compiler; seconds taken."""
+    t0 = time.perf_counter()
+    out = np.empty((1, 1, 1), np.int32)
+    for dtype in (np.int16, np.uint16):
+        for writeable in (True, False):
+            panels = np.zeros((1, 4, 4), dtype)
+            panels.setflags(write=writeable)
+            pool(panels, 4, out)
+            if dtype == np.int16:
+                pedestal, offsets, bad = (
+                    np.zeros_like(panels),
+                    np.zeros((1, 4), np.int16),
+                    np.zeros((1, 4, 4), np.uint8),
+                )
+                pool_raw(panels, pedestal, offsets, bad, 4, out)
+    return time.perf_counter() - t0

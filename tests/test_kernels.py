@@ -1,0 +1,81 @@
+"""The compiled kernels give exactly what numpy's element-wise versions give: every model learnt those."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hitveto.io import calibration
+from hitveto.models import preprocess
+
+SHAPE = (6, 37, 52)  # rows and columns not multiples of the pool: the remainders are dropped
+
+
+def numpy_pool(stack: np.ndarray, pool: int) -> np.ndarray:
+    """preprocess.pool_panels's element-wise version, on all panels at once."""
+    panels = stack.reshape(-1, *stack.shape[-2:])
+    n, rows, cols = panels.shape
+    return preprocess._pool_chunk(panels, pool, np.int32).reshape(n * (rows // pool), cols // pool)
+
+
+def frame(dtype, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    info = np.iinfo(dtype)
+    image = rng.integers(-300 if info.min < 0 else 0, 4000, SHAPE).astype(dtype)
+    image[0, :2, :9] = info.max  # extremes: the sums must not wrap
+    image[1, 3, 3:7] = info.min
+    image[2, 10, 10] = 30000  # a lone bright pixel: capped
+    return image
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16])
+@pytest.mark.parametrize("pool", [2, 4, 6])
+@pytest.mark.parametrize("writeable", [True, False])
+def test_the_pool_kernel_equals_numpys(dtype, pool, writeable):
+    image = frame(dtype, seed=pool)
+    image.setflags(write=writeable)  # frames decoded from a message are read-only
+    got = preprocess.pool_panels(image, pool)
+    assert got.dtype == np.int32 and np.array_equal(got, numpy_pool(image, pool))
+
+
+def constants(common_mode: str) -> calibration.Constants:
+    rng = np.random.default_rng(3)
+    shape = (4, 40, 2 * calibration.ASIC_COLS)  # two ASICs a row, as a CSPAD 2x1
+    status = np.zeros(shape, np.uint16)
+    status.flat[rng.choice(status.size, 200, replace=False)] = 0x4  # hot: zeroed
+    return calibration.Constants(
+        detector="cspad",
+        pedestal=rng.normal(1300, 200, shape).astype(np.float32),
+        noise=np.full(shape, 15, np.float32),
+        status=status,
+        common_mode=common_mode,
+    )
+
+
+@pytest.mark.parametrize("common_mode", calibration.COMMON_MODES)
+def test_raw_frames_calibrated_and_pooled_in_one_pass_equal_the_two_steps(common_mode):
+    c = constants(common_mode)
+    rng = np.random.default_rng(4)
+    asic_offsets = rng.normal(0, 30, (4, 1, 2, 1))  # each ASIC's common mode
+    raw = (
+        c.pedestal
+        + rng.normal(0, 15, c.shape)
+        + np.repeat(asic_offsets, calibration.ASIC_COLS, axis=3).reshape(4, 1, -1)
+    )
+    raw = raw.astype(np.int16)
+    raw[1, 8:12, 100:104] += 3000  # a spot
+    raw[2, 0, :5] = -32768  # below the pedestal by more than int16 holds: wraps, as numpy's
+    raw.setflags(write=False)
+    pooled, sample = calibration.calibrate_pooled(raw, c, 4, 8)
+    calibrated = calibration.calibrate(raw, c)
+    assert np.array_equal(pooled, preprocess.pool_panels(calibrated, 4))
+    assert np.array_equal(pooled, numpy_pool(calibrated, 4))
+    assert np.array_equal(sample, calibrated[..., ::8, ::8])
+
+
+def test_only_int16_frames_of_the_constants_shape_are_calibrated_in_one_pass():
+    c = constants("none")
+    with pytest.raises(ValueError, match="int16"):
+        calibration.calibrate_pooled(np.zeros(c.shape, np.float32), c, 4, 8)
+    with pytest.raises(ValueError, match="int16"):
+        calibration.calibrate_pooled(np.zeros((4, 40, 10), np.int16), c, 4, 8)
