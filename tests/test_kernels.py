@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hitveto.io import calibration
-from hitveto.models import preprocess
+from hitveto.models import kernels, preprocess
 
 SHAPE = (6, 37, 52)  # rows and columns not multiples of the pool: the remainders are dropped
 
@@ -79,3 +79,23 @@ def test_only_int16_frames_of_the_constants_shape_are_calibrated_in_one_pass():
         calibration.calibrate_pooled(np.zeros(c.shape, np.float32), c, 4, 8)
     with pytest.raises(ValueError, match="int16"):
         calibration.calibrate_pooled(np.zeros((4, 40, 10), np.int16), c, 4, 8)
+
+
+def test_the_common_mode_kernel_finds_each_asics_dark_peak_as_numpy_does():
+    rng = np.random.default_rng(5)
+    truth = rng.normal(0, 12, (6, 1)).astype(np.float32)  # within the window of 0
+    sample = (truth + rng.normal(0, 10, (6, 500))).astype(np.float32)
+    sample[:, :60] += 400  # photons: outside the window, not counted
+    sample[5] += 1e4  # nothing near 0 in the first pass: too few inside, the offset stays 0
+    window = np.full((6, 1), 30.0, np.float32)
+    offset = np.zeros((6, 1))
+    for _ in range(calibration.COMMON_MODE_PASSES):  # the element-wise reference, in float64
+        inside = np.abs(sample - offset) < window
+        mean = np.where(inside, sample, 0).sum(axis=1, keepdims=True) / np.maximum(
+            inside.sum(axis=1, keepdims=True), 1
+        )
+        offset = np.where(inside.mean(axis=1, keepdims=True) >= calibration.COMMON_MODE_MIN_SHARE, mean, 0)
+    got = kernels.dark_peak(sample, window, calibration.COMMON_MODE_PASSES, calibration.COMMON_MODE_MIN_SHARE)
+    assert got.shape == (6, 1) and got[5, 0] == 0
+    np.testing.assert_allclose(got, offset, atol=1e-3)
+    np.testing.assert_allclose(got[:5], truth[:5], atol=3.0)  # the ASICs' offsets found

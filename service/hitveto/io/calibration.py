@@ -154,16 +154,9 @@ def calibrate_pooled(
 
 
 def _dark_peak(sample: np.ndarray, window: np.ndarray) -> np.ndarray:
-    """Each ASIC's offset, (asics, 1), from its (asics, n) sample: the mean of the pixels within
-    `window` of it, in passes from 0 (a lit pixel lies outside)."""
-    sample = sample.astype(np.float32)
-    offset = np.zeros((len(sample), 1), np.float32)
-    for _ in range(COMMON_MODE_PASSES):
-        inside = np.abs(sample - offset) < window
-        count = inside.sum(axis=-1, keepdims=True)
-        mean = np.where(inside, sample, 0).sum(axis=-1, keepdims=True) / np.maximum(count, 1)
-        offset = np.where(count >= COMMON_MODE_MIN_SHARE * sample.shape[-1], mean, 0).astype(np.float32)
-    return offset
+    """Each ASIC's offset, (asics, 1), from its (asics, n) sample: kernels.dark_peak (compiled:
+    0.77 ms a CSPAD frame in numpy's element-wise passes)."""
+    return kernels.dark_peak(sample, window, COMMON_MODE_PASSES, COMMON_MODE_MIN_SHARE)
 
 
 def asics(frame: np.ndarray) -> np.ndarray:
