@@ -130,27 +130,28 @@ def calibrate(raw: np.ndarray, constants: Constants) -> np.ndarray:
 def calibrate_pooled(
     raw: np.ndarray, constants: Constants, pool: int, sample_stride: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """An int16 raw frame calibrated and pooled for the raw layout in one pass (kernels.pool_raw),
-    exactly `preprocess.pool_panels(calibrate(raw, constants), pool)` without the calibrated frame
-    in memory; and the calibrated frame's every `sample_stride`-th row and column (the guard's
-    sample), shaped as the raw stack's."""
+    """An int16 raw frame calibrated and pooled for the raw layout, exactly
+    `preprocess.pool_panels(calibrate(raw, constants), pool)`, in one call that holds no
+    interpreter lock and never writes the calibrated frame (kernels.calibrate_pool); with the
+    calibrated frame's every `sample_stride`-th row and column (the guard's sample), shaped as the
+    raw stack's."""
     if raw.dtype != np.int16 or raw.shape != constants.shape:
         raise ValueError(f"raw frame {raw.dtype}{raw.shape}: int16 {constants.shape} expected")
     panels = raw.reshape(-1, *raw.shape[-2:])
     n, rows, cols = panels.shape
     pedestal, bad = (a.reshape(panels.shape) for a in (constants._pedestal16, constants._bad_mask))
-    offsets = np.zeros((n, cols), np.int16)  # each column's ASIC common mode
-    if constants.common_mode == "asic_dark_peak":
-        sample = np.subtract(_asic_sample(raw), _asic_sample(constants._pedestal16))
-        per_asic = np.rint(_dark_peak(sample, constants._window)).astype(np.int16)
-        offsets[:] = np.repeat(per_asic.reshape(n, -1), cols // (len(per_asic) // n), axis=1)
+    passes = COMMON_MODE_PASSES if constants.common_mode == "asic_dark_peak" else 0
+    per_row = asics(raw).shape[2]
     pooled = np.empty((n, rows // pool, cols // pool), np.int32)
-    kernels.pool_raw(panels, pedestal, offsets, bad, pool, pooled)
     s = sample_stride
-    guard = np.subtract(panels[:, ::s, ::s], pedestal[:, ::s, ::s])
-    guard -= offsets[:, None, ::s]
-    guard[bad[:, ::s, ::s] != 0] = 0
-    return pooled.reshape(n * (rows // pool), cols // pool), guard.reshape(*raw.shape[:-2], *guard.shape[1:])
+    sample = np.empty((n, -(-rows // s), -(-cols // s)), np.int16)
+    mode = kernels.CommonMode(stride=COMMON_MODE_STRIDE, passes=passes, min_share=COMMON_MODE_MIN_SHARE)
+    kernels.calibrate_pool(
+        raw, pedestal, bad, constants._window, cols // per_row, mode, pool, pooled, s, sample
+    )
+    return pooled.reshape(n * (rows // pool), cols // pool), sample.reshape(
+        *raw.shape[:-2], *sample.shape[1:]
+    )
 
 
 def _dark_peak(sample: np.ndarray, window: np.ndarray) -> np.ndarray:

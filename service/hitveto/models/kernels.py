@@ -16,9 +16,18 @@ three times what the block holds outside its brightest pixel, then the max over 
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 import numba
 import numpy as np
+
+
+class CommonMode(NamedTuple):
+    """How calibrate_pool finds each ASIC's common mode (calibration.py's COMMON_MODE_*)."""
+
+    stride: int  # every stride-th row and column of the ASIC
+    passes: int  # 0: no common mode
+    min_share: float
 
 
 @numba.njit(nogil=True, cache=True)
@@ -60,6 +69,57 @@ def pool_raw(
                 _calibrate_row(raw[p, r + 1], pedestal[p, r + 1], offset[p], bad[p, r + 1], bottom)
                 _capped_blocks(top, bottom, blocks)
                 _max_into(out[p, i], blocks, half, a == 0)
+
+
+@numba.njit(nogil=True, cache=True)
+def calibrate_pool(
+    raw: np.ndarray,
+    pedestal: np.ndarray,
+    bad: np.ndarray,
+    window: np.ndarray,
+    asic_cols: int,
+    common_mode: CommonMode,
+    pool: int,
+    out: np.ndarray,
+    sample_stride: int,
+    sample: np.ndarray,
+) -> None:  # pragma: no cover (compiled)
+    """Everything a raw int16 frame (n, rows, cols) needs before the model, in one call that holds
+    no interpreter lock: each ASIC's common mode (from every `common_mode.stride`-th pixel of
+    raw - pedestal, `window` (asics, 1) as dark_peak takes it; none if `common_mode.passes` is 0),
+    the pool of the calibrated frame into out (pool_raw), and the calibrated frame's every
+    `sample_stride`-th row and column into `sample` for the guard."""
+    n, rows, cols = raw.shape
+    offsets = np.zeros((n, cols), np.int16)
+    if common_mode.passes > 0:
+        _common_mode_columns(raw, pedestal, window, asic_cols, common_mode, offsets)
+    pool_raw(raw, pedestal, offsets, bad, pool, out)
+    s = sample_stride
+    for p in range(n):
+        for i in range(sample.shape[1]):
+            _calibrate_row(
+                raw[p, i * s, ::s], pedestal[p, i * s, ::s], offsets[p, ::s], bad[p, i * s, ::s], sample[p, i]
+            )
+
+
+@numba.njit(inline="always")
+def _common_mode_columns(raw, pedestal, window, asic_cols, common_mode, offsets):  # type: ignore[no-untyped-def]  # pragma: no cover
+    # the sample in calibration._asic_sample's order: panel, ASIC, then its rows and columns
+    n, rows, cols = raw.shape
+    per_row, stride = cols // asic_cols, common_mode.stride
+    sample_rows, sample_cols = -(-rows // stride), -(-asic_cols // stride)
+    sample = np.empty((n * per_row, sample_rows * sample_cols), np.int16)
+    for p in range(n):
+        for a in range(per_row):
+            k = 0
+            for r in range(0, rows, stride):
+                for c in range(a * asic_cols, (a + 1) * asic_cols, stride):
+                    sample[p * per_row + a, k] = np.int16(raw[p, r, c] - pedestal[p, r, c])
+                    k += 1
+    peaks = dark_peak(sample, window, common_mode.passes, common_mode.min_share)
+    for p in range(n):
+        for a in range(per_row):
+            offsets[p, a * asic_cols : (a + 1) * asic_cols] = np.int16(np.rint(peaks[p * per_row + a, 0]))
 
 
 @numba.njit(nogil=True, cache=True)
@@ -125,12 +185,11 @@ def warm_up() -> float:
             panels = np.zeros((1, 4, 4), dtype)
             panels.setflags(write=writeable)
             pool(panels, 4, out)
-            if dtype == np.int16:
-                pedestal, offsets, bad = (
-                    np.zeros_like(panels),
-                    np.zeros((1, 4), np.int16),
-                    np.zeros((1, 4, 4), np.uint8),
-                )
-                pool_raw(panels, pedestal, offsets, bad, 4, out)
-                dark_peak(panels.reshape(4, 4), np.ones((4, 1), np.float32), 2, 0.1)
+            if dtype == np.int16:  # raw frames: calibrated on the way
+                bad, window = np.zeros((1, 4, 4), np.uint8), np.ones((1, 1), np.float32)
+                sample = np.empty((1, 1, 1), np.int16)
+                mode = CommonMode(stride=4, passes=2, min_share=0.1)
+                calibrate_pool(panels, np.zeros_like(panels), bad, window, 4, mode, 4, out, 4, sample)
+                dark_peak(np.zeros((1, 4), np.int16), window, 2, 0.1)  # calibrate()'s
+                dark_peak(np.zeros((1, 4), np.float32), window, 2, 0.1)
     return time.perf_counter() - t0
