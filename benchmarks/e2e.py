@@ -144,6 +144,7 @@ def main() -> None:
         ("full", {"batch.max_batch": 1, "batch.max_delay_ms": 0.0}, [120, 240]),
         ("full", {"batch.max_batch": 8, "batch.max_delay_ms": 2.0}, [60, 120, 240, 0]),
         ("full", {"batch.max_batch": 32, "batch.max_delay_ms": 5.0}, [120, 240, 360, 0]),
+        ("raw", {"batch.max_batch": 1, "batch.max_delay_ms": 0.0, "calib.constants": ""}, [120, 240, 0]),
         ("raw", {"batch.max_batch": 32, "batch.max_delay_ms": 5.0, "calib.constants": ""}, [120, 240, 0]),
     ]
     rows = []

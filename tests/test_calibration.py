@@ -170,3 +170,18 @@ def test_a_dark_psana_processed_converts_from_its_calib_store(runs, tmp_path):
         [*cli, "--run", "2", "--out", str(out)], capture_output=True, text=True, timeout=300
     )
     assert before.returncode != 0 and "valid for run 2" in before.stderr  # no dark yet at run 2
+
+
+def test_models_learn_calibrated_frames_only(tmp_path):
+    from hitveto.io.peaks import PeakFinderParams
+    from hitveto.models import artifact
+    from hitveto.offline.datasets import input_spec, load_runs
+
+    (raw,) = simulate_runs(tmp_path, runs=[7], n_frames=2, fmt="cxi", readout="raw", seed=2)
+    with pytest.raises(ValueError, match="raw run"):  # refused by the trainer (and evaluate)
+        load_runs((raw,), input_spec(350, 35.0, "raw"), PeakFinderParams())
+    shipped = artifact.read(artifact.REGION_ARTIFACT)
+    assert shipped.info.input == "calibrated"  # what every artifact records
+    other = artifact.rewrite(shipped, tmp_path / "raw-input.pt", input="raw")
+    with pytest.raises(artifact.ArtifactError, match="takes 'raw' frames"):
+        artifact.read(other)  # refused at load: a daemon will not start or reload with it

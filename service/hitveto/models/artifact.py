@@ -32,6 +32,12 @@ MAX_ARTIFACT_BYTES = 1 << 30  # a model file larger than this is refused before 
 READ_TIMEOUT_S = 30.0  # reading it must not take longer (a stalled network mount)
 
 
+# What a model's frames must be. "calibrated": pedestal and common mode removed, bad pixels 0, as
+# psana's det.raw.calib gives them or as the daemon makes them with `calib.constants`; the trainer
+# refuses runs of raw ADC counts. A model that takes another kind would be refused at load.
+INPUTS = ("calibrated",)
+
+
 class ArtifactError(ValueError):
     """An artifact that is not ours, is damaged, or does not fit the frames it is asked to judge."""
 
@@ -46,6 +52,7 @@ class ModelInfo:
     adu_per_photon: float
     threshold: float  # decision threshold on the hit probability
     layout: str = "roi"  # the model input: preprocess.LAYOUTS
+    input: str = "calibrated"  # the frames it learnt: one of INPUTS
     pool: int = 1  # raw layout: the pool per panel (preprocess.pool_panels)
     created: str = ""
     training: dict[str, Any] = field(default_factory=dict)  # runs, frames, labels, recipe
@@ -107,6 +114,8 @@ def read(path: Path) -> Artifact:
             if INFO_NAME not in names or INDEX_NAME not in names:
                 raise ArtifactError(f"{path}: no hitveto metadata inside (not a hitveto model)")
             info = ModelInfo.from_json(zf.read(names[INFO_NAME]).decode())
+            if info.input not in INPUTS:
+                raise ArtifactError(f"{path}: the model takes {info.input!r} frames; served are {INPUTS}")
             index = np.load(io.BytesIO(zf.read(names[INDEX_NAME])), allow_pickle=False)
     except (OSError, zipfile.BadZipFile, KeyError, ValueError, TypeError) as exc:
         if isinstance(exc, ArtifactError):

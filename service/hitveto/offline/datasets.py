@@ -65,6 +65,7 @@ def load_runs(
     spots: list[int] = []
     kinds: list[int] = []
     for path in paths:
+        _check_calibrated(path)
         stored = sources.run_file(path)
         cache = _peak_cache(stored, params, limit, spec)
         counted = list(np.load(cache)) if cache.exists() else None
@@ -95,6 +96,17 @@ def load_runs(
         kinds=np.array(kinds),
         runs=tuple(str(p) for p in paths),
     )
+
+
+def _check_calibrated(path: Path) -> None:
+    """ValueError for a run its sidecar calls raw or dark: models learn calibrated frames only
+    (artifact.INPUTS), which is what the daemon makes of raw frames with `calib.constants`."""
+    readout = sources.run_info(path).get("readout", "calib")
+    if readout != "calib":
+        raise ValueError(
+            f"{path}: a {readout} run (ADC counts on the pedestals); models learn calibrated frames: "
+            "simulate with --readout calib, or calibrate with the constants of its dark (hitveto dark)"
+        )
 
 
 class _Regions:
