@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -99,3 +104,25 @@ def test_the_common_mode_kernel_finds_each_asics_dark_peak_as_numpy_does():
     assert got.shape == (6, 1) and got[5, 0] == 0
     np.testing.assert_allclose(got, offset, atol=1e-3)
     np.testing.assert_allclose(got[:5], truth[:5], atol=3.0)  # the ASICs' offsets found
+
+
+@pytest.mark.parametrize("writable", [True, False])
+def test_kernels_find_a_cache_where_the_install_and_home_are_read_only(tmp_path, writable):
+    # numba refuses to import a module whose kernels it can cache nowhere (a sandboxed daemon)
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    cache = tmp_path / "cache" if writable else blocked / "cache"  # under a file: cannot be made
+    code = (
+        "import os, numpy as np; from hitveto.models import kernels; "
+        "out = np.empty((1, 1, 1), np.int32); kernels.pool(np.ones((1, 4, 4), np.int16), 4, out); "
+        "print(os.environ['NUMBA_CACHE_DIR'], out[0, 0, 0])"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env.update(HITVETO_CACHE=str(cache), HOME=str(blocked), TMPDIR=str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    folder, value = done.stdout.split()
+    assert value == "4"  # 2x2 blocks of ones: each sums to 4, under its cap of 3 x 3
+    expected = cache / "numba" if writable else tmp_path / "tmp" / f"hitveto-numba-{os.getuid()}"
+    assert Path(folder) == expected and any(expected.iterdir())  # compiled kernels kept there

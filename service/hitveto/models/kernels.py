@@ -15,11 +15,34 @@ three times what the block holds outside its brightest pixel, then the max over 
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
+from pathlib import Path
 from typing import NamedTuple
 
-import numba
 import numpy as np
+
+
+def _numba_cache() -> str:
+    """Where numba keeps the compiled kernels: hitveto's cache folder (`$HITVETO_CACHE` or
+    ~/.cache/hitveto), else the temporary folder. numba refuses to import a module whose kernels it
+    can cache nowhere, and a sandboxed daemon (deploy/systemd: read-only install, no home) has
+    neither the in-tree __pycache__ nor a user cache."""
+    base = Path(os.environ.get("HITVETO_CACHE", Path.home() / ".cache" / "hitveto"))
+    for folder in (base / "numba", Path(tempfile.gettempdir()) / f"hitveto-numba-{os.getuid()}"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=folder).close()
+            return str(folder)
+        except OSError:
+            continue
+    return ""
+
+
+os.environ.setdefault("NUMBA_CACHE_DIR", _numba_cache())  # read by numba when it is imported
+
+import numba  # noqa: E402
 
 
 class CommonMode(NamedTuple):
