@@ -43,9 +43,8 @@ def test_the_pool_kernel_equals_numpys(dtype, pool, writeable):
     assert got.dtype == np.int32 and np.array_equal(got, numpy_pool(image, pool))
 
 
-def constants(common_mode: str) -> calibration.Constants:
-    rng = np.random.default_rng(3)
-    shape = (4, 40, 2 * calibration.ASIC_COLS)  # two ASICs a row, as a CSPAD 2x1
+def constants(common_mode: str, shape=(4, 40, 2 * calibration.ASIC_COLS)) -> calibration.Constants:
+    rng = np.random.default_rng(3)  # by default two ASICs a row, as a CSPAD 2x1
     status = np.zeros(shape, np.uint16)
     status.flat[rng.choice(status.size, 200, replace=False)] = 0x4  # hot: zeroed
     return calibration.Constants(
@@ -126,3 +125,12 @@ def test_kernels_find_a_cache_where_the_install_and_home_are_read_only(tmp_path,
     assert value == "4"  # 2x2 blocks of ones: each sums to 4, under its cap of 3 x 3
     expected = cache / "numba" if writable else tmp_path / "tmp" / f"hitveto-numba-{os.getuid()}"
     assert Path(folder) == expected and any(expected.iterdir())  # compiled kernels kept there
+
+
+def test_a_single_panel_frame_is_calibrated_and_pooled_in_one_pass_too():
+    c = constants("asic_dark_peak", shape=(37, 2 * calibration.ASIC_COLS))  # 2-D: one panel
+    raw = (c.pedestal + np.random.default_rng(6).normal(0, 15, c.shape)).astype(np.int16)
+    pooled, sample = calibration.calibrate_pooled(raw, c, 4, 8)
+    calibrated = calibration.calibrate(raw, c)
+    assert np.array_equal(pooled, preprocess.pool_panels(calibrated, 4))
+    assert np.array_equal(sample, calibrated[::8, ::8])

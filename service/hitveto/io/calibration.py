@@ -147,7 +147,7 @@ def calibrate_pooled(
     sample = np.empty((n, -(-rows // s), -(-cols // s)), np.int16)
     mode = kernels.CommonMode(stride=COMMON_MODE_STRIDE, passes=passes, min_share=COMMON_MODE_MIN_SHARE)
     kernels.calibrate_pool(
-        raw, pedestal, bad, constants._window, cols // per_row, mode, pool, pooled, s, sample
+        panels, pedestal, bad, constants._window, cols // per_row, mode, pool, pooled, s, sample
     )
     return pooled.reshape(n * (rows // pool), cols // pool), sample.reshape(
         *raw.shape[:-2], *sample.shape[1:]

@@ -240,7 +240,7 @@ def read_live(tag: str, *, detector: str = "cspad", runs: int | None = None) -> 
 def _events(run, detector: str, *, parallel: bool) -> Iterator[RunEvent]:
     algorithm = _algorithm(run, detector)
     if algorithm == "raw":
-        yield from _detector_events(run, detector)
+        yield from _detector_events(run, detector, parallel=parallel)
         return
     fields = _fields(run, detector)
     number = int(getattr(run, "runnum", 0) or 0)
@@ -262,15 +262,17 @@ def _events(run, detector: str, *, parallel: bool) -> Iterator[RunEvent]:
         )
 
 
-def _detector_events(run, detector: str) -> Iterator[RunEvent]:
+def _detector_events(run, detector: str, *, parallel: bool) -> Iterator[RunEvent]:
     """A DAQ's detector, read as psana users do: `run.Detector(name).raw.raw(evt)`, the raw stack
-    (segments, rows, columns) in the detector's own dtype; no truth, the event count as pulse id."""
+    (segments, rows, columns) in the detector's own dtype; no truth; the event count as pulse id
+    (-1 under MPI, where a rank sees only its share)."""
     number = int(getattr(run, "runnum", 0) or 0)
     raw = run.Detector(detector).raw
     for i, evt in enumerate(run.events()):
         image = raw.raw(evt)
         if image is not None:
-            yield RunEvent(timestamp=int(evt.timestamp), pulse_id=i, image=image, run=number)
+            pulse_id = -1 if parallel else i
+            yield RunEvent(timestamp=int(evt.timestamp), pulse_id=pulse_id, image=image, run=number)
 
 
 def detectors(run) -> dict[str, str]:
@@ -279,9 +281,10 @@ def detectors(run) -> dict[str, str]:
     for config in run.configs:
         software = getattr(config, "software", None)
         for name in [n for n in dir(software) if not n.startswith("_")]:
-            segment = next(iter(getattr(software, name).values()))
+            segments = getattr(software, name)
+            segment = next(iter(segments.values()), None) if isinstance(segments, dict) else None
             if hasattr(segment, ALGORITHM[0]) or hasattr(segment, "raw"):
-                found[name] = segment.dettype
+                found[name] = getattr(segment, "dettype", "?")
     return found
 
 

@@ -29,7 +29,7 @@ def _numba_cache() -> str:
     ~/.cache/hitveto), else the temporary folder. numba refuses to import a module whose kernels it
     can cache nowhere, and a sandboxed daemon (deploy/systemd: read-only install, no home) has
     neither the in-tree __pycache__ nor a user cache."""
-    base = Path(os.environ.get("HITVETO_CACHE", Path.home() / ".cache" / "hitveto"))
+    base = Path(os.environ.get("HITVETO_CACHE") or Path.home() / ".cache" / "hitveto")
     for folder in (base / "numba", Path(tempfile.gettempdir()) / f"hitveto-numba-{os.getuid()}"):
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -40,7 +40,8 @@ def _numba_cache() -> str:
     return ""
 
 
-os.environ.setdefault("NUMBA_CACHE_DIR", _numba_cache())  # read by numba when it is imported
+# numba reads it once, when first imported: nothing in hitveto imports numba before this module
+os.environ.setdefault("NUMBA_CACHE_DIR", _numba_cache())
 
 import numba  # noqa: E402
 
@@ -54,15 +55,16 @@ class CommonMode(NamedTuple):
 
 
 @numba.njit(nogil=True, cache=True)
-def pool(panels: np.ndarray, pool: int, out: np.ndarray) -> None:  # pragma: no cover (compiled)
-    """Integer panels (n, rows, cols) pooled into out (n, rows // pool, cols // pool) int32."""
+def pool(panels: np.ndarray, size: int, out: np.ndarray) -> None:  # pragma: no cover (compiled)
+    """Integer panels (n, rows, cols) pooled size x size into out (n, rows // size, cols // size),
+    int32."""
     n, rows, cols = panels.shape
-    half, width = pool // 2, cols // pool
+    half, width = size // 2, cols // size
     blocks = np.empty(width * half, np.int64)  # one row of 2x2 blocks
     for p in range(n):
-        for i in range(rows // pool):
+        for i in range(rows // size):
             for a in range(half):
-                r = i * pool + 2 * a
+                r = i * size + 2 * a
                 _capped_blocks(panels[p, r], panels[p, r + 1], blocks)
                 _max_into(out[p, i], blocks, half, a == 0)
 
@@ -73,7 +75,7 @@ def pool_raw(
     pedestal: np.ndarray,
     offset: np.ndarray,
     bad: np.ndarray,
-    pool: int,
+    size: int,
     out: np.ndarray,
 ) -> None:  # pragma: no cover (compiled)
     """Raw int16 panels (n, rows, cols) calibrated and pooled in one pass into out (int32).
@@ -81,13 +83,13 @@ def pool_raw(
     Each pixel is raw - pedestal - offset, in int16 as calibration.calibrate computes it, and 0
     where `bad` (uint8) is set; `offset` (n, cols) int16 is each column's ASIC common mode."""
     n, rows, cols = raw.shape
-    half, width = pool // 2, cols // pool
+    half, width = size // 2, cols // size
     blocks = np.empty(width * half, np.int64)
     top, bottom = np.empty(cols, np.int16), np.empty(cols, np.int16)
     for p in range(n):
-        for i in range(rows // pool):
+        for i in range(rows // size):
             for a in range(half):
-                r = i * pool + 2 * a
+                r = i * size + 2 * a
                 _calibrate_row(raw[p, r], pedestal[p, r], offset[p], bad[p, r], top)
                 _calibrate_row(raw[p, r + 1], pedestal[p, r + 1], offset[p], bad[p, r + 1], bottom)
                 _capped_blocks(top, bottom, blocks)
@@ -102,7 +104,7 @@ def calibrate_pool(
     window: np.ndarray,
     asic_cols: int,
     common_mode: CommonMode,
-    pool: int,
+    size: int,
     out: np.ndarray,
     sample_stride: int,
     sample: np.ndarray,
@@ -110,13 +112,13 @@ def calibrate_pool(
     """Everything a raw int16 frame (n, rows, cols) needs before the model, in one call that holds
     no interpreter lock: each ASIC's common mode (from every `common_mode.stride`-th pixel of
     raw - pedestal, `window` (asics, 1) as dark_peak takes it; none if `common_mode.passes` is 0),
-    the pool of the calibrated frame into out (pool_raw), and the calibrated frame's every
+    the pool (size x size) of the calibrated frame into out (pool_raw), and the calibrated frame's every
     `sample_stride`-th row and column into `sample` for the guard."""
     n, rows, cols = raw.shape
     offsets = np.zeros((n, cols), np.int16)
     if common_mode.passes > 0:
-        _common_mode_columns(raw, pedestal, window, asic_cols, common_mode, offsets)
-    pool_raw(raw, pedestal, offsets, bad, pool, out)
+        _common_mode_offsets(raw, pedestal, window, asic_cols, common_mode, offsets)
+    pool_raw(raw, pedestal, offsets, bad, size, out)
     s = sample_stride
     for p in range(n):
         for i in range(sample.shape[1]):
@@ -126,7 +128,7 @@ def calibrate_pool(
 
 
 @numba.njit(inline="always")
-def _common_mode_columns(raw, pedestal, window, asic_cols, common_mode, offsets):  # type: ignore[no-untyped-def]  # pragma: no cover
+def _common_mode_offsets(raw, pedestal, window, asic_cols, common_mode, offsets):  # type: ignore[no-untyped-def]  # pragma: no cover
     # the sample in calibration._asic_sample's order: panel, ASIC, then its rows and columns
     n, rows, cols = raw.shape
     per_row, stride = cols // asic_cols, common_mode.stride
@@ -151,7 +153,8 @@ def dark_peak(
 ) -> np.ndarray:  # pragma: no cover
     """Each ASIC's common-mode offset (asics, 1) float32 from its (asics, n) sample: the mean of the
     pixels within `window` (asics, 1) of the offset, in `passes` passes from 0 (a pixel lit by a
-    photon lies outside); 0 where fewer than `min_share` of the sample are inside."""
+    photon lies outside); 0 where fewer than `min_share` of the sample are inside. Sums in float64:
+    for float samples the offset may differ in its last bit from numpy's float32 sums."""
     asics, n = sample.shape
     out = np.zeros((asics, 1), np.float32)
     for k in range(asics):

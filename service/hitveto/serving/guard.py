@@ -71,7 +71,7 @@ class InputGuard:
             constants, floor = self.constants, self._floor
         if constants is None or meta.get("calibrated") is True or image.shape != constants.shape:
             return image, not self.check_level or level_ok(image, spec.adu_per_photon)
-        if spec.layout == "raw" and image.dtype == np.int16:  # one pass to the model's input
+        if spec.layout == "raw" and image.dtype == np.int16 and image.ndim >= 3:  # one pass to the input
             pooled, sample = calibration.calibrate_pooled(image, constants, spec.pool, SAMPLE_STRIDE)
             return pooled, not self.check_level or _sample_ok(sample, floor, spec.adu_per_photon)
         image = calibration.calibrate(image, constants)
@@ -98,10 +98,13 @@ def level_ok(image: np.ndarray, adu_per_photon: float) -> bool:
 
 
 def _panels_level_ok(sample: np.ndarray, adu_per_photon: float) -> bool:
-    panels = np.sort(sample.reshape(-1, sample.shape[-2] * sample.shape[-1]), axis=1)
-    # np.median by a sort: 16-bit integers sort by radix, 10x faster than np.median's partition
-    n = panels.shape[1]
-    return _levels_ok(panels[:, [(n - 1) // 2, n // 2]].mean(axis=1), adu_per_photon)
+    """level_ok on a stack's sample: each panel's median against the limit."""
+    panels = sample.reshape(-1, sample.shape[-2] * sample.shape[-1])
+    if panels.dtype.kind == "f":  # np.median: a panel with a NaN (psana's bad pixels) has no level
+        return _levels_ok(np.median(panels, axis=1), adu_per_photon)
+    # integers: the same medians from numpy's vectorised sort, 10x faster than np.median's partition
+    ordered, n = np.sort(panels, axis=1), panels.shape[1]
+    return _levels_ok(ordered[:, [(n - 1) // 2, n // 2]].mean(axis=1), adu_per_photon)
 
 
 def _levels_ok(levels: np.ndarray, adu_per_photon: float) -> bool:
