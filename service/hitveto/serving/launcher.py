@@ -53,6 +53,13 @@ class DaemonProcess:
         return dataclasses.replace(self, process=process, messages=messages)
 
 
+LAUNCH_ATTEMPTS = 3
+
+
+class DaemonExited(RuntimeError):
+    """The daemon process ended before it said READY=1."""
+
+
 def start_daemon(
     *settings: str, artifact: Path | None = None, timeout_s: float = 60.0, log_path: Path | None = None
 ) -> DaemonProcess:
@@ -60,27 +67,37 @@ def start_daemon(
 
     settings are extra `section.key=value` overrides. Raises RuntimeError if it dies or times out.
     """
-    ingest, publish = free_tcp_endpoint(), free_tcp_endpoint()
-    control = f"ipc://{tempfile.mkdtemp(prefix='hitveto-')}/control"  # owner-only Unix socket
-    port = int(free_tcp_endpoint().rsplit(":", 1)[1])
-    cmd = [
-        sys.executable,
-        "-m",
-        "hitveto.cli",
-        "serve",
-        "--ingest",
-        ingest,
-        "--publish",
-        publish,
-        "--control",
-        control,
-        "--metrics-port",
-        str(port),
-        *[a for s in settings for a in ("--set", s)],
-    ]
-    if artifact is not None:
-        cmd += ["--artifact", str(artifact)]
-    process, messages = _launch(tuple(cmd), log_path, timeout_s)
+    for attempt in range(1, LAUNCH_ATTEMPTS + 1):
+        # The ports are free when chosen, not when the daemon binds them: on a busy machine another
+        # socket can take one in between (measured: the metrics port, once in ~30 suite runs).
+        # New ports then, and the same start again; a daemon that fails for any other reason fails
+        # LAUNCH_ATTEMPTS times and its error is raised.
+        ingest, publish = free_tcp_endpoint(), free_tcp_endpoint()
+        control = f"ipc://{tempfile.mkdtemp(prefix='hitveto-')}/control"  # owner-only Unix socket
+        port = int(free_tcp_endpoint().rsplit(":", 1)[1])
+        cmd = [
+            sys.executable,
+            "-m",
+            "hitveto.cli",
+            "serve",
+            "--ingest",
+            ingest,
+            "--publish",
+            publish,
+            "--control",
+            control,
+            "--metrics-port",
+            str(port),
+            *[a for s in settings for a in ("--set", s)],
+        ]
+        if artifact is not None:
+            cmd += ["--artifact", str(artifact)]
+        try:
+            process, messages = _launch(tuple(cmd), log_path, timeout_s)
+            break
+        except DaemonExited:
+            if attempt == LAUNCH_ATTEMPTS:
+                raise
     return DaemonProcess(
         process=process,
         ingest=ingest,
@@ -114,7 +131,7 @@ def _wait_ready(sock: socket.socket, proc: subprocess.Popen[bytes], timeout_s: f
     sock.settimeout(0.2)
     while time.monotonic() < end:
         if proc.poll() is not None:
-            raise RuntimeError(f"daemon exited with code {proc.returncode} before READY")
+            raise DaemonExited(f"daemon exited with code {proc.returncode} before READY")
         try:
             messages += sock.recv(4096).decode().splitlines()
         except TimeoutError:
