@@ -28,7 +28,9 @@ ALLOWED = {
     "hitveto.offline": {
         "hitveto.config", "hitveto.models", "hitveto.io", "hitveto.serving", "hitveto_client",
     },
-    "hitveto.demo": {"hitveto.io", "hitveto.offline", "hitveto.serving", "hitveto.sim", "hitveto_client"},
+    "hitveto.demo": {
+        "hitveto.io", "hitveto.models", "hitveto.offline", "hitveto.serving", "hitveto.sim", "hitveto_client",
+    },
     "hitveto.cli": {
         "hitveto.config", "hitveto.demo", "hitveto.io", "hitveto.models", "hitveto.offline",
         "hitveto.serving", "hitveto.sim", "hitveto_client",

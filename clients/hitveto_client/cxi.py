@@ -8,6 +8,7 @@
     /LCLS/photon_energy_eV                      (N,) the same in eV    (Cheetah; CrystFEL geometries)
     /entry_1/instrument_1/detector_1/distance   (N,) detector distance, m
     /entry_1/instrument_1/detector_1/{mask,saturation_value,adu_per_photon,beam_center_m}  per file
+    /entry_1/instrument_1/detector_1/description  the detector's name (hitveto_client.detectors)
 
 What indexing needs besides the pixels comes from an `Experiment` (NaN where none is given); a
 `hitveto geom` geometry file points CrystFEL at these paths.
@@ -62,6 +63,7 @@ class Experiment:
     # where the beam crosses the detector, from the geometry's nominal centre: lab (x, y), metres
     beam_center_m: tuple[float, float] = (0.0, 0.0)
     mask: np.ndarray | None = None  # frame-shaped, CXI convention: 0 good, nonzero bad
+    detector: str = "cspad"  # hitveto_client.detectors: whose geometry places the pixels
 
     def per_frame(self, photon_energy_ev: float | None, distance_m: float | None) -> tuple:
         """The per-frame columns: the frame's own values where it has them, else the run's."""
@@ -283,6 +285,7 @@ def _layout(f: h5py.File, image: np.ndarray, experiment: Experiment, truth: list
     detector["saturation_value"] = experiment.saturation_adu
     detector["adu_per_photon"] = experiment.adu_per_photon
     detector["beam_center_m"] = np.asarray(experiment.beam_center_m, dtype="f8")
+    detector["description"] = experiment.detector
     if experiment.mask is not None:
         detector.create_dataset("mask", data=np.asarray(experiment.mask, dtype=np.uint16))
 
@@ -312,6 +315,7 @@ def read_experiment(path: Path) -> tuple[Experiment, tuple[int, ...]]:
             saturation_adu=float(detector["saturation_value"][()]),
             beam_center_m=(float(x), float(y)),
             mask=mask,
+            detector=detector["description"].asstr()[()] if "description" in detector else "cspad",
         )
         return experiment, tuple(f["entry_1/data_1/data"].shape[1:])
 

@@ -33,6 +33,7 @@ def add_simulate(sub: Any) -> None:
     s.add_argument(
         "--unit-seed", type=int, default=1, help="raw/dark: the detector unit (pedestals, bad pixels)"
     )
+    s.add_argument("--detector", default="cspad", help="cspad, jungfrau4m or epix10k2m")
     s.set_defaults(func=simulate)
 
 
@@ -49,7 +50,12 @@ def add_replay(sub: Any) -> None:
     s.add_argument("runs", type=Path, nargs="*", help="xtc2 or CXI/HDF5 run files")
     s.add_argument("--shmem", metavar="TAG", help="read psana's live shared memory instead")
     s.add_argument("--live-runs", type=int, help="with --shmem: stop after this many runs")
-    s.add_argument("--detector", default="cspad", help="the detector's name in the xtc2 run")
+    s.add_argument("--detector", help="the detector's name in the run (default: its sidecar's, else cspad)")
+    s.add_argument(
+        "--constants",
+        type=Path,
+        help="raw runs: store the kept frames calibrated with these (the daemon's calib.constants)",
+    )
     s.add_argument("--frames", default="tcp://127.0.0.1:5550")
     s.add_argument("--verdicts", default="tcp://127.0.0.1:5551")
     s.add_argument("--out", type=Path, help="write kept frames as CXI here")
@@ -76,21 +82,25 @@ def replay(args: argparse.Namespace) -> int:
     import contextlib
     import itertools
 
+    from hitveto.io import calibration
+    from hitveto.io.sources import detector_of
     from hitveto.offline import replay as replaying
 
     if bool(args.runs) == bool(args.shmem):
         raise SystemExit("hitveto replay: give run files or --shmem TAG, not both")
+    detector = args.detector or (detector_of(args.runs[0]) if args.runs else "cspad")
+    constants = calibration.load(args.constants) if args.constants else None
     frames = (
-        replaying.live_frames(args.shmem, detector=args.detector, runs=args.live_runs, limit=args.limit)
+        replaying.live_frames(args.shmem, detector=detector, runs=args.live_runs, limit=args.limit)
         if args.shmem
-        else replaying.frames_of(args.runs, detector=args.detector, limit=args.limit)
+        else replaying.frames_of(args.runs, detector=detector, limit=args.limit)
     )
     if not args.shmem:  # a run that lacks the detector says so before any daemon is waited for
         frames = itertools.chain(list(itertools.islice(frames, 1)), frames)
     with contextlib.ExitStack() as stack:
         frames_to, verdicts_from = args.frames, args.verdicts
         if args.model:  # a daemon of our own, reproducible
-            daemon = stack.enter_context(replaying.private_daemon(args.model))
+            daemon = stack.enter_context(replaying.private_daemon(args.model, constants=args.constants))
             frames_to, verdicts_from = daemon.ingest, daemon.publish
         summary = replaying.replay(
             frames,
@@ -101,6 +111,7 @@ def replay(args: argparse.Namespace) -> int:
             deadline_ms=args.deadline_ms,
             verdict_log=args.verdict_log,
             experiment=_experiment(args),
+            constants=constants,
         )
     print("\n".join(summary.lines()))
     return 0 if summary.ok else 1
@@ -117,6 +128,7 @@ def _experiment(args: argparse.Namespace):
             photon_energy_ev=args.photon_energy_ev,
             distance_m=args.distance_mm * 1e-3,
             adu_per_photon=args.adu_per_photon,
+            detector=args.detector or "cspad",
         )
     return sources.experiment(args.runs[0]) if args.runs else None
 
@@ -149,15 +161,17 @@ def add_demo(sub: Any) -> None:
     s.add_argument("--workdir", type=Path, default=Path("demo-out"))
     s.add_argument("--frames", type=int, default=240)
     s.add_argument("--rate", type=float, default=120.0, help="frames/s (LCLS-I: 120)")
+    s.add_argument("--detector", default="cspad", help="cspad, or jungfrau4m (raw frames and their dark)")
     s.set_defaults(func=demo)
 
 
 def demo(args: argparse.Namespace) -> int:
     from hitveto.demo import index_command, run_demo
 
-    summary = run_demo(args.workdir, n_frames=args.frames, rate_hz=args.rate)
-    print("\n".join(["", "hitveto demo: simulated CSPAD run -> veto daemon -> hit writer", *summary.lines()]))
-    print(f"index them         {index_command(args.workdir)}")
+    summary = run_demo(args.workdir, n_frames=args.frames, rate_hz=args.rate, detector=args.detector)
+    title = f"hitveto demo: simulated {args.detector} run -> veto daemon -> hit writer"
+    print("\n".join(["", title, *summary.lines()]))
+    print(f"index them         {index_command(args.workdir, detector=args.detector)}")
     return 0 if summary.ok else 1
 
 
@@ -201,8 +215,13 @@ def add_dark(sub: Any) -> None:
     s = sub.add_parser("dark", help="calibration constants (pedestal, noise, status) from dark runs")
     s.add_argument("runs", type=Path, nargs="*", help="dark runs: xtc2, CXI, or exp=EXP:run=N:dir=DIR")
     s.add_argument("--out", type=Path, required=True, help="the constants file (.npz); a PNG beside it")
-    s.add_argument("--detector", default="cspad")
+    s.add_argument("--detector", help="default: what the runs' sidecars say, else cspad")
     s.add_argument("--limit", type=int, help="at most this many frames per run")
+    s.add_argument(
+        "--gain",
+        type=Path,
+        help="gain-switching detectors: the gain map, ADC per keV of each stage (.npy, (stages, *raw shape))",
+    )
     p = s.add_argument_group("or convert a dark psana processed already (its LCLS calib store)")
     p.add_argument("--psana-calib", type=Path, metavar="DIR", help="the experiment's calib/ folder")
     p.add_argument("--source", help="the detector's source, e.g. CxiDs1.0:Cspad.0")
@@ -213,22 +232,25 @@ def add_dark(sub: Any) -> None:
 def dark(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from hitveto.io.sources import detector_of
     from hitveto.offline.dark import dark_constants, from_psana_calib, plot
     from hitveto_client.cxi import MASK_DEAD, MASK_HOT
 
     if bool(args.runs) == bool(args.psana_calib):
         raise SystemExit("hitveto dark: give dark runs, or --psana-calib DIR --source SRC --run N")
+    detector = args.detector or (detector_of(args.runs[0]) if args.runs else "cspad")
     if args.psana_calib:
         if args.source is None or args.run is None:
             raise SystemExit("hitveto dark --psana-calib: --source and --run are needed too")
-        constants = from_psana_calib(args.psana_calib, args.source, args.run, detector=args.detector)
+        constants = from_psana_calib(args.psana_calib, args.source, args.run, detector=detector)
     else:
-        constants = dark_constants(args.runs, detector=args.detector, limit=args.limit)
+        gain = np.load(args.gain) if args.gain else None
+        constants = dark_constants(args.runs, detector=detector, limit=args.limit, gain=gain)
     constants.save(args.out)
     plot(constants, args.out.with_suffix(".png"))
     status = constants.status
     print(
-        f"{args.out}: pedestal median {np.median(constants.pedestal):.1f} ADU, noise median "
+        f"{args.out}: {detector}, pedestal median {np.median(constants.pedestal):.1f} ADU, noise median "
         f"{np.median(constants.noise):.2f} ADU; {int((status & MASK_HOT > 0).sum())} hot, "
         f"{int((status & MASK_DEAD > 0).sum())} dead pixels; valid from run {constants.runs[0]}"
     )

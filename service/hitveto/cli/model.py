@@ -68,6 +68,9 @@ def add_train(sub: Any) -> None:
         "--limit", dest="limit_per_run", metavar="LIMIT", type=int, help="at most this many frames per run"
     )
     s.add_argument("--adu-per-photon", type=float, default=0.0)
+    s.add_argument(
+        "--constants", type=Path, help="calibrate the raw runs with these, as the daemon will (hitveto dark)"
+    )
     s.set_defaults(func=train)
 
 

@@ -1,12 +1,14 @@
 """CrystFEL geometry files for the frames hitveto stores: `hitveto geom`.
 
 A geometry file tells CrystFEL where each pixel of a stored frame lies and where to find the photon
-energy, the detector distance and the bad-pixel mask. The panels come from psana's CSPAD geometry
-(`hitveto.io.geometry`), the same pixel positions the simulator paints spots at:
+energy, the detector distance and the bad-pixel mask. The panels come from the detector's psana
+geometry (`hitveto.io.geometry`), the same pixel positions the simulator paints spots at:
 
-- raw stack (N, 32, 185, 388): one panel per ASIC (`p{2x1}a{0,1}`, 185 x 194 pixels), since the two
-  ASICs of a 2x1 sit 2.5 pixels apart (psana's wide middle columns); `dim0 = %` (the frame),
-  `dim1` the 2x1;
+- raw stack (N, *raw shape): one panel per ASIC (`p{panel}a{asic}`; CSPAD 185 x 194 pixels,
+  Jungfrau 256 x 256), since a panel's ASICs sit apart by wider pixels (psana's wide middle columns
+  of a CSPAD 2x1, the Jungfrau's double pixels); `dim0 = %` (the frame), `dim1` the panel. A
+  panel is a uniform grid to CrystFEL: the Jungfrau's double-size edge pixels lie half a pixel
+  from where it puts them (every other pixel within 0.01);
 - region (N, 350, 350): one panel, fitted to the positions of the region's real pixels (the
   assembled image's nearest-pixel grid: within half a pixel).
 
@@ -25,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from hitveto.io import geometry
+from hitveto_client import detectors
 from hitveto_client.cxi import DETECTOR, Experiment, read_experiment
 
-ASIC_COLS = 194  # a CSPAD 2x1 is two ASICs of 185 x 194 side by side
 DATA = "/entry_1/data_1/data"
 ENERGY = "/LCLS/photon_energy_eV"
 DISTANCE = f"/{DETECTOR}/distance"
@@ -51,18 +53,26 @@ class Panel:
     coffset_m: float  # the panel's z offset from the detector's nominal plane
 
 
-def panels(layout: str, beam_center_m: tuple[float, float] = (0.0, 0.0)) -> list[Panel]:
-    """The panels of the raw stack ("raw") or the region ("roi")."""
-    pixels = geometry.pixel_map(layout, 0.0)
+def panels(
+    layout: str, beam_center_m: tuple[float, float] = (0.0, 0.0), detector: str = "cspad"
+) -> list[Panel]:
+    """The panels of a detector's raw stack ("raw") or its region ("roi")."""
+    pixels = geometry.pixel_map(layout, 0.0, detector=detector)
     xyz = np.stack([pixels.x_m, pixels.y_m, pixels.z_m], axis=-1).astype(np.float64)
     xyz[..., 0] -= beam_center_m[0]
     xyz[..., 1] -= beam_center_m[1]
     if layout == "roi":
         return [_fit("p0", (), xyz, pixels.mask, pixels.pixel_size_m)]
+    rows, cols = detectors.get(detector).asic_shape
+    per_row = xyz.shape[2] // cols
+    inner = np.zeros((rows, cols), bool)
+    inner[1:-1, 1:-1] = True  # an ASIC's edge pixels may be wide (Jungfrau: double): the fit skips them
     return [
-        _fit(f"p{s}a{a}", (s,), xyz[s, :, a * ASIC_COLS : (a + 1) * ASIC_COLS], None, pixels.pixel_size_m, a)
+        _fit(f"p{s}a{a}", (s,), xyz[s, r : r + rows, c : c + cols], inner, pixels.pixel_size_m, (r, c))
         for s in range(xyz.shape[0])
-        for a in range(2)
+        for a, (r, c) in enumerate(
+            (r, c) for r in range(0, xyz.shape[1], rows) for c in range(0, per_row * cols, cols)
+        )
     ]
 
 
@@ -72,7 +82,7 @@ def _fit(
     xyz: np.ndarray,
     mask: np.ndarray | None,
     pixel_m: float,
-    asic: int = 0,
+    first: tuple[int, int] = (0, 0),
 ) -> Panel:
     """A panel from its pixels' positions (rows, cols, 3): least squares, exact for a flat grid."""
     rows, cols = xyz.shape[:2]
@@ -81,14 +91,14 @@ def _fit(
     design = np.column_stack([np.ones(use.sum()), rr[use], cc[use]])
     (origin, ss, fs), *_ = np.linalg.lstsq(design, xyz[use] / pixel_m, rcond=None)
     corner = origin - 0.5 * fs - 0.5 * ss  # from the first pixel's centre to its very corner
-    first_col = asic * ASIC_COLS
+    first_row, first_col = first
     return Panel(
         name=name,
         leading=leading,
         min_fs=first_col,
         max_fs=first_col + cols - 1,
-        min_ss=0,
-        max_ss=rows - 1,
+        min_ss=first_row,
+        max_ss=first_row + rows - 1,
         fs=fs,
         ss=ss,
         corner_x=float(corner[0]),
@@ -112,13 +122,14 @@ def geometry_text(
         raise ValueError("literal energy and distance wanted, but the experiment does not give them")
     energy = ENERGY if from_file else f"{experiment.photon_energy_ev:.3f} eV"
     distance = f"{DISTANCE} m" if from_file else f"{experiment.distance_m:.6f} m"
-    found = panels(layout, experiment.beam_center_m)
+    detector = detectors.get(experiment.detector)
+    found = panels(layout, experiment.beam_center_m, detector.name)
     lines = [
-        f"; CrystFEL geometry for hitveto CXI files: CSPAD {layout} layout, {len(found)} panel(s),",
-        "; from psana's geometry-def-cspad.data (written by `hitveto geom`)",
+        f"; CrystFEL geometry for hitveto CXI files: {detector.name} {layout} layout, {len(found)} panel(s),",
+        f"; from psana's {detector.geometry_file} (written by `hitveto geom`)",
         f"photon_energy = {energy}",
         f"clen = {distance}",
-        f"res = {1 / geometry.PIXEL_SIZE_M:.4f}",
+        f"res = {1 / detector.pixel_size_m:.4f}",
         *(
             [f"adu_per_photon = {experiment.adu_per_photon:g}"]
             if math.isfinite(experiment.adu_per_photon)
@@ -135,20 +146,24 @@ def geometry_text(
     return "\n".join(lines)
 
 
-def layout_of(frame_shape: tuple[int, ...]) -> str:
-    """The layout frames of this shape are stored in: "raw" (the 2x1 stack) or "roi" (the region)."""
-    if frame_shape == geometry.RAW_SHAPE:
+def layout_of(frame_shape: tuple[int, ...], detector: str = "cspad") -> str:
+    """The layout frames of this shape are stored in: "raw" (the panel stack) or "roi" (the region)."""
+    raw_shape = detectors.get(detector).raw_shape
+    if frame_shape == raw_shape:
         return "raw"
-    if frame_shape == geometry.roi_index().shape:
+    if frame_shape == geometry.roi_index(detector=detector).shape:
         return "roi"
-    raise ValueError(f"frames of shape {frame_shape}: no CSPAD layout (raw {geometry.RAW_SHAPE} or region)")
+    raise ValueError(f"frames of shape {frame_shape}: no {detector} layout (raw {raw_shape} or region)")
 
 
 def geometry_for_file(path: Path, *, from_file: bool = True) -> str:
     """The geometry for a CXI file `CxiWriter` wrote (and for every file written like it)."""
     experiment, frame_shape = read_experiment(path)
     return geometry_text(
-        layout_of(frame_shape), experiment, from_file=from_file, has_mask=experiment.mask is not None
+        layout_of(frame_shape, experiment.detector),
+        experiment,
+        from_file=from_file,
+        has_mask=experiment.mask is not None,
     )
 
 

@@ -1,4 +1,8 @@
-"""CSPAD geometry from psana: pixel positions, image assembly, and the region round the beam.
+"""Detector geometry from psana: pixel positions, image assembly, and the region round the beam.
+
+Each detector's psana geometry file (hitveto_client.detectors names it: in the psana wheel, or in
+geometry_data/ for those the wheel lacks) gives every raw pixel's position. Every function here
+takes the detector's name (default the CSPAD, the first detector hitveto knew).
 
 psana's default CSPAD geometry (`geometry-def-cspad.data`, shipped in the psana wheel) places the
 32 2x1 sensors (185x388 pixels each) in a 1942x1940 assembled image (psana's own image grid,
@@ -13,9 +17,13 @@ Positions are in psana's LAB frame (`cframe=1`): x horizontal, y up (against gra
 beam, right-handed, with x = y = 0 on the beam. In the assembled image rows run down (-y) and
 columns run towards -x (the detector seen from the interaction point).
 
+The same centring (the pixels' bounding box) serves the other detectors: their files already put
+the beam at the origin, within a pixel or two (Jungfrau 4M: exactly; ePix10k2M: 1.2 mm off, the
+centre of its central hole).
+
 psana is imported only to compute the tables once; they are cached in memory and on disk
-(`$HITVETO_CACHE` or `~/.cache/hitveto/`, keyed by the geometry file's checksum), so daemons and
-trainers that find the cache never import psana.
+(`$HITVETO_CACHE` or `~/.cache/hitveto/`, keyed by the detector and its geometry file's checksum),
+so daemons and trainers that find the cache never import psana.
 """
 
 from __future__ import annotations
@@ -30,9 +38,13 @@ from pathlib import Path
 
 import numpy as np
 
-RAW_SHAPE = (32, 185, 388)
-PIXEL_SIZE_M = 109.92e-6
-GEOMETRY_FILE = "pscalib/geometry/data/geometry-def-cspad.data"
+from hitveto_client import detectors
+
+RAW_SHAPE = detectors.CSPAD.raw_shape
+PIXEL_SIZE_M = detectors.CSPAD.pixel_size_m
+PSANA_GEOMETRY = "pscalib/geometry/data"  # in the psana package
+OWN_GEOMETRY = Path(__file__).parent / "geometry_data"  # files psana's wheel lacks
+CSPAD = "cspad"
 CACHE_FORMAT = 2  # bump when the cached tables change meaning (v2: LAB frame)
 _TABLES = ("x_um", "y_um", "z_um", "rows", "cols", "beam")
 
@@ -50,7 +62,7 @@ class PixelMap:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Tables:
-    x_um: np.ndarray  # LAB frame, RAW_SHAPE, beam at (0, 0)
+    x_um: np.ndarray  # LAB frame, the raw shape, beam at (0, 0)
     y_um: np.ndarray
     z_um: np.ndarray  # relative to the detector's mean plane
     rows: np.ndarray  # assembled-image row and column of each raw pixel (int32)
@@ -58,30 +70,39 @@ class _Tables:
     beam: np.ndarray  # (row, column) of the beam in the assembled image
 
 
-def geometry_path() -> Path:
-    """The geometry file inside the installed psana package (found without importing psana)."""
+def geometry_path(detector: str = CSPAD) -> Path:
+    """The detector's geometry file: hitveto's own, else the one in the installed psana package
+    (found without importing psana)."""
+    name = detectors.get(detector).geometry_file
+    if (OWN_GEOMETRY / name).exists():
+        return OWN_GEOMETRY / name
     spec = importlib.util.find_spec("psana")
     if spec is None or spec.origin is None:
         raise ModuleNotFoundError("psana is not installed (pip install psana mpich)")
-    return Path(spec.origin).parent / GEOMETRY_FILE
+    return Path(spec.origin).parent / PSANA_GEOMETRY / name
 
 
-def cache_file() -> Path:
+def cache_file(detector: str = CSPAD) -> Path:
     """The tables' cache file: `$HITVETO_CACHE` or ~/.cache/hitveto, named by the file's checksum."""
-    digest = hashlib.sha256(geometry_path().read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256(geometry_path(detector).read_bytes()).hexdigest()[:16]
     folder = Path(os.environ.get("HITVETO_CACHE", Path.home() / ".cache" / "hitveto"))
-    return folder / f"cspad-geometry-v{CACHE_FORMAT}-{digest}.npz"
+    return folder / f"{detector}-geometry-v{CACHE_FORMAT}-{digest}.npz"
 
 
 @functools.cache
-def _tables() -> _Tables:
-    cached = cache_file()
+def _tables(detector: str = CSPAD) -> _Tables:
+    cached = cache_file(detector)
     try:
         with np.load(cached) as z:
             return _Tables(**{k: _read_only(z[k]) for k in _TABLES})
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         pass  # absent or damaged: compute again
-    tables = _compute(geometry_path())
+    tables = _compute(geometry_path(detector))
+    if tables.x_um.shape != detectors.get(detector).raw_shape:
+        raise ValueError(
+            f"{geometry_path(detector)}: pixels {tables.x_um.shape}, {detector} reads "
+            f"{detectors.get(detector).raw_shape}"
+        )
     tmp = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp.npz")
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
@@ -111,27 +132,27 @@ def _compute(path: Path) -> _Tables:
     )
 
 
-def image_shape() -> tuple[int, int]:
-    """Shape of the assembled image (1942, 1940)."""
-    t = _tables()
+def image_shape(detector: str = CSPAD) -> tuple[int, int]:
+    """Shape of the assembled image (CSPAD: 1942 x 1940)."""
+    t = _tables(detector)
     return int(t.rows.max()) + 1, int(t.cols.max()) + 1
 
 
-def beam_pixel() -> tuple[int, int]:
+def beam_pixel(detector: str = CSPAD) -> tuple[int, int]:
     """(row, column) of the beam in the assembled image."""
-    row, col = _tables().beam
+    row, col = _tables(detector).beam
     return int(row), int(col)
 
 
 @functools.cache
-def roi_index(roi_size: int = 350) -> np.ndarray:
+def roi_index(roi_size: int = 350, detector: str = CSPAD) -> np.ndarray:
     """int64 (roi_size, roi_size), read-only: flat raw-stack index of each region pixel, -1 in gaps.
 
     The region is the square of the assembled image centred on the beam; a region pixel holds the
     raw pixel that `assemble` puts there.
     """
-    t = _tables()
-    image = np.full(image_shape(), -1, dtype=np.int64)
+    t = _tables(detector)
+    image = np.full(image_shape(detector), -1, dtype=np.int64)
     image[t.rows, t.cols] = np.arange(t.rows.size).reshape(t.rows.shape)
     r0, c0 = (int(b) - roi_size // 2 for b in t.beam)
     if min(r0, c0) < 0 or r0 + roi_size > image.shape[0] or c0 + roi_size > image.shape[1]:
@@ -139,37 +160,39 @@ def roi_index(roi_size: int = 350) -> np.ndarray:
     return _read_only(image[r0 : r0 + roi_size, c0 : c0 + roi_size].copy())
 
 
-def assemble(raw: np.ndarray) -> np.ndarray:
-    """(32, 185, 388) raw stack -> the assembled 2-D image (1942 x 1940) of raw's dtype, gaps 0."""
-    t = _tables()
-    if raw.shape != RAW_SHAPE:
-        raise ValueError(f"raw shape {raw.shape} != {RAW_SHAPE}")
-    image = np.zeros(image_shape(), dtype=raw.dtype)
+def assemble(raw: np.ndarray, detector: str = CSPAD) -> np.ndarray:
+    """The raw stack -> the assembled 2-D image of raw's dtype, gaps 0 (CSPAD: (32, 185, 388) ->
+    1942 x 1940)."""
+    t = _tables(detector)
+    if raw.shape != t.rows.shape:
+        raise ValueError(f"raw shape {raw.shape} != {detector}'s {t.rows.shape}")
+    image = np.zeros(image_shape(detector), dtype=raw.dtype)
     image[t.rows, t.cols] = raw
     return image
 
 
 @functools.cache
-def pixel_map(layout: str, distance_m: float, roi_size: int = 350) -> PixelMap:
+def pixel_map(layout: str, distance_m: float, roi_size: int = 350, detector: str = CSPAD) -> PixelMap:
     """Pixel positions for the raw stack ("raw") or the region ("roi") at a detector distance.
 
     The arrays are shared between callers and read-only. Gap pixels of the region get the
     positions a plane through the real ones gives, so that per-pixel physics stays smooth there.
     """
-    t = _tables()
+    t = _tables(detector)
     x, y = t.x_um * np.float32(1e-6), t.y_um * np.float32(1e-6)
     z = t.z_um * np.float32(1e-6) + np.float32(distance_m)
     if layout == "raw":
         coords: tuple[np.ndarray, ...] = (x, y, z)
-        mask = np.ones(RAW_SHAPE, bool)
+        mask = np.ones(t.x_um.shape, bool)
     elif layout == "roi":
-        index = roi_index(roi_size)
+        index = roi_index(roi_size, detector)
         mask = index >= 0
         coords = tuple(_fill_gaps(c.ravel()[np.where(mask, index, 0)], mask) for c in (x, y, z))
     else:
         raise ValueError(f"layout {layout!r}: expected 'raw' or 'roi'")
     x_m, y_m, z_m = (_read_only(c) for c in coords)
-    return PixelMap(x_m=x_m, y_m=y_m, z_m=z_m, mask=_read_only(mask), pixel_size_m=PIXEL_SIZE_M)
+    size = detectors.get(detector).pixel_size_m
+    return PixelMap(x_m=x_m, y_m=y_m, z_m=z_m, mask=_read_only(mask), pixel_size_m=size)
 
 
 def radius_px(pixels: PixelMap) -> np.ndarray:
@@ -177,10 +200,10 @@ def radius_px(pixels: PixelMap) -> np.ndarray:
     return (np.hypot(pixels.x_m, pixels.y_m) / pixels.pixel_size_m).astype(np.float32)
 
 
-def panel_radius(pool: int) -> np.ndarray:
+def panel_radius(pool: int, detector: str = CSPAD) -> np.ndarray:
     """Each pooled pixel's distance from the beam, in raw pixels: the raw layout's geometry input
     (n_panels, rows // pool, cols // pool), as preprocess.pool_panels lays the panels out."""
-    radius = radius_px(pixel_map("raw", 0.1))  # x and y only: the distance does not matter
+    radius = radius_px(pixel_map("raw", 0.1, detector=detector))  # x and y only: the distance does not matter
     n, rows, cols = radius.shape
     r, c = rows // pool * pool, cols // pool * pool
     blocks = radius[:, :r, :c].reshape(n, r // pool, pool, c // pool, pool)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hitveto.models.preprocess import InputSpec
+from hitveto_client import detectors
 
 PHOTONS_AT_THRESHOLD = 150.0 / 35.0  # the default threshold, in photons
 MIN_PEAKS_FOR_HIT = 10  # peakfinder8 as a hit finder: Cheetah/OM's usual "min peaks" floor
@@ -94,19 +95,19 @@ class PeakFinder:
 
 
 def region_peak_finder(spec: InputSpec, params: PeakFinderParams) -> PeakFinder:
-    """peakfinder8 on a model's region: real pixels only, radii from the CSPAD geometry."""
+    """peakfinder8 on a model's region: real pixels only, radii from the detector's geometry."""
     from hitveto.io import geometry
 
-    pixels = geometry.pixel_map("roi", distance_m=0.1, roi_size=spec.roi_shape[0])
+    pixels = geometry.pixel_map("roi", distance_m=0.1, roi_size=spec.roi_shape[0], detector=spec.detector)
     return PeakFinder(np.asarray(spec.roi_index) >= 0, geometry.radius_px(pixels), params)
 
 
-def detector_peak_finder(params: PeakFinderParams) -> PeakFinder:
-    """peakfinder8 on the whole CSPAD raw stack, radii from its geometry."""
+def detector_peak_finder(params: PeakFinderParams, detector: str = "cspad") -> PeakFinder:
+    """peakfinder8 on a detector's whole raw stack, radii from its geometry."""
     from hitveto.io import geometry
 
-    radius = geometry.radius_px(geometry.pixel_map("raw", distance_m=0.1))
-    return PeakFinder(np.ones(geometry.RAW_SHAPE, bool), radius, params)
+    radius = geometry.radius_px(geometry.pixel_map("raw", distance_m=0.1, detector=detector))
+    return PeakFinder(np.ones(radius.shape, bool), radius, params)
 
 
 def region_counter_pool(
@@ -166,8 +167,9 @@ def default_radius(shape: tuple[int, ...]) -> np.ndarray:
     """Radius map (pixels, float32, read-only) for a frame shape; see `find_peaks`."""
     from hitveto.io import geometry
 
-    if shape == geometry.RAW_SHAPE:
-        radius = geometry.radius_px(geometry.pixel_map("raw", 0.1))
+    detector = detectors.of_shape(shape)
+    if detector is not None:
+        radius = geometry.radius_px(geometry.pixel_map("raw", 0.1, detector=detector.name))
     elif len(shape) == 2 and shape[0] == shape[1]:
         radius = geometry.radius_px(geometry.pixel_map("roi", 0.1, roi_size=shape[0]))
     elif len(shape) == 2:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from hitveto.io.xtc2 import RunEvent
+from hitveto_client import detectors
 from hitveto_client.cxi import MASK_DEAD, MASK_HOT, MASK_INVALID, Experiment
 
 CXI_SUFFIXES = (".cxi", ".h5", ".hdf5")
@@ -52,6 +53,11 @@ def run_info(path: Path) -> dict[str, Any]:
     return json.loads(sidecar.read_text()) if sidecar.exists() else {}
 
 
+def detector_of(path: Path | str) -> str:
+    """The detector a run's sidecar names; the CSPAD where it names none."""
+    return str(run_info(Path(path)).get("experiment", {}).get("detector", "cspad"))
+
+
 def experiment(path: Path | str) -> Experiment | None:
     """What indexing needs for a run (energy, distance, gain, bad pixels), from its sidecar; None
     without one. Runs simulated before sidecars described it: from their parameters, no mask."""
@@ -76,10 +82,12 @@ def experiment_of(described: dict[str, Any], layout: str) -> Experiment:
     region layout, the region's gaps)."""
     from hitveto.io import geometry
 
+    detector = described.get("detector", "cspad")
     if layout == "raw":
-        mask = np.zeros(geometry.RAW_SHAPE, np.uint16)
+        mask = np.zeros(detectors.get(detector).raw_shape, np.uint16)
     else:
-        mask = np.where(geometry.roi_index() >= 0, 0, MASK_INVALID).astype(np.uint16)
+        region = geometry.roi_index(detector=detector)
+        mask = np.where(region >= 0, 0, MASK_INVALID).astype(np.uint16)
     mask.flat[described.get("hot_pixels", [])] |= MASK_HOT
     mask.flat[described.get("dead_pixels", [])] |= MASK_DEAD
     x, y = described.get("beam_center_m", (0.0, 0.0))
@@ -90,6 +98,7 @@ def experiment_of(described: dict[str, Any], layout: str) -> Experiment:
         saturation_adu=described.get("saturation_adu", float("inf")),
         beam_center_m=(x, y),
         mask=mask,
+        detector=detector,
     )
 
 

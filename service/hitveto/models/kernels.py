@@ -127,6 +127,100 @@ def calibrate_pool(
             )
 
 
+@numba.njit(nogil=True, cache=True)
+def calibrate_stages_pool(
+    raw: np.ndarray,
+    stages: np.ndarray,
+    pedestal: np.ndarray,
+    factor: np.ndarray,
+    bad: np.ndarray,
+    data_bits: int,
+    size: int,
+    out: np.ndarray,
+    sample_stride: int,
+    sample: np.ndarray,
+) -> None:  # pragma: no cover (compiled)
+    """A gain-switching detector's raw words (n, rows, cols) uint16 calibrated and pooled in one
+    call that holds no interpreter lock, exactly as calibration.calibrate then the pool of float
+    frames give it: each pixel (ADC - pedestal[stage]) * factor[stage] in float32, the stage
+    `stages[raw >> data_bits]` (uint8; past the last stage: an invalid code, 0), 0 where `bad`;
+    pooled size x size into out (float32), and every `sample_stride`-th row and column into
+    `sample` (float32) for the guard."""
+    n, rows, cols = raw.shape
+    half, width = size // 2, cols // size
+    blocks = np.empty(width * half, np.float32)
+    top, bottom = np.empty(cols, np.float32), np.empty(cols, np.float32)
+    mask = (1 << data_bits) - 1
+    for p in range(n):
+        for i in range(rows // size):
+            for a in range(half):
+                r = i * size + 2 * a
+                _calibrate_stage_row(
+                    raw[p, r], stages, pedestal[:, p, r], factor[:, p, r], bad[p, r], data_bits, mask, top
+                )
+                _calibrate_stage_row(
+                    raw[p, r + 1],
+                    stages,
+                    pedestal[:, p, r + 1],
+                    factor[:, p, r + 1],
+                    bad[p, r + 1],
+                    data_bits,
+                    mask,
+                    bottom,
+                )
+                for k in range(len(blocks)):
+                    blocks[k] = _capped_block_float(
+                        top[2 * k], top[2 * k + 1], bottom[2 * k], bottom[2 * k + 1]
+                    )
+                _max_into(out[p, i], blocks, half, a == 0)
+        s = sample_stride
+        for i in range(sample.shape[1]):
+            r = i * s
+            _calibrate_stage_row(
+                raw[p, r], stages, pedestal[:, p, r], factor[:, p, r], bad[p, r], data_bits, mask, top
+            )
+            sample[p, i] = top[::s]
+
+
+@numba.njit(nogil=True, cache=True)
+def calibrate_stages(
+    raw: np.ndarray,
+    stages: np.ndarray,
+    pedestal: np.ndarray,
+    factor: np.ndarray,
+    bad: np.ndarray,
+    data_bits: int,
+    out: np.ndarray,
+) -> None:  # pragma: no cover (compiled)
+    """calibrate_stages_pool's calibration alone: the whole frame (n, rows, cols) into out
+    (float32), for what stores calibrated frames (hit files)."""
+    mask = (1 << data_bits) - 1
+    for p in range(raw.shape[0]):
+        for r in range(raw.shape[1]):
+            _calibrate_stage_row(
+                raw[p, r], stages, pedestal[:, p, r], factor[:, p, r], bad[p, r], data_bits, mask, out[p, r]
+            )
+
+
+@numba.njit(inline="always")
+def _calibrate_stage_row(raw, stages, pedestal, factor, bad, data_bits, mask, out):  # type: ignore[no-untyped-def]  # pragma: no cover
+    n_stages = pedestal.shape[0]
+    for c in range(len(out)):
+        stage = stages[raw[c] >> data_bits]
+        if bad[c] or stage >= n_stages:
+            out[c] = np.float32(0)
+        else:
+            out[c] = (np.float32(raw[c] & mask) - pedestal[stage, c]) * factor[stage, c]
+
+
+@numba.njit(inline="always")
+def _capped_block_float(x0, x1, x2, x3):  # type: ignore[no-untyped-def]  # pragma: no cover
+    # in float32, in the order preprocess._pool_chunk adds: columns' top + bottom, then the pair
+    total = (x0 + x2) + (x1 + x3)
+    brightest = max(max(x0, x2), max(x1, x3))
+    return min(total, (total - brightest) * np.float32(3))
+
+
 @numba.njit(inline="always")
 def _common_mode_offsets(raw, pedestal, window, asic_cols, common_mode, offsets):  # type: ignore[no-untyped-def]  # pragma: no cover
     # the sample in calibration._asic_sample's order: panel, ASIC, then its rows and columns
@@ -218,4 +312,14 @@ def warm_up() -> float:
                 calibrate_pool(panels, np.zeros_like(panels), bad, window, 4, mode, 4, out, 4, sample)
                 dark_peak(np.zeros((1, 4), np.int16), window, 2, 0.1)  # calibrate()'s
                 dark_peak(np.zeros((1, 4), np.float32), window, 2, 0.1)
+            else:  # gain-switching detectors' raw words
+                _warm_up_stages(panels)
     return time.perf_counter() - t0
+
+
+def _warm_up_stages(words: np.ndarray) -> None:
+    constants = np.zeros((1, *words.shape), np.float32)
+    bad, table = np.zeros(words.shape, np.uint8), np.zeros(4, np.uint8)
+    pooled = np.empty((1, 1, 1), np.float32)
+    calibrate_stages_pool(words, table, constants, constants, bad, 14, 4, pooled, 4, pooled.copy())
+    calibrate_stages(words, table, constants, constants, bad, 14, np.empty(words.shape, np.float32))

@@ -8,6 +8,12 @@ fix, per ASIC so that a whole ASIC's level does not count:
 - hot: noise above HOT_NOISE times the median, or a pedestal more than HOT_PEDESTAL_SIGMA robust
   standard deviations above its ASIC's median pedestal (dark current).
 
+A gain-switching detector (Jungfrau, ePix10ka) takes its darks with each gain stage forced in turn:
+each pixel's pedestal of a stage is its mean over the frames that read that stage (the gain bits
+say which), the noise and status come from the first stage. Its gains are no dark's business: they
+come from the detector's gain calibration (`gain`: ADC per keV of each stage, (stages, *shape)), and
+the constants keep their inverse, keV per ADC, as psana's gain factor.
+
 A PNG shows the pedestal and noise maps on the assembled detector, and the status counts.
 
 A beamline's existing darks, processed by psana into its LCLS calib store
@@ -24,9 +30,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from hitveto.io import sources
+from hitveto.io import calibration, sources
 from hitveto.io.calibration import Constants, asics
 from hitveto.io.psana_import import import_psana
+from hitveto_client import detectors
 from hitveto_client.cxi import MASK_DEAD, MASK_HOT, MASK_INVALID
 
 log = logging.getLogger(__name__)
@@ -38,33 +45,72 @@ HOT_PEDESTAL_SIGMA = 5.0
 PSANA_GROUPS = {"cspad": "CsPad::CalibV1"}
 
 
-def dark_constants(runs: list[Path], *, detector: str = "cspad", limit: int | None = None) -> Constants:
-    """Pedestal, noise and status from every frame of the dark runs (progress bar per run)."""
-    total = total_sq = None
-    n = 0
+def dark_constants(
+    runs: list[Path], *, detector: str = "cspad", limit: int | None = None, gain: np.ndarray | None = None
+) -> Constants:
+    """Pedestal, noise and status from every frame of the dark runs (progress bar per run); a
+    gain-switching detector's per stage, with its `gain` map (ADC per keV per stage)."""
+    bits = detectors.get(detector).gain
+    if (bits is None) != (gain is None):
+        raise ValueError(
+            f"{detector}: "
+            + ("a gain map is needed (ADC per keV of each gain stage)" if bits else "one gain: no map")
+        )
+    sums = _StageSums(bits)
     for run in runs:
         for ev in tqdm(sources.events(run, detector=detector, limit=limit), desc=f"dark {Path(run).name}"):
-            frame = ev.image.astype(np.float64)
-            if total is None:
-                total, total_sq = np.zeros_like(frame), np.zeros_like(frame)
-            total += frame
-            total_sq += frame * frame
-            n += 1
-    if total is None or total_sq is None or n < 2:
-        raise ValueError(
-            f"{runs}: {n} dark frames; the noise needs at least 2 (100 or more give good pedestals)"
-        )
-    pedestal = total / n
-    noise = np.sqrt(np.maximum(total_sq / n - pedestal**2, 0.0) * n / (n - 1))
+            sums.add(ev.image)
+    pedestal, noise = sums.pedestal_and_noise(runs)
     numbers = [int(sources.run_info(r).get("run", 0)) for r in runs]
+    status = status_of(pedestal[0], noise)
+    status[~np.isfinite(pedestal).all(axis=0)] |= MASK_INVALID  # a stage this pixel never read
     return Constants(
         detector=detector,
-        pedestal=pedestal.astype(np.float32),
+        pedestal=np.nan_to_num(pedestal if bits else pedestal[0]).astype(np.float32),
         noise=noise.astype(np.float32),
-        status=status_of(pedestal, noise),
+        status=status,
         runs=(max(numbers), -1),  # from the dark on, until the next one
         source=", ".join(Path(r).name for r in runs),
+        common_mode="none" if bits else "asic_dark_peak",
+        gain_factor=None if gain is None else (1 / gain).astype(np.float32),
     )
+
+
+class _StageSums:
+    """Each pixel's sum, sum of squares and count of the dark frames' ADC, per gain stage."""
+
+    def __init__(self, bits: detectors.GainBits | None) -> None:
+        self.bits = bits
+        self.total = self.total_sq = self.count = np.zeros(0)
+
+    def add(self, frame: np.ndarray) -> None:
+        stages = len(self.bits.stage_codes) if self.bits else 1
+        if self.total.size == 0:
+            self.total, self.total_sq, self.count = (np.zeros((stages, *frame.shape)) for _ in range(3))
+        if self.bits is None:
+            stage, adc = np.zeros(frame.shape, np.uint8), frame.astype(np.float64)
+        else:
+            stage = calibration.stage_of_codes(self.bits)[frame >> self.bits.data_bits]
+            adc = (frame & self.bits.data_mask).astype(np.float64)
+        for k in range(stages):
+            read = stage == k
+            self.total[k] += np.where(read, adc, 0)
+            self.total_sq[k] += np.where(read, adc * adc, 0)
+            self.count[k] += read
+
+    def pedestal_and_noise(self, runs: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+        """(stages, *shape) pedestals, NaN where a stage was never read; the first stage's noise."""
+        n = self.count[0] if self.count.size else np.zeros(1)
+        if n.max() < 2:
+            raise ValueError(
+                f"{runs}: {int(n.max())} dark frames in the first gain stage; the noise needs at least "
+                "2 (100 or more give good pedestals)"
+            )
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pedestal = self.total / self.count
+            variance = self.total_sq[0] / n - pedestal[0] ** 2
+            noise = np.sqrt(np.maximum(np.nan_to_num(variance), 0.0) * n / np.maximum(n - 1, 1))
+        return pedestal, noise
 
 
 def from_psana_calib(calib_dir: Path, source: str, run: int, *, detector: str = "cspad") -> Constants:
@@ -133,14 +179,16 @@ def plot(constants: Constants, path: Path) -> None:
     from hitveto.io import geometry
 
     def image(a: np.ndarray) -> np.ndarray:
-        return geometry.assemble(a) if a.shape == geometry.RAW_SHAPE else a.reshape(-1, a.shape[-1])
+        if a.shape == detectors.get(constants.detector).raw_shape:
+            return geometry.assemble(a, constants.detector)
+        return a.reshape(-1, a.shape[-1])
 
     hot = int((constants.status & MASK_HOT).astype(bool).sum())
     dead = int((constants.status & MASK_DEAD).astype(bool).sum())
     fig, (ped, rms) = plt.subplots(1, 2, figsize=(13, 6))
     fig.suptitle(f"dark: {constants.source}; status: {hot} hot, {dead} dead pixels", fontsize=10)
     for ax, values, title in (
-        (ped, constants.pedestal, "pedestal (ADU)"),
+        (ped, constants.pedestal.reshape(-1, *constants.shape)[0], "pedestal (ADU)"),
         (rms, constants.noise, "noise (ADU rms)"),
     ):
         low, high = np.percentile(values, [1, 99])

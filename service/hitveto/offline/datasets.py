@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from hitveto.io import sources
+from hitveto.io import calibration, sources
+from hitveto.io.calibration import Constants
 from hitveto.io.peaks import PeakFinderParams, detector_peak_finder, region_peak_finder
 from hitveto.models import preprocess
+from hitveto_client import detectors
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -28,19 +30,30 @@ class LabelledFrames:
     runs: tuple[str, ...]
 
 
-def input_spec(roi_size: int, adu_per_photon: float, layout: str = "roi") -> preprocess.InputSpec:
-    """The CSPAD's model input: the roi_size region round the beam, or (raw) every panel, pooled."""
+def input_spec(
+    roi_size: int, adu_per_photon: float, layout: str = "roi", detector: str = "cspad"
+) -> preprocess.InputSpec:
+    """A detector's model input: the roi_size region round the beam, or (raw) every panel, pooled."""
     from hitveto.io import geometry
 
+    raw_shape = detectors.get(detector).raw_shape
     if layout == "raw":
-        return preprocess.full_frame_spec("cspad", geometry.RAW_SHAPE, adu_per_photon)
+        return preprocess.full_frame_spec(detector, raw_shape, adu_per_photon)
     return preprocess.InputSpec(
-        detector="cspad",
-        raw_shape=geometry.RAW_SHAPE,
+        detector=detector,
+        raw_shape=raw_shape,
         roi_shape=(roi_size, roi_size),
-        roi_index=geometry.roi_index(roi_size),
+        roi_index=geometry.roi_index(roi_size, detector),
         adu_per_photon=adu_per_photon,
     )
+
+
+def detector_of_runs(paths: tuple[Path, ...]) -> str:
+    """The detector the runs' sidecars name (the CSPAD where they name none); ValueError if two."""
+    named = {sources.detector_of(p) for p in paths}
+    if len(named) != 1:
+        raise ValueError(f"the runs come from {sorted(named)}: a model serves one detector")
+    return named.pop()
 
 
 def load_runs(
@@ -50,13 +63,15 @@ def load_runs(
     limit: int | None = None,
     spill: Path | None = None,
     count_peaks: bool = True,
+    constants: Constants | None = None,
 ) -> LabelledFrames:
     """Regions, peak counts and truth of every event of the runs (progress bar per run).
 
     With `spill` (a folder) the regions go to a file there and come back memory-mapped, so runs
     larger than memory train: only the batches in use are read in. A run whose sidecar gives
     another gain than the spec's is rescaled to the spec's (gain_scale). Without `count_peaks` the peak
-    counts are -1 unless cached (peakfinder8 on a whole CSPAD frame costs ~0.1 s).
+    counts are -1 unless cached (peakfinder8 on a whole CSPAD frame costs ~0.1 s). Raw runs (their
+    sidecar says so) are calibrated with `constants` on the way, as the daemon calibrates them.
     """
     counter = peak_counter(spec, params) if count_peaks else lambda frame, roi: -1
     regions = _Regions(spill)
@@ -65,7 +80,7 @@ def load_runs(
     spots: list[int] = []
     kinds: list[int] = []
     for path in paths:
-        _check_calibrated(path)
+        calibrate_with = _calibration_for(path, spec, constants)
         stored = sources.run_file(path)
         cache = _peak_cache(stored, params, limit, spec)
         counted = list(np.load(cache)) if cache.exists() else None
@@ -80,7 +95,7 @@ def load_runs(
                 mininterval=1.0,
             )
         ):
-            roi = preprocess.region(ev.image, spec)
+            roi = model_input(ev.image, spec, calibrate_with)
             regions.add(roi if to_model_gain is None else to_model_gain(roi))
             peaks.append(counted[i] if counted is not None else counter(ev.image, roi))
             crystals.append(ev.truth.get("n_crystals", -1))
@@ -98,15 +113,31 @@ def load_runs(
     )
 
 
-def _check_calibrated(path: Path) -> None:
-    """ValueError for a run its sidecar calls raw or dark: models learn calibrated frames only
-    (artifact.INPUTS), which is what the daemon makes of raw frames with `calib.constants`."""
+def model_input(frame: np.ndarray, spec: preprocess.InputSpec, constants: Constants | None) -> np.ndarray:
+    """The model's input of a frame, calibrated first when constants are given (in one pass where
+    the daemon does it in one: calibration.calibrate_pooled gives exactly the same)."""
+    if constants is None:
+        return preprocess.region(frame, spec)
+    if spec.layout == "raw" and calibration.fuses(frame, constants):
+        return calibration.calibrate_pooled(frame, constants, spec.pool, GUARD_STRIDE)[0]
+    return preprocess.region(calibration.calibrate(frame, constants), spec)
+
+
+GUARD_STRIDE = 8  # the guard's sample, which training does not use
+
+
+def _calibration_for(path: Path, spec: preprocess.InputSpec, constants: Constants | None) -> Constants | None:
+    """The constants a run's frames are calibrated with: none for a calibrated run, `constants`
+    for a raw one (its sidecar says so); ValueError for a raw run without them, and for a dark."""
     readout = sources.run_info(path).get("readout", "calib")
-    if readout != "calib":
-        raise ValueError(
-            f"{path}: a {readout} run (ADC counts on the pedestals); models learn calibrated frames: "
-            "simulate with --readout calib, or calibrate with the constants of its dark (hitveto dark)"
-        )
+    if readout == "calib":
+        return None
+    if readout == "raw" and constants is not None and constants.detector == spec.detector:
+        return constants
+    raise ValueError(
+        f"{path}: a {readout} run (ADC counts on the pedestals); models learn calibrated frames: "
+        "simulate with --readout calib, or give the constants of its dark (hitveto dark; train --constants)"
+    )
 
 
 class _Regions:
@@ -152,7 +183,7 @@ def peak_counter(
 ) -> Callable[[np.ndarray, np.ndarray], int]:
     """count(frame, model input): peakfinder8 on the region the model sees, or (raw) on every pixel."""
     if spec.layout == "raw":
-        finder = detector_peak_finder(params)
+        finder = detector_peak_finder(params, spec.detector)
         return lambda frame, _: finder.count(frame)
     finder = region_peak_finder(spec, params)
     return lambda _, roi: finder.count(roi)
@@ -177,10 +208,10 @@ def gain_scale(path: Path, spec: preprocess.InputSpec) -> Callable[[np.ndarray],
     scale = spec.adu_per_photon / float(gain)
 
     def rescale(roi: np.ndarray) -> np.ndarray:
-        scaled = np.rint(roi * scale)
-        if roi.dtype.kind in "iu":
+        scaled = roi * scale
+        if roi.dtype.kind in "iu":  # integer ADU stay integers (keV floats stay as they are)
             limits = np.iinfo(roi.dtype)
-            scaled = np.clip(scaled, limits.min, limits.max)
+            scaled = np.clip(np.rint(scaled), limits.min, limits.max)
         return scaled.astype(roi.dtype)
 
     return rescale

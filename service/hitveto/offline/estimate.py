@@ -84,6 +84,6 @@ def _true_hits(
     if "truth/n_crystals" in columns:
         return columns["truth/n_crystals"] > 0, "truth"
     spec = spec or artifact.read(artifact.DEFAULT_ARTIFACT).spec
-    count = peak_counter(spec, PeakFinderParams())  # the region, or (raw) the whole detector
+    count = peak_counter(spec, PeakFinderParams.for_gain(spec.adu_per_photon))  # region, or whole detector
     counts = [count(frame, region(frame, spec)) for frame in data]
     return np.array(counts) >= min_peaks, f"peakfinder8 >= {min_peaks}"

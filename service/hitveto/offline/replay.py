@@ -4,12 +4,17 @@ a DAQ writer stand-in."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
-from hitveto.io import crystfel, sources, xtc2
+import numpy as np
+
+from hitveto.io import calibration, crystfel, sources, xtc2
+from hitveto.io.calibration import Constants
 from hitveto.offline.reprocess import Row, write_verdicts
 from hitveto.serving.launcher import DaemonProcess, start_daemon
 from hitveto_client.cxi import UNKNOWN, CxiWriter, Experiment
@@ -57,13 +62,18 @@ def replay(
     deadline_ms: float = 1000.0,
     verdict_log: Path | None = None,
     experiment: Experiment | None = None,
+    constants: Constants | None = None,
 ) -> Summary:
     """Stream the frames through the daemon; kept frames go to CXI files under out_dir (if given),
     every verdict to the `verdict_log` CSV (if given).
 
     With the `experiment` (energy, distance, gain, mask) the files carry what indexing needs, and
-    `out_dir/hits.geom` is the CrystFEL geometry for them."""
+    `out_dir/hits.geom` is the CrystFEL geometry for them. With `constants` raw frames are stored
+    calibrated, their status as the mask, as hit files for indexing hold them (the daemon judged
+    them so)."""
     rows: list[Row] = []
+    if constants is not None and experiment is not None:
+        experiment = dataclasses.replace(experiment, mask=constants.status)
 
     def log_verdict(d: Decision) -> None:
         v = d.verdict
@@ -71,7 +81,10 @@ def replay(
 
     with VetoClient(frames_endpoint, verdicts_endpoint, deadline_ms=deadline_ms) as veto:
         veto.wait_subscribed()
-        writer = CxiWriter(Path(out_dir) / "hits", experiment=experiment or UNKNOWN) if out_dir else None
+        writer: CxiWriter | _Calibrating | None = None
+        if out_dir is not None:
+            writer = CxiWriter(Path(out_dir) / "hits", experiment=experiment or UNKNOWN)
+            writer = writer if constants is None else _Calibrating(writer, constants)
         try:
             summary = stream(
                 frames, veto, writer, rate_hz=rate_hz, on_decision=log_verdict if verdict_log else None
@@ -89,16 +102,32 @@ def replay(
 
 
 @contextlib.contextmanager
-def private_daemon(model: Path, log_path: Path | None = None) -> Iterator[DaemonProcess]:
+def private_daemon(
+    model: Path, log_path: Path | None = None, constants: Path | None = None
+) -> Iterator[DaemonProcess]:
     """A daemon of our own on loopback serving `model` on CPU, one frame per batch: a frame's
-    score then depends on the frame and the model only, so every replay gives the same verdicts."""
-    daemon = start_daemon(
-        "model.device=cpu", "batch.max_batch=1", "model.threads=1", artifact=model, log_path=log_path
-    )
+    score then depends on the frame and the model only, so every replay gives the same verdicts.
+    With `constants` it calibrates raw frames."""
+    settings = ["model.device=cpu", "batch.max_batch=1", "model.threads=1"]
+    settings += [f"calib.constants={constants}"] if constants else []
+    daemon = start_daemon(*settings, artifact=model, log_path=log_path)
     try:
         yield daemon
     finally:
         daemon.stop()
+
+
+class _Calibrating:
+    """A CxiWriter storing raw frames calibrated with the constants the daemon calibrates with."""
+
+    def __init__(self, writer: CxiWriter, constants: Constants) -> None:
+        self._writer, self._constants = writer, constants
+
+    def write(self, image: np.ndarray, **columns: Any) -> bool:
+        return self._writer.write(calibration.calibrate(image, self._constants), **columns)
+
+    def __getattr__(self, name: str) -> Any:  # files, not_written, error, close
+        return getattr(self._writer, name)
 
 
 def _frame(ev: xtc2.RunEvent, run: int, detector: str) -> Frame:

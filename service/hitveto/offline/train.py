@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,12 +24,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from hitveto.io.calibration import load as load_constants
 from hitveto.io.peaks import PeakFinderParams
 from hitveto.models import artifact, networks, stream_profile
 from hitveto.models.preprocess import InputSpec
 from hitveto.offline import distributed, labels
 from hitveto.offline.augment import augment
-from hitveto.offline.datasets import LabelledFrames, adu_from_runs, input_spec, load_runs
+from hitveto.offline.datasets import LabelledFrames, adu_from_runs, detector_of_runs, input_spec, load_runs
 from hitveto.offline.evaluate import summarise
 from hitveto.offline.recipes import RECIPES as RECIPES  # re-exported: `train.RECIPES`
 from hitveto.offline.recipes import Recipe, optimiser_for
@@ -53,7 +54,8 @@ class TrainConfig:
     limit_per_run: int | None = None
     roi_size: int = 350
     adu_per_photon: float = 0.0  # 0 = from the runs' sidecar (simulator), else required
-    peaks: PeakFinderParams = field(default_factory=PeakFinderParams)
+    peaks: PeakFinderParams | None = None  # None: the defaults at the model's ADU per photon
+    constants: Path | None = None  # raw runs are calibrated with these (hitveto dark)
     layout: Literal["roi", "raw"] = "roi"  # the region, or the whole detector (architecture panels)
 
     def __post_init__(self) -> None:
@@ -168,13 +170,17 @@ class _Fitted:
 def _train(cfg: TrainConfig, spill: Path) -> tuple[Path | None, str]:
     t0 = time.monotonic()
     rank, world = distributed.start()
-    spec = input_spec(cfg.roi_size, cfg.adu_per_photon or adu_from_runs(cfg.train_runs), cfg.layout)
+    adu = cfg.adu_per_photon or adu_from_runs(cfg.train_runs)
+    spec = input_spec(cfg.roi_size, adu, cfg.layout, detector_of_runs(cfg.train_runs + cfg.val_runs))
+    cfg = dataclasses.replace(cfg, peaks=cfg.peaks or PeakFinderParams.for_gain(adu))
+    assert cfg.peaks is not None
+    constants = load_constants(cfg.constants) if cfg.constants else None
     if rank > 0:
         torch.distributed.barrier()  # rank 0 labels first and caches the peak counts
     # peakfinder8 on a whole frame costs ~0.1 s: the raw layout counts peaks only to label by them
     count = cfg.protocol != "truth" or cfg.layout == "roi"
-    train_data = load_runs(cfg.train_runs, spec, cfg.peaks, cfg.limit_per_run, spill, count)
-    val_data = load_runs(cfg.val_runs, spec, cfg.peaks, cfg.limit_per_run, spill, count)
+    train_data = load_runs(cfg.train_runs, spec, cfg.peaks, cfg.limit_per_run, spill, count, constants)
+    val_data = load_runs(cfg.val_runs, spec, cfg.peaks, cfg.limit_per_run, spill, count, constants)
     if rank == 0 and world > 1:
         torch.distributed.barrier()
     t_data = time.monotonic() - t0
@@ -209,7 +215,7 @@ def _network(cfg: TrainConfig, spec: InputSpec) -> networks.HitClassifier:
     if spec.layout == "raw":
         from hitveto.io import geometry
 
-        radius = torch.from_numpy(geometry.panel_radius(spec.pool))
+        radius = torch.from_numpy(geometry.panel_radius(spec.pool, spec.detector))
     return networks.build(cfg.architecture, cfg.roi_size, spec.adu_per_photon, radius)
 
 
@@ -268,7 +274,8 @@ def _training_record(cfg: TrainConfig, f: _Fitted, calibration: dict[str, Any]) 
         "recipe": {"name": cfg.recipe_name, **dataclasses.asdict(cfg.recipe), "seed": cfg.seed},
         "processes": f.world,
         "loss_per_epoch": f.losses,
-        "peakfinder8": dataclasses.asdict(cfg.peaks),
+        "peakfinder8": dataclasses.asdict(cfg.peaks) if cfg.peaks else {},
+        "constants": str(cfg.constants) if cfg.constants else None,
         "seconds": f.seconds,
     }
 

@@ -60,7 +60,7 @@ class InputGuard:
                 f"{path}: constants for {constants.detector} {constants.shape}, the model reads "
                 f"{spec.detector} {tuple(spec.raw_shape)}"
             )
-        floor = -NEGATIVE_SIGMA * constants.noise[..., ::SAMPLE_STRIDE, ::SAMPLE_STRIDE]
+        floor = -NEGATIVE_SIGMA * constants.calibrated_noise[..., ::SAMPLE_STRIDE, ::SAMPLE_STRIDE]
         with self._lock:
             self.constants, self._floor = constants, floor
         return constants
@@ -71,7 +71,7 @@ class InputGuard:
             constants, floor = self.constants, self._floor
         if constants is None or meta.get("calibrated") is True or image.shape != constants.shape:
             return image, not self.check_level or level_ok(image, spec.adu_per_photon)
-        if spec.layout == "raw" and image.dtype == np.int16 and image.ndim >= 3:  # one pass to the input
+        if spec.layout == "raw" and calibration.fuses(image, constants):  # one pass to the input
             pooled, sample = calibration.calibrate_pooled(image, constants, spec.pool, SAMPLE_STRIDE)
             return pooled, not self.check_level or _sample_ok(sample, floor, spec.adu_per_photon)
         image = calibration.calibrate(image, constants)

@@ -17,11 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from hitveto.sim.params import DetectorParams, RunParams
+from hitveto_client import detectors
 
 POISSON_DIRECT_ABOVE = 16.0  # photons; brighter pixels are rare and use numpy's sampler
 INT16_MIN, INT16_MAX = -32768, 32767
 _FIXED_PATTERN_KEY = 0xDE7EC7  # spawn key of the run's fixed-pattern stream
 _PEDESTAL_KEY = 0x9EDE57  # spawn key of the unit's pedestals
+_GAIN_KEY = 0x6A1135  # spawn key of the unit's gains per stage
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
@@ -35,7 +37,8 @@ class FixedPattern:
 
 
 def to_adu(photons: np.ndarray, run: RunParams, rng: np.random.Generator) -> np.ndarray:
-    """Noisy ADU (int16, shape of `photons`) for expected photons per pixel."""
+    """Noisy ADU (int16, shape of `photons`) for expected photons per pixel; for a detector
+    calibrated in keV (Jungfrau, ePix10k2M) keV as float32, as psana's calib gives them."""
     det = run.detector
     pattern = fixed_pattern(det, pattern_seed(run), photons.shape)
     adu = poisson(np.ravel(photons).astype(np.float32, copy=False), rng)
@@ -44,6 +47,8 @@ def to_adu(photons: np.ndarray, run: RunParams, rng: np.random.Generator) -> np.
     if det.read_noise_adu > 0:
         adu += np.take(_gauss_table(det.read_noise_adu), rng.integers(0, 1 << 16, adu.size, np.uint16))
     _add_common_mode(adu.reshape(photons.shape), det, rng)
+    if detectors.get(det.name).calibrated_unit == "keV":
+        return np.minimum(adu, np.float32(det.saturation_adu), out=adu).reshape(photons.shape)
     np.clip(adu, INT16_MIN, min(det.saturation_adu, INT16_MAX), out=adu)
     np.rint(adu, out=adu)
     return adu.astype(np.int16).reshape(photons.shape)
@@ -79,10 +84,13 @@ def pattern_seed(run: RunParams) -> int:
     return run.detector.unit_seed if run.detector.unit_seed is not None else run.seed
 
 
-def to_raw(adu: np.ndarray, run: RunParams) -> np.ndarray:
+def to_raw(adu: np.ndarray, run: RunParams, forced_stage: int | None = None) -> np.ndarray:
     """Calibrated ADU (to_adu) as the DAQ reads them: on the unit's pedestals, 14-bit, int16. Dead
-    pixels read their pedestal alone (stuck: no noise), as a dark run shows them."""
+    pixels read their pedestal alone (stuck: no noise), as a dark run shows them. A gain-switching
+    detector's frames (keV) come as its raw words (to_gain_raw)."""
     det = run.detector
+    if det.stage_gain_adu:
+        return to_gain_raw(adu, run, forced_stage)
     pedestal = pedestal_map(det, adu.shape)
     raw = adu.astype(np.int32) + pedestal
     dead = fixed_pattern(det, pattern_seed(run), adu.shape).dead
@@ -90,12 +98,51 @@ def to_raw(adu: np.ndarray, run: RunParams) -> np.ndarray:
     return np.clip(raw, 0, det.adc_max).astype(np.int16)
 
 
-@functools.lru_cache(maxsize=4)
-def pedestal_map(det: DetectorParams, shape: tuple[int, ...]) -> np.ndarray:
-    """The unit's pedestals (int32 ADU): a level per ASIC, a spread per pixel, from `unit_seed`."""
+def to_gain_raw(kev: np.ndarray, run: RunParams, forced_stage: int | None = None) -> np.ndarray:
+    """Calibrated keV as a gain-switching detector's DAQ reads them (uint16): each pixel in the
+    first stage whose ADC stays under `switch_adc` (or in `forced_stage`, as dark runs force each
+    stage in turn), its ADC on that stage's pedestal, the stage's code in the bits above the ADC."""
+    det = run.detector
+    bits = detectors.get(det.name).gain
+    if bits is None:
+        raise ValueError(f"{det.name} has one gain: no gain stages to read out")
+    pedestal, gain = stage_maps(det, kev.shape)
+    stage = np.full(kev.shape, forced_stage or 0, np.intp)
+    adc = np.take_along_axis(pedestal, stage[None], 0)[0] + np.take_along_axis(gain, stage[None], 0)[0] * kev
+    for k in range(1, len(gain)) if forced_stage is None else ():
+        switch = adc > det.switch_adc
+        stage[switch] = k
+        adc[switch] = pedestal[k][switch] + gain[k][switch] * kev[switch]
+    dead = fixed_pattern(det, pattern_seed(run), kev.shape).dead
+    adc.flat[dead] = np.take_along_axis(pedestal, stage[None], 0)[0].flat[dead]
+    codes = np.array(bits.stage_codes, np.uint16)[stage] << np.uint16(bits.data_bits)
+    return codes | np.clip(np.rint(adc), 0, bits.data_mask).astype(np.uint16)
+
+
+@functools.lru_cache(maxsize=2)
+def stage_maps(det: DetectorParams, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The unit's pedestals (ADC) and gains (ADC per keV) of each gain stage, float32, (stages,
+    *shape), from `unit_seed`: what its dark runs and its gain calibration measure."""
+    stages = range(len(det.stage_gain_adu))
+    pedestal = np.stack([pedestal_map(det, shape, k) for k in stages]).astype(np.float32)
+    gain = np.empty_like(pedestal)
+    for k, nominal in enumerate(det.stage_gain_adu):
+        rng = np.random.default_rng(_unit_seed(det, (_GAIN_KEY, k)))
+        gain[k] = nominal * (1 + det.stage_gain_rms * rng.standard_normal(shape, dtype=np.float32))
+    return pedestal, gain
+
+
+def _unit_seed(det: DetectorParams, key: tuple[int, ...]) -> np.random.SeedSequence:
     if det.unit_seed is None:
         raise ValueError("raw readout needs the detector unit's seed (DetectorParams.unit_seed)")
-    rng = np.random.default_rng(np.random.SeedSequence(det.unit_seed, spawn_key=(_PEDESTAL_KEY,)))
+    return np.random.SeedSequence(det.unit_seed, spawn_key=key)
+
+
+@functools.lru_cache(maxsize=4)
+def pedestal_map(det: DetectorParams, shape: tuple[int, ...], stage: int = 0) -> np.ndarray:
+    """The unit's pedestals (int32 ADU) of a gain stage: a level per ASIC, a spread per pixel,
+    from `unit_seed`."""
+    rng = np.random.default_rng(_unit_seed(det, (_PEDESTAL_KEY,) if stage == 0 else (_PEDESTAL_KEY, stage)))
     rows, cols = shape[-2:]
     asic_rows, asic_cols = det.asic_shape
     levels = rng.uniform(

@@ -9,11 +9,14 @@ validation.
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from hitveto_client import detectors
 
 HC_EV_A = 12398.42  # h*c in eV*Angstrom: wavelength_a = HC_EV_A / photon_energy_ev
 
@@ -91,8 +94,11 @@ class FrameMix:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DetectorParams:
-    """A CSPAD in high gain, pedestal-subtracted ("calib") ADU; ASICs are 185 x 194 pixels."""
+    """The detector's response in its calibrated unit (as psana's calib gives it): by default a CSPAD
+    in high gain, pedestal-subtracted ADU; ASICs are 185 x 194 pixels. Other detectors
+    (detectors.toml, `on_detector`) count keV: their "adu" fields are then keV."""
 
+    name: str = "cspad"  # hitveto_client.detectors: the geometry, raw shape and gain bits
     distance_m: float = 0.100
     adu_per_photon: float = 35.0  # CSPAD high gain at 9.5 keV (~ 3.7 ADU/keV)
     gain_rms: float = 0.03  # pixel-to-pixel gain spread, fixed per run
@@ -112,6 +118,12 @@ class DetectorParams:
     pedestal_adu: tuple[float, float] = (900.0, 1700.0)  # each ASIC's pedestal level: uniform in this
     pedestal_spread_adu: float = 15.0  # rms of the pixels' pedestals about their ASIC's level
     adc_max: int = 16383  # 14 bits
+    # Gain-switching detectors (Jungfrau, ePix10ka: detectors.toml): each stage's gain, ADC per
+    # calibrated unit (keV), in stage order; a pixel whose ADC would pass `switch_adc` in one stage
+    # reads the next. Empty: one gain, and calibrated ADU are the ADC counts less the pedestal.
+    stage_gain_adu: tuple[float, ...] = ()
+    stage_gain_rms: float = 0.02  # the unit's pixel-to-pixel spread of each stage's gain
+    switch_adc: float = 14000.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -144,3 +156,23 @@ def _presets() -> dict[str, RunParams]:
 
 
 PRESETS: dict[str, RunParams] = _presets()  # presets.toml
+
+
+def _responses() -> dict[str, dict[str, Any]]:
+    with (Path(__file__).parent / "detectors.toml").open("rb") as f:
+        return tomllib.load(f)
+
+
+RESPONSES: dict[str, dict[str, Any]] = _responses()  # detectors.toml: DetectorParams fields
+
+
+def on_detector(params: RunParams, name: str) -> RunParams:
+    """The same experiment recorded by another detector: its response (detectors.toml); a detector
+    calibrated in keV counts a photon as its energy in keV."""
+    if name not in RESPONSES:
+        raise ValueError(f"detector {name!r}: the simulator knows {sorted(RESPONSES)}")
+    response = _from_table(DetectorParams, {"name": name, **RESPONSES[name]})
+    if detectors.get(name).calibrated_unit == "keV":
+        response = dataclasses.replace(response, adu_per_photon=params.beam.photon_energy_ev / 1000)
+    detector = dataclasses.replace(response, distance_m=params.detector.distance_m)
+    return dataclasses.replace(params, detector=detector)

@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from hitveto.io import geometry, sources
 from hitveto.io.xtc2 import RunEvent
-from hitveto.sim.noise import fixed_pattern, pattern_seed, to_adu, to_raw
-from hitveto.sim.params import PRESETS, RunParams
+from hitveto.sim.noise import fixed_pattern, pattern_seed, stage_maps, to_adu, to_raw
+from hitveto.sim.params import PRESETS, RunParams, on_detector
 from hitveto.sim.physics import FrameKind, FrameTruth, simulate_photons
 from hitveto_client.cxi import Experiment
 
@@ -42,12 +42,14 @@ def simulate_runs(
     seed: int = 0,
     readout: str = "calib",
     unit_seed: int = 1,
+    detector: str = "cspad",
 ) -> list[Path]:
     """Simulate and write each run; returns the run files. Raw and dark readouts come from the
-    detector unit `unit_seed` (the same pedestals and bad pixels in every such run)."""
+    detector unit `unit_seed` (the same pedestals and bad pixels in every such run). The preset's
+    experiment is recorded by `detector` (its geometry and response: params.on_detector)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
-    params = PRESETS[preset]
+    params = PRESETS[preset] if detector == "cspad" else on_detector(PRESETS[preset], detector)
     if readout != "calib":
         params = dataclasses.replace(
             params, detector=dataclasses.replace(params.detector, unit_seed=unit_seed)
@@ -93,9 +95,14 @@ def simulate_run(
     if fmt == "xtc2":
         from hitveto.io.xtc2 import write_run
 
-        write_run(path, events, detector="cspad")
+        write_run(path, events, detector=params.detector.name)
     else:
         _write_cxi(path, events, run, sources.experiment_of(description["experiment"], layout))
+    if readout != "calib" and params.detector.stage_gain_adu:
+        shape = geometry.pixel_map(
+            layout, params.detector.distance_m, detector=params.detector.name
+        ).mask.shape
+        np.save(gain_file(path), stage_maps(params.detector, shape)[1])
     description["seconds"] = round(time.perf_counter() - t0, 2)
     sidecar.write_text(json.dumps(description, indent=1))
     return path
@@ -126,7 +133,7 @@ def frames(params: RunParams, layout: str, readout: str = "calib") -> Iterator[R
 
     if readout not in READOUTS:
         raise ValueError(f"readout {readout!r}: one of {READOUTS}")
-    pixels = pixel_map(layout, distance_m=params.detector.distance_m)
+    pixels = pixel_map(layout, distance_m=params.detector.distance_m, detector=params.detector.name)
     for pulse_id in range(params.n_frames):
         rng = np.random.default_rng([params.seed, pulse_id])
         if readout == "dark":  # the beam off: read-out noise on the pedestals
@@ -134,7 +141,7 @@ def frames(params: RunParams, layout: str, readout: str = "calib") -> Iterator[R
         else:
             photons, truth = simulate_photons(pixels, params, rng)
         adu = to_adu(photons, params, rng)
-        adu = to_raw(adu, params) if readout != "calib" else adu
+        adu = to_raw(adu, params, _forced_stage(params, pulse_id, readout)) if readout != "calib" else adu
         adu[~pixels.mask] = 0
         yield RunEvent(
             timestamp=(pulse_id + 1) * TIMESTAMP_STEP,
@@ -149,14 +156,28 @@ def frames(params: RunParams, layout: str, readout: str = "calib") -> Iterator[R
         )
 
 
+def _forced_stage(params: RunParams, pulse_id: int, readout: str) -> int | None:
+    """A gain-switching detector's dark run forces each gain stage in turn, in equal parts of the
+    run (as Jungfrau darks are taken), so that each stage's pedestals can be measured."""
+    stages = len(params.detector.stage_gain_adu)
+    return pulse_id * stages // params.n_frames if readout == "dark" and stages else None
+
+
+def gain_file(run_path: Path) -> Path:
+    """Where a simulated raw or dark run of a gain-switching detector has its unit's gains (ADC
+    per keV, (stages, *raw shape), .npy): what the detector's gain calibration would give."""
+    return run_path.with_name(run_path.name + ".gain.npy")
+
+
 def describe_experiment(params: RunParams, layout: str) -> dict[str, Any]:
     """What indexing needs of a simulated run, for its sidecar (`sources.experiment` reads it): its
     beam, its detector, and as bad pixels the simulator's hot and dead ones (what a dark run's
     status would flag), as flat indices."""
-    shape = geometry.pixel_map(layout, params.detector.distance_m).mask.shape
+    shape = geometry.pixel_map(layout, params.detector.distance_m, detector=params.detector.name).mask.shape
     pattern = fixed_pattern(params.detector, pattern_seed(params), shape)
     offset_x, offset_y = params.beam.detector_offset_mm
     return {
+        "detector": params.detector.name,
         "photon_energy_ev": params.beam.photon_energy_ev,
         "distance_m": params.detector.distance_m,
         "adu_per_photon": params.detector.adu_per_photon,
