@@ -4,15 +4,19 @@ geometry tables and the model input follow the description, not the CSPAD."""
 from __future__ import annotations
 
 import dataclasses
+import re
+import shlex
 import subprocess
 import sys
 
+import crystfel_build
 import numpy as np
 import pytest
 
 from hitveto.io import geometry
 from hitveto.models import preprocess
 from hitveto.offline.datasets import input_spec
+from hitveto.offline.indexing import indexed_events
 from hitveto.sim.params import PRESETS, on_detector
 from hitveto.sim.run import frames
 from hitveto_client import detectors
@@ -90,15 +94,16 @@ def test_model_input_follows_the_detector(name):
 
 
 @pytest.mark.slow
-def test_the_jungfrau_demo_calibrates_raw_frames_and_stores_hits_for_crystfel(tmp_path):
+def test_the_jungfrau_demo_calibrates_raw_frames_and_its_hits_index(tmp_path):
+    program = crystfel_build.indexamajig()
     work = tmp_path / "demo"
     done = subprocess.run(
         [sys.executable, "-m", "hitveto.cli", "demo", "--detector", "jungfrau4m", "--workdir", str(work),
-         "--frames", "24", "--rate", "10"],
+         "--frames", "48", "--rate", "10"],
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "accounting         sent 24 = " in done.stdout and ": OK" in done.stdout
+    assert "accounting         sent 48 = " in done.stdout and ": OK" in done.stdout
     experiment, shape = read_experiment(work / "hits" / "hits-0000.cxi")
     assert experiment.detector == "jungfrau4m" and shape == detectors.JUNGFRAU4M.raw_shape
     assert experiment.mask is not None and experiment.mask.any()  # the dark's bad pixels
@@ -108,3 +113,18 @@ def test_the_jungfrau_demo_calibrates_raw_frames_and_stores_hits_for_crystfel(tm
     geom = (work / "hits" / "hits.geom").read_text()
     assert "res = 13333.3333" in geom and geom.count("/corner_x") == 64
     assert "--threshold=41 " in done.stdout  # peakfinder8's threshold in keV: 4.3 photons of 9.5 keV
+    (line,) = [x for x in done.stdout.splitlines() if x.startswith("index them")]
+    command = shlex.split(line.removeprefix("index them").strip())
+    indexed = subprocess.run([str(program), *command[1:]], capture_output=True, text=True, timeout=900)
+    assert indexed.returncode == 0, indexed.stderr[-2000:]
+    stream = (work / "hits" / "hits.stream").read_text()
+    cells = np.array(
+        [
+            [float(v) for v in m.groups()]
+            for m in re.finditer(r"^Cell parameters (\S+) (\S+) (\S+) nm", stream, re.M)
+        ]
+    )
+    truth = [t for t in columns.get("truth/n_strong_spots", []) if t >= 100]
+    assert len(indexed_events(stream)) >= len(truth) // 2 >= 2  # half the strong hits kept, at least
+    expected = np.array(PRESETS["lysozyme"].crystal.cell_a) / 10  # nm
+    assert np.all(np.abs(np.median(cells, axis=0) / expected - 1) < 0.005)

@@ -13,7 +13,7 @@ LABEL_PROTOCOLS = ("quartile", "min-peaks", "truth")  # offline/labels.py: PROTO
 
 
 def register(sub: Any) -> None:
-    for add in (add_train, add_evaluate, add_audit, add_adapt, add_profile, add_inspect):
+    for add in (add_train, add_evaluate, add_threshold, add_audit, add_adapt, add_profile, add_inspect):
         add(sub)
 
 
@@ -102,6 +102,7 @@ def add_evaluate(sub: Any) -> None:
         help="the indexability floor: peakfinder8 peaks, and strong spots of the truth, of a hit",
     )
     s.add_argument("--out", type=Path, help="write evaluation.json and evaluation.png here")
+    s.add_argument("--constants", type=Path, help="raw runs: calibrate them with these (hitveto dark)")
     c = s.add_argument_group("CrystFEL as the reference (indexed = hit)")
     c.add_argument("--crystfel", action="store_true", help="index every frame with indexamajig first")
     c.add_argument("--indexamajig", default="indexamajig", help="the program (default: on PATH)")
@@ -112,6 +113,7 @@ def add_evaluate(sub: Any) -> None:
 
 
 def evaluate(args: argparse.Namespace) -> int:
+    from hitveto.io import calibration
     from hitveto.offline.evaluate import evaluate_runs
     from hitveto.offline.indexing import IndexingOptions
 
@@ -123,7 +125,50 @@ def evaluate(args: argparse.Namespace) -> int:
         else None
     )
     runs = tuple(args.runs)
-    print(evaluate_runs(args.artifact, runs, min_peaks=args.min_peaks, out_dir=args.out, indexing=indexing))
+    constants = calibration.load(args.constants) if args.constants else None
+    print(
+        evaluate_runs(
+            args.artifact,
+            runs,
+            min_peaks=args.min_peaks,
+            out_dir=args.out,
+            indexing=indexing,
+            constants=constants,
+        )
+    )
+    return 0
+
+
+def add_threshold(sub: Any) -> None:
+    s = sub.add_parser(
+        "threshold", help="a model's threshold calibrated again on validation runs (same weights)"
+    )
+    s.add_argument("artifact", type=Path)
+    s.add_argument("runs", type=Path, nargs="+", help="validation runs the model was not trained on")
+    s.add_argument("--out", type=Path, required=True, help="the model with the new threshold")
+    s.add_argument("--target-sensitivity", type=float, default=0.995)
+    s.add_argument(
+        "--min-peaks", type=int, default=MIN_PEAKS_FOR_HIT, help="strong spots (truth), else peaks, of a hit"
+    )
+    s.add_argument("--constants", type=Path, help="raw runs: calibrate them with these (hitveto dark)")
+    s.set_defaults(func=threshold)
+
+
+def threshold(args: argparse.Namespace) -> int:
+    from hitveto.io import calibration
+    from hitveto.offline.threshold import recalibrate
+
+    constants = calibration.load(args.constants) if args.constants else None
+    print(
+        recalibrate(
+            args.artifact,
+            tuple(args.runs),
+            args.out,
+            target_sensitivity=args.target_sensitivity,
+            min_peaks=args.min_peaks,
+            constants=constants,
+        )
+    )
     return 0
 
 

@@ -74,7 +74,9 @@ class Constants:
             raise ValueError("gain-switching detectors: common mode 'none' (psana's default for them)")
         object.__setattr__(self, "_bad", np.flatnonzero(self.status))
         object.__setattr__(self, "_bad_mask", (self.status != 0).astype(np.uint8))
-        pedestal16 = np.clip(np.rint(self.pedestal), -(1 << 15), (1 << 15) - 1).astype(np.int16)
+        pedestal16 = np.zeros(0, np.int16)  # gain stages: calibrated in float32, no int16 pedestal
+        if self.gain_factor is None:
+            pedestal16 = np.clip(np.rint(self.pedestal), -(1 << 15), (1 << 15) - 1).astype(np.int16)
         object.__setattr__(self, "_pedestal16", pedestal16)
         noise = np.median(_asic_sample(self.noise), axis=-1, keepdims=True)
         object.__setattr__(self, "_window", (COMMON_MODE_WINDOW * noise).astype(np.float32))

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from hitveto.io.calibration import Constants
 from hitveto.models import artifact
 from hitveto.offline import labels
 from hitveto.offline.indexing import IndexingOptions, indexed_frames
@@ -30,6 +31,7 @@ def evaluate_runs(
     min_peaks: int = labels.MIN_PEAKS_FOR_HIT,
     out_dir: Path | None = None,
     indexing: IndexingOptions | None = None,
+    constants: Constants | None = None,
 ) -> str:
     """The report as text; with out_dir, also `evaluation.json` and `evaluation.png` there.
 
@@ -41,7 +43,7 @@ def evaluate_runs(
 
     art = artifact.read(artifact_path)
     params = PeakFinderParams(**art.info.training.get("peakfinder8", {}))
-    data = load_runs(runs, art.spec, params)
+    data = load_runs(runs, art.spec, params, constants=constants)
     engine = Engine(art, device="cpu", max_batch=64)
     scores = engine.score(list(data.regions))  # views, no copy
     result = summarise(scores, data, art.info.threshold, min_peaks)
