@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from hitveto.io import geometry
-from hitveto.models import preprocess
+from hitveto.models import artifact, preprocess
 from hitveto.offline.datasets import input_spec
 from hitveto.offline.indexing import indexed_events
 from hitveto.sim.params import PRESETS, on_detector
@@ -41,6 +41,13 @@ def test_each_description_matches_its_psana_geometry(name):
     r, c = geometry.beam_pixel(name)
     assert image[r, c] == 0  # the hole
     assert image.sum() > 0.9 * np.prod(detector.raw_shape)  # nearest-pixel assembly loses few
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_detector_has_a_shipped_full_detector_model(name):
+    shipped = artifact.read(artifact.SHIPPED[name])
+    assert shipped.info.detector == name and shipped.spec.layout == "raw"
+    assert shipped.spec.raw_shape == detectors.get(name).raw_shape
 
 
 def test_unknown_detector_names_those_known():

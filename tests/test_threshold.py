@@ -13,7 +13,7 @@ from hitveto.sim.run import simulate_runs
 
 
 def test_the_new_threshold_keeps_the_target_share_of_the_runs_hits(tmp_path):
-    (run,) = simulate_runs(tmp_path, runs=[9], n_frames=40, preset="lysozyme", layout="raw", fmt="cxi", seed=12)
+    (run,) = simulate_runs(tmp_path, runs=[9], n_frames=40, preset="lysozyme", fmt="cxi", seed=12)
     out = tmp_path / "recalibrated.pt"
     text = recalibrate(artifact.DEFAULT_ARTIFACT, (run,), out, target_sensitivity=0.995, min_peaks=10)
     old, new = artifact.read(artifact.DEFAULT_ARTIFACT), artifact.read(out)

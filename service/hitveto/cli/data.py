@@ -161,7 +161,9 @@ def add_demo(sub: Any) -> None:
     s.add_argument("--workdir", type=Path, default=Path("demo-out"))
     s.add_argument("--frames", type=int, default=240)
     s.add_argument("--rate", type=float, default=120.0, help="frames/s (LCLS-I: 120)")
-    s.add_argument("--detector", default="cspad", help="cspad, or jungfrau4m (raw frames and their dark)")
+    s.add_argument(
+        "--detector", default="cspad", help="cspad; jungfrau4m or epix10k2m: raw frames and their dark"
+    )
     s.set_defaults(func=demo)
 
 

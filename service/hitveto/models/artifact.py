@@ -28,7 +28,11 @@ INFO_NAME = "hitveto.json"
 INDEX_NAME = "roi_index.npy"
 DEFAULT_ARTIFACT = Path(__file__).parent / "default.pt"  # the full-detector model (raw layout)
 # the full-detector model shipped for each detector (docs/MODEL.md says how each was trained)
-SHIPPED = {"cspad": DEFAULT_ARTIFACT, "jungfrau4m": Path(__file__).parent / "jungfrau4m.pt"}
+SHIPPED = {
+    "cspad": DEFAULT_ARTIFACT,
+    "jungfrau4m": Path(__file__).parent / "jungfrau4m.pt",
+    "epix10k2m": Path(__file__).parent / "epix10k2m.pt",
+}
 REGION_ARTIFACT = Path(__file__).parent / "region.pt"  # the region model, the default until stop 28
 MAX_ARTIFACT_BYTES = 1 << 30  # a model file larger than this is refused before it is read
 READ_TIMEOUT_S = 30.0  # reading it must not take longer (a stalled network mount)
