@@ -5,10 +5,13 @@ detector unit 1 (lysozyme), constants from the dark (`hitveto dark`; gain-switch
 the unit's gain map). On one core (torch with one thread), the median of three passes over the
 frames: reading the raw frame once (a sum: the floor of any pass), calibration and pool to the
 model's input as the daemon does it (InputGuard.prepare: one compiled pass), calibration of the
-whole frame (what hit files store), and the full-detector model at batch 1 and 8 (the shipped model
-for the detector; where none is shipped, the same network untrained: the time is the same). Then the
-daemon on this machine's cores, raw frames in with the constants, offered at fixed rates: the frames
-per second sustained with no fallback keep, and the verdict latency. Saves JSON and a PNG.
+whole frame (what hit files store), the full-detector model at batch 1 and 8 (the shipped model
+for the detector; where none is shipped, the same network untrained: the time is the same), and
+peakfinder8 on the whole calibrated frame (the ratio: peakfinder8 over calibration, pool and model
+at batch 8). The transport's ceiling: raw frames pushed through a ZeroMQ socket on loopback, as
+fast as it takes them. Then the daemon on this machine's cores, raw frames in with the constants,
+offered at fixed rates: the frames per second sustained with no fallback keep, and the verdict
+latency. Saves JSON and a PNG.
 
     python benchmarks/detectors.py [--frames 8] [--seconds 5] [--detectors cspad jungfrau4m epix10k2m]
 """
@@ -17,12 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from hitveto.io import calibration, geometry, sources
+from hitveto.io.peaks import PeakFinderParams, detector_peak_finder
 from hitveto.models import artifact, networks, preprocess
 from hitveto.offline.dark import dark_constants
 from hitveto.serving.guard import InputGuard
@@ -35,6 +40,14 @@ from hitveto_client.protocol import EventKey
 from common import figure, machine, parser, record, subscribed, timed
 
 RATES = (30, 60, 120, 240, 0)  # offered frames/s; 0: as fast as the daemon takes them
+TIMED = (
+    "read once (sum)",
+    "calibrate + pool (daemon)",
+    "calibrate whole frame (hit files)",
+    "model, batch 1",
+    "model, batch 8 (per frame)",
+    "peakfinder8 (whole frame)",
+)  # ms a frame, one core: the plot
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +91,8 @@ def one_core(s: Setup) -> dict[str, float]:
     guard = InputGuard(str(s.constants_path), s.spec)
     net = torch.jit.load(str(s.model))
     inputs = [guard.prepare(f, {}, s.spec)[0] for f in s.frames]
+    calibrated = [calibration.calibrate(f, constants) for f in s.frames]
+    finder = detector_peak_finder(PeakFinderParams.for_gain(s.spec.adu_per_photon), s.detector)
     batch1 = [torch.from_numpy(np.ascontiguousarray(x, np.float32))[None] for x in inputs]
     batch8 = torch.from_numpy(np.stack(inputs[:8]).astype(np.float32))
     with torch.inference_mode():
@@ -90,8 +105,44 @@ def one_core(s: Setup) -> dict[str, float]:
             ),
             "model, batch 1": timed(net, batch1),
             "model, batch 8 (per frame)": timed(net, [batch8]) / len(batch8),
+            "peakfinder8 (whole frame)": timed(finder.count, calibrated),
         }
     return {k: round(v * 1e3, 3) for k, v in seconds.items()}
+
+
+def transport_ceiling(frame: np.ndarray, seconds: float = 3.0) -> float:
+    """Raw frames a second through a ZeroMQ PUSH -> PULL pair on loopback TCP (the daemon's ingest
+    is a ZeroMQ socket on the same path): the most any daemon here could take."""
+    import threading
+
+    import zmq
+
+    ctx = zmq.Context.instance()
+    pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    push.connect(f"tcp://127.0.0.1:{port}")
+    stop = threading.Event()
+
+    def send() -> None:
+        while not stop.is_set():
+            push.send(frame, copy=False)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    pull.recv()  # connected
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        pull.recv(copy=False)
+        n += 1
+    elapsed = time.perf_counter() - t0
+    stop.set()
+    while sender.is_alive():  # drain, so that a sender blocked on a full queue sees the stop
+        if pull.poll(10):
+            pull.recv(copy=False)
+        sender.join(0.01)
+    push.close(linger=0)
+    pull.close(linger=0)
+    return n / elapsed
 
 
 def end_to_end(s: Setup, seconds: float, log: Path) -> list[dict]:
@@ -161,11 +212,18 @@ def main() -> None:
         for name in args.detectors:
             s = setup(name, args.frames, Path(tmp) / name)
             stages[name] = {"raw frame MB": round(s.frames[0].nbytes / 1e6, 2), **one_core(s)}
+            ms = stages[name]
+            ms["peakfinder8 / (calibration + model)"] = round(
+                ms["peakfinder8 (whole frame)"]
+                / (ms["calibrate + pool (daemon)"] + ms["model, batch 8 (per frame)"]),
+                1,
+            )
+            ms["transport ceiling (frames/s)"] = round(transport_ceiling(s.frames[0]), 1)
             print(name, stages[name], flush=True)
             e2e += end_to_end(s, args.seconds, args.out / f"detectors-daemon-{name}.log")
             for r in e2e[-len(RATES) :]:
                 print(f"  offered {r['offered_hz'] or 'max'} Hz -> {r['achieved_hz']} Hz", r, flush=True)
-    per_frame = {d: {k: v for k, v in ms.items() if k != "raw frame MB"} for d, ms in stages.items()}
+    per_frame = {d: {k: ms[k] for k in TIMED} for d, ms in stages.items()}
     record(
         args.out / "detectors.json",
         {"meta": machine(seconds_per_point=args.seconds), "one_core_ms": stages, "e2e": e2e},

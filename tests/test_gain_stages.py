@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hitveto.io import calibration, sources
-from hitveto.io.peaks import PeakFinderParams
+from hitveto.io.peaks import PeakFinderParams, detector_peak_finder
 from hitveto.models import preprocess
 from hitveto.offline.dark import dark_constants
 from hitveto.offline.datasets import input_spec, load_runs
@@ -152,9 +152,12 @@ def test_the_trainer_calibrates_raw_runs_as_the_daemon_does(dark, tmp_path):
         tmp_path, runs=[3], n_frames=3, readout="raw", detector="jungfrau4m", fmt="cxi", seed=6
     )
     spec = input_spec(350, 9.5, "raw", "jungfrau4m")
-    data = load_runs((raw,), spec, PeakFinderParams.for_gain(9.5), count_peaks=False, constants=constants)
+    params = PeakFinderParams.for_gain(9.5)
+    data = load_runs((raw,), spec, params, constants=constants)
     frames_in = [e.image for e in sources.events(raw)]
     expected = [calibration.calibrate_pooled(f, constants, 4, 8)[0] for f in frames_in]
     assert np.array_equal(np.asarray(data.regions), np.stack(expected))
+    finder = detector_peak_finder(params, "jungfrau4m")  # on the calibrated pixels, not the words
+    assert list(data.peaks) == [finder.count(calibration.calibrate(f, constants)) for f in frames_in]
     with pytest.raises(ValueError, match="constants"):  # raw words are never learnt as they are
         load_runs((raw,), spec, PeakFinderParams.for_gain(9.5), count_peaks=False)

@@ -82,7 +82,7 @@ def load_runs(
     for path in paths:
         calibrate_with = _calibration_for(path, spec, constants)
         stored = sources.run_file(path)
-        cache = _peak_cache(stored, params, limit, spec)
+        cache = _peak_cache(stored, params, limit, spec, calibrate_with)
         counted = list(np.load(cache)) if cache.exists() else None
         start = len(peaks)
         to_model_gain = gain_scale(path, spec)
@@ -97,7 +97,10 @@ def load_runs(
         ):
             roi = model_input(ev.image, spec, calibrate_with)
             regions.add(roi if to_model_gain is None else to_model_gain(roi))
-            peaks.append(counted[i] if counted is not None else counter(ev.image, roi))
+            frame = ev.image
+            if counted is None and count_peaks and calibrate_with is not None:
+                frame = calibration.calibrate(frame, calibrate_with)  # peakfinder8 reads calibrated pixels
+            peaks.append(counted[i] if counted is not None else counter(frame, roi))
             crystals.append(ev.truth.get("n_crystals", -1))
             spots.append(ev.truth.get("n_strong_spots", -1))
             kinds.append(ev.truth.get("kind", -1))
@@ -189,9 +192,18 @@ def peak_counter(
     return lambda _, roi: finder.count(roi)
 
 
-def _peak_cache(path: Path, params: PeakFinderParams, limit: int | None, spec: preprocess.InputSpec) -> Path:
-    """Where a run's peak counts for these peakfinder8 settings are kept (labelling is the slow part)."""
+def _peak_cache(
+    path: Path,
+    params: PeakFinderParams,
+    limit: int | None,
+    spec: preprocess.InputSpec,
+    constants: Constants | None = None,
+) -> Path:
+    """Where a run's peak counts for these peakfinder8 settings (and, for a raw run, the constants
+    it is calibrated with) are kept: labelling is the slow part."""
     what: tuple[object, ...] = (dataclasses.astuple(params), limit, path.stat().st_size)
+    if constants is not None:
+        what += (hashlib.sha256(constants.pedestal.tobytes()).hexdigest(),)
     if spec.layout == "raw":  # counted on the whole detector
         what += ("raw",)
     key = hashlib.sha256(repr(what).encode())
