@@ -50,6 +50,14 @@ def test_each_detector_has_a_shipped_full_detector_model(name):
     assert shipped.spec.raw_shape == detectors.get(name).raw_shape
 
 
+def test_a_daqs_detector_name_maps_to_the_description_its_frames_fit():
+    # psana names a Jungfrau 4M `jungfrau`, as it names a 0.5M module: the frames' shape tells them
+    assert detectors.describing("jungfrau", (8, 512, 1024)) == "jungfrau4m"
+    assert detectors.describing("epix10k2M", (16, 352, 384)) == "epix10k2m"
+    assert detectors.describing("jungfrau", (1, 512, 1024)) == "jungfrau"  # no such description
+    assert detectors.describing("cspad", (350, 350)) == "cspad"  # a known name stays
+
+
 def test_unknown_detector_names_those_known():
     with pytest.raises(KeyError, match="jungfrau4m"):
         detectors.get("agipd1m")

@@ -98,3 +98,14 @@ def get(name: str) -> Detector:
 def of_shape(shape: tuple[int, ...]) -> Detector | None:
     """The detector whose raw stack has this shape, or None."""
     return next((d for d in DETECTORS.values() if d.raw_shape == tuple(shape)), None)
+
+
+def describing(name: str, shape: tuple[int, ...]) -> str:
+    """hitveto's name for frames read under a DAQ's detector name (psana's `jungfrau` of a 4M is
+    hitveto's `jungfrau4m`): the name itself where hitveto knows it, else the description whose raw
+    stack has the frames' shape, else the name as it is (a daemon then keeps them unjudged as
+    `unknown_detector`)."""
+    if name in DETECTORS:
+        return name
+    known = of_shape(shape)
+    return known.name if known is not None else name

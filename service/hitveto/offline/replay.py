@@ -17,6 +17,7 @@ from hitveto.io import calibration, crystfel, sources, xtc2
 from hitveto.io.calibration import Constants
 from hitveto.offline.reprocess import Row, write_verdicts
 from hitveto.serving.launcher import DaemonProcess, start_daemon
+from hitveto_client import detectors
 from hitveto_client.cxi import UNKNOWN, CxiWriter, Experiment
 from hitveto_client.hitwriter import Frame, Summary, stream
 from hitveto_client.protocol import EventKey
@@ -131,5 +132,6 @@ class _Calibrating:
 
 
 def _frame(ev: xtc2.RunEvent, run: int, detector: str) -> Frame:
-    key = EventKey(run=run, pulse_id=ev.pulse_id, timestamp=ev.timestamp, detector=detector)
+    name = detectors.describing(detector, ev.image.shape)  # a DAQ's `jungfrau` of 8 modules: jungfrau4m
+    key = EventKey(run=run, pulse_id=ev.pulse_id, timestamp=ev.timestamp, detector=name)
     return Frame(key=key, image=ev.image, truth=ev.truth)
