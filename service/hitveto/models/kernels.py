@@ -158,15 +158,9 @@ def calibrate_stages_pool(
                 _calibrate_stage_row(
                     raw[p, r], stages, pedestal[:, p, r], factor[:, p, r], bad[p, r], data_bits, mask, top
                 )
+                r += 1
                 _calibrate_stage_row(
-                    raw[p, r + 1],
-                    stages,
-                    pedestal[:, p, r + 1],
-                    factor[:, p, r + 1],
-                    bad[p, r + 1],
-                    data_bits,
-                    mask,
-                    bottom,
+                    raw[p, r], stages, pedestal[:, p, r], factor[:, p, r], bad[p, r], data_bits, mask, bottom
                 )
                 for k in range(len(blocks)):
                     blocks[k] = _capped_block_float(
@@ -174,12 +168,12 @@ def calibrate_stages_pool(
                     )
                 _max_into(out[p, i], blocks, half, a == 0)
         s = sample_stride
-        for i in range(sample.shape[1]):
+        for i in range(sample.shape[1]):  # only the sampled pixels, as calibrate_pool's sample
             r = i * s
+            ped, fac = pedestal[:, p, r, ::s], factor[:, p, r, ::s]
             _calibrate_stage_row(
-                raw[p, r], stages, pedestal[:, p, r], factor[:, p, r], bad[p, r], data_bits, mask, top
+                raw[p, r, ::s], stages, ped, fac, bad[p, r, ::s], data_bits, mask, sample[p, i]
             )
-            sample[p, i] = top[::s]
 
 
 @numba.njit(nogil=True, cache=True)
