@@ -87,11 +87,14 @@ class _StageSums:
         stages = len(self.bits.stage_codes) if self.bits else 1
         if self.total.size == 0:
             self.total, self.total_sq, self.count = (np.zeros((stages, *frame.shape)) for _ in range(3))
-        if self.bits is None:
-            stage, adc = np.zeros(frame.shape, np.uint8), frame.astype(np.float64)
-        else:
-            stage = calibration.stage_of_codes(self.bits)[frame >> self.bits.data_bits]
-            adc = (frame & self.bits.data_mask).astype(np.float64)
+        if self.bits is None:  # one gain: every pixel reads it, no mask to build
+            adc = frame.astype(np.float64)
+            self.total[0] += adc
+            self.total_sq[0] += adc * adc
+            self.count[0] += 1
+            return
+        stage = calibration.stage_of_codes(self.bits)[frame >> self.bits.data_bits]
+        adc = (frame & self.bits.data_mask).astype(np.float64)
         for k in range(stages):
             read = stage == k
             self.total[k] += np.where(read, adc, 0)
