@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from hitveto.serving.launcher import start_daemon
@@ -29,6 +31,7 @@ def test_process_reports_ready_and_drains_on_sigterm(tiny_artifact, tmp_path):
             for i in range(n):
                 veto.send(EventKey(run=1, pulse_id=i), image)
             assert daemon.stop() == 0  # SIGTERM while frames are in flight
+            assert not Path(daemon.control.removeprefix("ipc://")).parent.exists()  # nothing left in /tmp
             decisions = veto.flush(timeout_s=10)
     finally:
         daemon.process.kill()

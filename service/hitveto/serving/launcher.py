@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,10 +32,13 @@ class DaemonProcess:
     log_path: Path | None = None
 
     def stop(self, timeout_s: float = 20.0) -> int:
-        """SIGTERM (the daemon drains), then wait; returns the exit code."""
+        """SIGTERM (the daemon drains), then wait; returns the exit code. The control socket's
+        folder goes with it (restart() makes it again)."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout_s)
+        code = self.process.wait(timeout_s)
+        shutil.rmtree(_socket_folder(self.control), ignore_errors=True)
+        return code
 
     def rss_mb(self) -> float:
         """The process's resident memory now (MB), from /proc; NaN once it has exited."""
@@ -49,6 +53,7 @@ class DaemonProcess:
         """Start the same command on the same endpoints once this process has ended, as systemd's
         Restart= does; returns the new process, READY."""
         self.process.wait()
+        _socket_folder(self.control).mkdir(mode=0o700, exist_ok=True)
         process, messages = _launch(self.command, self.log_path, timeout_s)
         return dataclasses.replace(self, process=process, messages=messages)
 
@@ -96,6 +101,7 @@ def start_daemon(
             process, messages = _launch(tuple(cmd), log_path, timeout_s)
             break
         except DaemonExited:
+            shutil.rmtree(_socket_folder(control), ignore_errors=True)
             if attempt == LAUNCH_ATTEMPTS:
                 raise
     return DaemonProcess(
@@ -108,6 +114,11 @@ def start_daemon(
         command=tuple(cmd),
         log_path=log_path,
     )
+
+
+def _socket_folder(control: str) -> Path:
+    """The owner-only temporary folder start_daemon made for an ipc:// control socket."""
+    return Path(control.removeprefix("ipc://")).parent
 
 
 def _launch(
