@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hitveto.io import xtc2
+from hitveto.io.psana_import import import_psana
 from hitveto.io.xtc2 import (
     DetectorNotInRun,
     RunEvent,
@@ -20,6 +22,7 @@ from hitveto.io.xtc2 import (
     smalldata_path,
     write_run,
 )
+from hitveto_client import detectors
 
 MPIRUN = Path(sys.executable).with_name("mpirun")
 
@@ -169,3 +172,26 @@ def test_real_jungfrau_frames_sent_to_a_cspad_model_are_kept_not_judged(tmp_path
     assert done.returncode == 0, done.stderr
     assert "kept by fallback   2 (malformed 2)" in done.stdout  # the daemon's unknown_detector
     assert "frames written     2" in done.stdout
+
+
+@pytest.mark.parametrize("name", ["jungfrau4m", "epix10k2m"])
+def test_a_raw_stack_is_written_as_the_daqs_own_detector_and_read_as_psana_users_read_it(tmp_path, name):
+    """Raw Jungfrau and ePix10ka runs are the DAQ's segments of psana's own dettype, read by its
+    class (`run.Detector(name).raw.raw`), the truth beside them; calibrated frames stay in hitveto's
+    container."""
+    description = detectors.get(name)
+    raw, calibrated = make_events(description.raw_shape, np.uint16, n=2), make_events((8, 16, 32), np.float32)
+    write_run(tmp_path / "raw.xtc2", iter(raw), detector=name)
+    write_run(tmp_path / "calib.xtc2", iter(calibrated), detector=name)
+    assert_same(raw, list(read_run(tmp_path / "raw.xtc2", detector=name)))
+    assert_same(calibrated, list(read_run(tmp_path / "calib.xtc2", detector=name)))
+
+    ds = import_psana().DataSource(files=[str(tmp_path / "raw.xtc2")], skip_calib_load="all")
+    run = next(ds.runs())
+    assert xtc2.detectors(run) == {name: description.psana_dettype, "hitveto": "generic_container"}
+    psana_class = run.Detector(name).raw
+    version = "_".join(map(str, description.psana_raw_version))
+    assert type(psana_class).__name__ == f"{description.psana_dettype}_raw_{version}"
+    assert np.array_equal(psana_class.raw(next(run.events())), raw[0].image)
+    ds = import_psana().DataSource(files=[str(tmp_path / "calib.xtc2")], skip_calib_load="all")
+    assert xtc2.detectors(next(ds.runs())) == {name: "generic_container"}

@@ -43,6 +43,9 @@ class Detector:
     asic_shape: tuple[int, int]  # the blocks that share a common mode
     geometry_file: str  # psana's geometry-def file: in psana's wheel, else in hitveto.io.geometry_data
     psana_dettype: str  # psana's detector type: what run.Detector(name) reports
+    # The version of the `raw` algorithm psana's class for the dettype reads (jungfrau 0.2.0:
+    # jungfrau_raw_0_2_0), as the simulator writes raw runs; None: runs in hitveto's container.
+    psana_raw_version: tuple[int, int, int] | None = None
     calibrated_unit: str  # what a calibrated pixel counts: "ADU" or "keV"
     gain: GainBits | None = None  # None: one gain, the raw word is the ADC value
 
@@ -70,6 +73,7 @@ JUNGFRAU4M = Detector(
     asic_shape=(256, 256),
     geometry_file="geometry-def-jungfrau4M.data",
     psana_dettype="jungfrau",
+    psana_raw_version=(0, 2, 0),
     calibrated_unit="keV",
     gain=GainBits(data_bits=14, stage_codes=(0, 1, 3)),
 )
@@ -81,6 +85,7 @@ EPIX10K2M = Detector(
     asic_shape=(176, 192),
     geometry_file="geometry-def-epix10k2m.data",
     psana_dettype="epix10ka",
+    psana_raw_version=(2, 0, 1),
     calibrated_unit="keV",
     gain=GainBits(data_bits=14, stage_codes=(0, 1)),
 )

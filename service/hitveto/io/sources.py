@@ -23,10 +23,12 @@ from hitveto_client.cxi import MASK_DEAD, MASK_HOT, MASK_INVALID, Experiment
 CXI_SUFFIXES = (".cxi", ".h5", ".hdf5")
 
 
-def events(path: Path, *, detector: str = "cspad", limit: int | None = None) -> Iterator[RunEvent]:
-    """Events of one run file, in order; at most `limit`."""
+def events(path: Path, *, detector: str | None = None, limit: int | None = None) -> Iterator[RunEvent]:
+    """Events of one run file, in order; at most `limit`. The detector read from an xtc2 run is
+    the one its sidecar names (the CSPAD where none) unless given."""
     dataset = _dataset(path)
     path = Path(path)
+    detector = detector or detector_of(path)
     if dataset is not None:
         from hitveto.io.xtc2 import read_experiment_run
 

@@ -10,14 +10,14 @@ run=)` opens `DataSource(exp=, run=, dir=)`, which needs the index and is the mo
 parallel under `mpirun` (offline it relies on `hitveto.io.psana_import`'s logbook workaround). psana
 finds a run's files by run number alone, so keep one experiment per directory.
 
-Dgrams: Configure declares the detector (dettype `generic_container`, algorithm `xtc1dump` 0.1.0,
-the psana detector class for containers of named arrays: `image`, `pulse_id` and one int64 scalar
-per truth field) and `runinfo` (expt, runnum); then BeginRun (runinfo), BeginStep, Enable, one
-L1Accept per frame, Disable, EndStep, EndRun. Always `skip_calib_load="all"`: offline, psana must
-not look for SLAC's calibration database.
+Dgrams: Configure declares the detector (`xtc2_layouts`: a Jungfrau's or an ePix10ka's raw stack
+as the DAQ's segments of its own dettype, anything else in hitveto's container) and `runinfo`
+(expt, runnum); then BeginRun (runinfo), BeginStep, Enable, one L1Accept per frame, Disable,
+EndStep, EndRun. Always `skip_calib_load="all"`: offline, psana must not look for SLAC's
+calibration database.
 
-A DAQ's run holds its detectors as their own dettypes (`jungfrau`, `epix10ka`, ...): those are read
-through psana's detector interface, `run.Detector(name).raw.raw(evt)`, the raw stack as recorded.
+Every run, simulated or a beamline's, is read as psana users read it: a DAQ detector through
+`run.Detector(name).raw.raw(evt)`, the raw stack as recorded.
 """
 
 from __future__ import annotations
@@ -26,17 +26,18 @@ import logging
 import os
 import re
 import subprocess
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from hitveto.io import xtc2_layouts
 from hitveto.io.psana_import import import_psana, psana_tool
+from hitveto.io.xtc2_layouts import CONTAINER, RESERVED, TRUTH_DETECTOR
 
 log = logging.getLogger("hitveto.xtc2")
-ALGORITHM = ("xtc1dump", 0, 1, 0)
-RESERVED = frozenset({"config", "image", "pulse_id"})
 DEFAULT_EXPERIMENT, DEFAULT_RUN = "xpptut15", 1
 DAQ_NAME = re.compile(r"(?P<exp>.+)-r(?P<run>\d{4})-s\d{3}-c\d{3}\.xtc2")
 
@@ -109,20 +110,9 @@ def _write_dgrams(
         dgram.save(buf)
         out.write(memoryview(buf)[: dgram.size])
 
-    names = sorted(first.truth)
-    clash = RESERVED.intersection(names)
-    if clash:
-        raise ValueError(f"truth field names {sorted(clash)} are reserved")
-    fields = {
-        "image": (first.image.dtype.type, first.image.ndim),
-        "pulse_id": (np.int64, 0),
-        **dict.fromkeys(names, (np.int64, 0)),
-    }
     ts = first.timestamp - 4  # the transitions take the timestamps before the first event
     config = de.DgramEdit(transition_id=T.Configure, ts=ts)
-    det = config.Detector(
-        de.DetectorDef(detector, "generic_container", "hitveto"), de.AlgDef(*ALGORITHM), fields
-    )
+    layout = xtc2_layouts.declare(de, config, detector, first)
     info = config.Detector(
         de.DetectorDef("runinfo", "runinfo", ""),
         de.AlgDef("runinfo", 0, 0, 1),
@@ -136,15 +126,10 @@ def _write_dgrams(
     for i, tid in enumerate((T.BeginStep, T.Enable), start=2):
         save(de.DgramEdit(transition_id=tid, config_dgramedit=config, ts=ts + i))
     n, ts = 0, first.timestamp - 1
-    data = getattr(det, ALGORITHM[0])
     for ev in _chain(first, events):
         _check(ev, first, ts)
         dgram = de.DgramEdit(transition_id=T.L1Accept, config_dgramedit=config, ts=ev.timestamp)
-        data.image = np.ascontiguousarray(ev.image)
-        data.pulse_id = int(ev.pulse_id)
-        for name in names:
-            setattr(data, name, int(ev.truth[name]))
-        dgram.adddata(data)
+        layout.fill(dgram, ev)
         save(dgram)
         n, ts = n + 1, ev.timestamp
     for i, tid in enumerate((T.Disable, T.EndStep, T.EndRun), start=1):
@@ -238,41 +223,42 @@ def read_live(tag: str, *, detector: str = "cspad", runs: int | None = None) -> 
 
 
 def _events(run, detector: str, *, parallel: bool) -> Iterator[RunEvent]:
-    algorithm = _algorithm(run, detector)
-    if algorithm == "raw":
-        yield from _detector_events(run, detector, parallel=parallel)
-        return
-    fields = _fields(run, detector)
+    """The detector's frames: a DAQ's as psana users read them (`run.Detector(name).raw.raw(evt)`,
+    the raw stack in its own dtype), or hitveto's container's `image`; with the pulse id and truth
+    of hitveto's container where the run has them, else the event count as pulse id (-1 under MPI,
+    where a rank sees only its share) and no truth."""
     number = int(getattr(run, "runnum", 0) or 0)
-    det = getattr(run.Detector(detector), ALGORITHM[0])
-    truth = [name for name in fields if name not in RESERVED]
-    has_pulse_id = "pulse_id" in fields
+    if _algorithm(run, detector) == "raw":
+        image_of = run.Detector(detector).raw.raw
+        container = TRUTH_DETECTOR if TRUTH_DETECTOR in detectors(run) else None
+    else:
+        image_of = getattr(run.Detector(detector), CONTAINER[0]).image
+        container = detector
+    read_truth = _truth_reader(run, container)
     for i, evt in enumerate(run.events()):
-        image = det.image(evt)
+        image = image_of(evt)
         if image is None:  # an event without this detector
             continue
-        # Without a stored pulse id the count is the id, which holds only when one reader sees all.
-        pulse_id = int(det.pulse_id(evt)) if has_pulse_id else (-1 if parallel else i)
-        yield RunEvent(
-            timestamp=int(evt.timestamp),
-            pulse_id=pulse_id,
-            image=image,
-            run=number,
-            truth={name: int(getattr(det, name)(evt)) for name in truth},
-        )
-
-
-def _detector_events(run, detector: str, *, parallel: bool) -> Iterator[RunEvent]:
-    """A DAQ's detector, read as psana users do: `run.Detector(name).raw.raw(evt)`, the raw stack
-    (segments, rows, columns) in the detector's own dtype; no truth; the event count as pulse id
-    (-1 under MPI, where a rank sees only its share)."""
-    number = int(getattr(run, "runnum", 0) or 0)
-    raw = run.Detector(detector).raw
-    for i, evt in enumerate(run.events()):
-        image = raw.raw(evt)
-        if image is not None:
+        pulse_id, truth = read_truth(evt)
+        if pulse_id is None:  # the count is the id, which holds only when one reader sees all
             pulse_id = -1 if parallel else i
-            yield RunEvent(timestamp=int(evt.timestamp), pulse_id=pulse_id, image=image, run=number)
+        yield RunEvent(timestamp=int(evt.timestamp), pulse_id=pulse_id, image=image, run=number, truth=truth)
+
+
+def _truth_reader(run, container: str | None) -> Callable[[Any], tuple[int | None, dict[str, int]]]:
+    """An event's pulse id (None where not stored) and truth fields, from hitveto's container."""
+    if container is None:
+        return lambda evt: (None, {})
+    fields = _fields(run, container)
+    data = getattr(run.Detector(container), CONTAINER[0])
+    names = [name for name in fields if name not in RESERVED]
+    has_pulse_id = "pulse_id" in fields
+
+    def read(evt) -> tuple[int | None, dict[str, int]]:
+        pulse_id = int(data.pulse_id(evt)) if has_pulse_id else None
+        return pulse_id, {name: int(getattr(data, name)(evt)) for name in names}
+
+    return read
 
 
 def detectors(run) -> dict[str, str]:
@@ -283,7 +269,7 @@ def detectors(run) -> dict[str, str]:
         for name in [n for n in dir(software) if not n.startswith("_")]:
             segments = getattr(software, name)
             segment = next(iter(segments.values()), None) if isinstance(segments, dict) else None
-            if hasattr(segment, ALGORITHM[0]) or hasattr(segment, "raw"):
+            if hasattr(segment, CONTAINER[0]) or hasattr(segment, "raw"):
                 found[name] = getattr(segment, "dettype", "?")
     return found
 
@@ -294,7 +280,7 @@ def _algorithm(run, detector: str) -> str:
         segments = getattr(getattr(config, "software", None), detector, None)
         if segments:
             segment = next(iter(segments.values()))
-            for algorithm in (ALGORITHM[0], "raw"):
+            for algorithm in (CONTAINER[0], "raw"):
                 if hasattr(segment, algorithm):
                     return algorithm
     have = ", ".join(f"{n} ({t})" for n, t in sorted(detectors(run).items())) or "none"
@@ -314,9 +300,9 @@ def _fields(run, detector: str) -> list[str]:
     for config in run.configs:
         segments = getattr(getattr(config, "software", None), detector, None)
         if segments:
-            declared = getattr(next(iter(segments.values())), ALGORITHM[0])
+            declared = getattr(next(iter(segments.values())), CONTAINER[0])
             return [n for n in dir(declared) if not n.startswith("_") and n not in ("software", "version")]
-    raise DetectorNotInRun(f"{detector}/{ALGORITHM[0]}: not in this run's Configure")
+    raise DetectorNotInRun(f"{detector}/{CONTAINER[0]}: not in this run's Configure")
 
 
 def _run_identity(path: Path, experiment: str | None, run: int | None) -> tuple[str, int]:
