@@ -141,8 +141,36 @@ def test_the_audit_estimate_of_a_full_detector_model_counts_peaks_on_the_whole_d
     assert (loss.audited, loss.audited_hits, loss.labels) == (6, 2, "peakfinder8 >= 10")
 
 
-def test_a_detector_smaller_than_the_count_window_is_judged():
+@pytest.mark.parametrize("architecture", ["panels", "panels-local"])
+def test_a_detector_smaller_than_the_count_window_is_judged(architecture):
     """The soft counts look at the frame's 128 brightest pixels, or all of a smaller detector's."""
-    net = networks.build("panels", 0, 35.0, torch.rand(2, 4, 6)).eval()
+    net = networks.build(architecture, 0, 35.0, torch.rand(2, 4, 6)).eval()
     scores = torch.jit.freeze(torch.jit.script(net))(torch.randint(0, 300, (3, 8, 6), dtype=torch.int32))
     assert scores.shape == (3,) and torch.isfinite(scores).all()
+
+
+def _ring_panels(spots: int) -> torch.Tensor:
+    """Two pooled panels (sqrt-photons): a bright smooth ring across the first (up to 9 above
+    the panel's mean), and `spots` single pooled pixels 4 above their surroundings on both."""
+    rows, cols = torch.meshgrid(torch.arange(40.0), torch.arange(60.0), indexing="ij")
+    ring = 9.0 * torch.exp(-(((rows**2 + cols**2).sqrt() - 30.0) ** 2) / 50.0)
+    panels = torch.stack([ring, torch.zeros_like(ring)]).unsqueeze(1)
+    for i in range(spots):
+        panels[i % 2, 0, 5 + 6 * (i // 2), 8 + 9 * (i // 2)] += 4.0
+    return panels
+
+
+def test_local_background_counts_spots_on_a_bright_ring_and_not_the_ring():
+    """Counted above their panel's mean, a ring's pixels outnumber a weak hit's spots; above their
+    neighbourhood's (panels-local), only the spots count, wherever they lie."""
+
+    def counted(architecture: str, spots: int) -> float:
+        net = networks.build(architecture, 0, 10.0, torch.rand(2, 40, 60)).net
+        with torch.no_grad():
+            panels = _ring_panels(spots)
+            panels = panels - panels.mean(dim=(2, 3), keepdim=True)
+            return float(torch.expm1(net.spot_counts(panels, 1))[0, 0])  # level 3
+
+    assert counted("panels", 0) > 40  # the ring alone "is" a hit
+    assert counted("panels-local", 0) < 1
+    assert 10 <= counted("panels-local", 12) <= 14

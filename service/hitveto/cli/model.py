@@ -31,8 +31,9 @@ def add_train(sub: Any) -> None:
     s.add_argument(
         "--arch",
         dest="architecture",
-        choices=["seed", "compact", "panels"],
-        help="default: seed for the roi layout, panels for raw",
+        choices=["seed", "compact", "panels", "panels-local"],
+        help="default: seed for the roi layout, panels for raw (panels-local: spots counted above "
+        "their neighbourhood, for low-noise detectors: docs/MODEL.md)",
     )
     s.add_argument(
         "--recipe",

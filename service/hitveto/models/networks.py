@@ -132,9 +132,10 @@ class PanelCNN(nn.Module):
     LEVELS = (3.0, 4.0, 5.0, 6.0)  # sqrt-photons above the panel's mean, where the counts start
     COUNTED = 128  # the brightest pixels of a frame that are counted: a count saturates there
 
-    def __init__(self, radius: torch.Tensor, channels: int = 8) -> None:
+    def __init__(self, radius: torch.Tensor, channels: int = 8, local_background: int = 0) -> None:
         super().__init__()
         self.panels, self.h, self.w = (int(s) for s in radius.shape)
+        self.local_background = local_background
         self.pad_h, self.pad_w = self.h % 2, self.w % 2  # space to depth needs even sides
         c = channels
         # Batch norm after each convolution (folded into it by torch.jit.freeze: free at
@@ -168,9 +169,7 @@ class PanelCNN(nn.Module):
         # the padding (0) looks like background. Without it the trunk's maxima sat on the padded
         # border at first and training never found the spots.
         panels = panels - panels.mean(dim=(2, 3), keepdim=True)
-        # Among the frame's brightest pixels only: a sigmoid on every pixel cost 8 ms a frame.
-        brightest = torch.topk(panels.reshape(b, 1, -1), self.counted, dim=2).values
-        counts = torch.log1p(torch.sigmoid(self.sharpness * (brightest - self.levels)).sum(dim=2))
+        counts = self.spot_counts(panels, b)
         if self.pad_h or self.pad_w:
             panels = nn.functional.pad(panels, (0, self.pad_w, 0, self.pad_h))
         f = self.first(nn.functional.pixel_unshuffle(panels, 2))
@@ -179,6 +178,24 @@ class PanelCNN(nn.Module):
         per_panel = torch.cat([f.amax(dim=(2, 3)), f.mean(dim=(2, 3))], dim=1).reshape(b, self.panels, -1)
         frame = torch.cat([per_panel.amax(dim=1), per_panel.mean(dim=1), counts], dim=1)
         return self.classify(frame).squeeze(1)
+
+    def spot_counts(self, panels: torch.Tensor, b: int) -> torch.Tensor:
+        """(b, levels) log(1 + soft count) of the pixels above each level: above their panel's
+        mean, or (local_background) above their neighbourhood's, so that a spot on a bright ring
+        counts and the ring does not (on the ePix10k2M's 400 test frames, counting pooled pixels
+        3 sqrt-photons above the 5 x 5 mean kept 99.5 % of the hits and dropped 98.7 % of the
+        frames without a crystal; above the panel's mean, 92.6 %)."""
+        above = panels - _local_mean(panels, self.local_background) if self.local_background > 0 else panels
+        # Among the frame's brightest pixels only: a sigmoid on every pixel cost 8 ms a frame.
+        brightest = torch.topk(above.reshape(b, 1, -1), self.counted, dim=2).values
+        return torch.log1p(torch.sigmoid(self.sharpness * (brightest - self.levels)).sum(dim=2))
+
+
+def _local_mean(panels: torch.Tensor, window: int) -> torch.Tensor:
+    """Each pooled pixel's neighbourhood mean (window x window, within its panel), separably."""
+    pad = window // 2
+    rows = nn.functional.avg_pool2d(panels, (window, 1), stride=1, padding=(pad, 0), count_include_pad=False)
+    return nn.functional.avg_pool2d(rows, (1, window), stride=1, padding=(0, pad), count_include_pad=False)
 
 
 def _halved(n: int) -> int:
@@ -205,8 +222,17 @@ class HitClassifier(nn.Module):
         return torch.sigmoid(self.logits(adu))
 
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"seed": SeedCNN, "compact": CompactCNN, "panels": PanelCNN}
-LAYOUT_OF = {"seed": "roi", "compact": "roi", "panels": "raw"}  # the input each architecture takes
+ARCHITECTURES: dict[str, type[nn.Module]] = {
+    "seed": SeedCNN,
+    "compact": CompactCNN,
+    "panels": PanelCNN,
+    "panels-local": PanelCNN,
+}
+# the input each architecture takes
+LAYOUT_OF = {"seed": "roi", "compact": "roi", "panels": "raw", "panels-local": "raw"}
+
+
+LOCAL_BACKGROUND = 5  # panels-local: spots counted above their 5 x 5 pooled pixels' mean
 
 
 def build(
@@ -219,7 +245,8 @@ def build(
     if LAYOUT_OF[architecture] == "raw":
         if radius is None:
             raise ValueError(f"{architecture!r} takes the whole detector: it needs the panels' radius map")
-        return HitClassifier(PanelCNN(radius), adu_per_photon)
+        window = LOCAL_BACKGROUND if architecture == "panels-local" else 0
+        return HitClassifier(PanelCNN(radius, local_background=window), adu_per_photon)
     return HitClassifier(ARCHITECTURES[architecture](roi), adu_per_photon)
 
 
