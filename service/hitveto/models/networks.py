@@ -108,12 +108,9 @@ class CompactCNN(nn.Module):
 class PanelCNN(nn.Module):
     """The whole detector: (B, n_panels * h, w) pooled panels in, one logit per frame out.
 
-    Its input is sqrt(photons) (Normalise, `input_transform`), each pixel less its background:
-    photon noise is then about the same everywhere, so "a pixel this far above its background"
-    means the same on a bright ring as on a dark panel. The background is the panel's mean
-    (`panels`) or, with `local_background` (`panels-local`), the mean of the pixel's 5 x 5 pooled
-    neighbourhood: a smooth ring or a water halo then stands no higher than a dark panel, and a
-    weak spot on it stands out (docs/MODEL.md). Two views of the frame meet in the last layers:
+    Its input is sqrt(photons) (Normalise, `input_transform`), each panel less its mean: photon
+    noise is then about the same everywhere, so "a pixel this far above its panel" means the same
+    on a bright ring as on a dark panel. Two views of the frame meet in the last layers:
 
     - **How many spots**: soft counts of the pixels above a few learned levels (sigmoids summed
       over the frame's 128 brightest pixels, levels starting at 3-6 sqrt-photons). A hit is "at
@@ -132,7 +129,7 @@ class PanelCNN(nn.Module):
     """
 
     input_transform = "sqrt"
-    LEVELS = (3.0, 4.0, 5.0, 6.0)  # sqrt-photons above the background, where the counts start
+    LEVELS = (3.0, 4.0, 5.0, 6.0)  # sqrt-photons above the panel's mean, where the counts start
     COUNTED = 128  # the brightest pixels of a frame that are counted: a count saturates there
 
     def __init__(self, radius: torch.Tensor, channels: int = 8, local_background: int = 0) -> None:
@@ -168,10 +165,10 @@ class PanelCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
         panels = x.reshape(b * self.panels, 1, self.h, self.w)
-        # Each pixel less its background: a spot stands out of 0 whatever the panel's background,
-        # and the padding (0) looks like background. Without it the trunk's maxima sat on the
-        # padded border at first and training never found the spots.
-        panels = panels - self.background(panels)
+        # Each panel less its mean: a spot stands out of 0 whatever the panel's background, and
+        # the padding (0) looks like background. Without it the trunk's maxima sat on the padded
+        # border at first and training never found the spots.
+        panels = panels - panels.mean(dim=(2, 3), keepdim=True)
         counts = self.spot_counts(panels, b)
         if self.pad_h or self.pad_w:
             panels = nn.functional.pad(panels, (0, self.pad_w, 0, self.pad_h))
@@ -182,22 +179,15 @@ class PanelCNN(nn.Module):
         frame = torch.cat([per_panel.amax(dim=1), per_panel.mean(dim=1), counts], dim=1)
         return self.classify(frame).squeeze(1)
 
-    def background(self, panels: torch.Tensor) -> torch.Tensor:
-        """Each pooled pixel's background: its panel's mean, or its neighbourhood's."""
-        if self.local_background > 0:
-            return _local_mean(panels, self.local_background)
-        return panels.mean(dim=(2, 3), keepdim=True)
-
     def spot_counts(self, panels: torch.Tensor, b: int) -> torch.Tensor:
-        """(b, levels) log(1 + soft count) of the pixels above each level over their background.
-
-        Above their panel's mean, a bright ring fills the counted pixels; above their
-        neighbourhood's, only spots count: on the ePix10k2M's 400 test frames, counting pooled
-        pixels 3 sqrt-photons above the 5 x 5 mean kept 99.5 % of the hits and dropped 98.7 % of
-        the frames without a crystal, above the panel's mean 92.6 % (Jungfrau 4M: 100 % and 93.3 %).
-        """
+        """(b, levels) log(1 + soft count) of the pixels above each level: above their panel's
+        mean, or (local_background) above their neighbourhood's, so that a spot on a bright ring
+        counts and the ring does not (on the ePix10k2M's 400 test frames, counting pooled pixels
+        3 sqrt-photons above the 5 x 5 mean kept 99.5 % of the hits and dropped 98.7 % of the
+        frames without a crystal; above the panel's mean, 92.6 %)."""
+        above = panels - _local_mean(panels, self.local_background) if self.local_background > 0 else panels
         # Among the frame's brightest pixels only: a sigmoid on every pixel cost 8 ms a frame.
-        brightest = torch.topk(panels.reshape(b, 1, -1), self.counted, dim=2).values
+        brightest = torch.topk(above.reshape(b, 1, -1), self.counted, dim=2).values
         return torch.log1p(torch.sigmoid(self.sharpness * (brightest - self.levels)).sum(dim=2))
 
 
