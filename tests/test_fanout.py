@@ -47,7 +47,7 @@ def test_three_daemons_share_the_stream_and_one_dying_loses_nothing(tmp_path):
             decisions += veto.flush(timeout_s=5)
     finally:
         for d in daemons:
-            d.process.kill()
+            d.kill()
     assert veto.counts.sent == veto.counts.decided == N
     assert sorted(d.key.pulse_id for d in decisions) == list(range(N))  # once each
 

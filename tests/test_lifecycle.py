@@ -34,7 +34,7 @@ def test_process_reports_ready_and_drains_on_sigterm(tiny_artifact, tmp_path):
             assert not Path(daemon.control.removeprefix("ipc://")).parent.exists()  # nothing left in /tmp
             decisions = veto.flush(timeout_s=10)
     finally:
-        daemon.process.kill()
+        daemon.kill()
     assert veto.counts.decided == veto.counts.sent == n
     reasons = {d.reason for d in decisions}
     assert reasons <= {Reason.MODEL, Reason.AUDIT, Reason.SHUTDOWN}  # judged, or answered at shutdown

@@ -75,7 +75,7 @@ def test_daemon_killed_mid_run_loses_nothing(run_file, cspad_model, tmp_path):
     try:
         summary, files = write_through(daemon, frames_then_kill(), tmp_path / "hits", rate_hz=40)
     finally:
-        daemon.process.kill()
+        daemon.kill()
     assert daemon.process.wait() == -signal.SIGKILL
     assert summary.sent == 24 and summary.accounted
     assert summary.kept_fallback >= 24 - 8  # after the kill: all kept

@@ -40,6 +40,11 @@ class DaemonProcess:
         shutil.rmtree(_socket_folder(self.control), ignore_errors=True)
         return code
 
+    def kill(self) -> int:
+        """SIGKILL (no drain: crash drills, clean-up after a failed test), then as stop()."""
+        self.process.kill()
+        return self.stop()
+
     def rss_mb(self) -> float:
         """The process's resident memory now (MB), from /proc; NaN once it has exited."""
         try:
