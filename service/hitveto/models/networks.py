@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from copy import deepcopy
+from functools import partial
 
 import torch
 from torch import nn
@@ -236,17 +238,16 @@ class HitClassifier(nn.Module):
         return torch.sigmoid(self.logits(adu))
 
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {
+LOCAL_BACKGROUND = 5  # panels-local: spots counted above their 5 x 5 pooled pixels' mean
+# Each architecture's network from its one argument: the region's side, or the panels' radius map.
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "seed": SeedCNN,
     "compact": CompactCNN,
     "panels": PanelCNN,
-    "panels-local": PanelCNN,
+    "panels-local": partial(PanelCNN, local_background=LOCAL_BACKGROUND),
 }
 # the input each architecture takes
 LAYOUT_OF = {"seed": "roi", "compact": "roi", "panels": "raw", "panels-local": "raw"}
-
-
-LOCAL_BACKGROUND = 5  # panels-local: spots counted above their 5 x 5 pooled pixels' mean
 
 
 def build(
@@ -259,8 +260,7 @@ def build(
     if LAYOUT_OF[architecture] == "raw":
         if radius is None:
             raise ValueError(f"{architecture!r} takes the whole detector: it needs the panels' radius map")
-        window = LOCAL_BACKGROUND if architecture == "panels-local" else 0
-        return HitClassifier(PanelCNN(radius, local_background=window), adu_per_photon)
+        return HitClassifier(ARCHITECTURES[architecture](radius), adu_per_photon)
     return HitClassifier(ARCHITECTURES[architecture](roi), adu_per_photon)
 
 
