@@ -60,6 +60,11 @@ class ModelInfo:
     layout: str = "roi"  # the model input: preprocess.LAYOUTS
     input: str = "calibrated"  # the frames it learnt: one of INPUTS
     pool: int = 1  # raw layout: the pool per panel (preprocess.pool_panels)
+    # verdict classes (heads beside the hit score, networks.ClassHeads): the model then returns
+    # (B, 1 + len(classes)) probabilities, P(hit) first; each class's threshold, calibrated on
+    # validation runs. The keep/drop decision comes from the hit score alone.
+    classes: tuple[str, ...] = ()
+    class_thresholds: dict[str, float] = field(default_factory=dict)
     created: str = ""
     training: dict[str, Any] = field(default_factory=dict)  # runs, frames, labels, recipe
     validation: dict[str, Any] = field(default_factory=dict)  # held-out confusion and rates
@@ -77,6 +82,7 @@ class ModelInfo:
         known = {f.name for f in dataclasses.fields(cls)}
         raw = {k: v for k, v in raw.items() if k in known}
         raw["raw_shape"], raw["roi_shape"] = tuple(raw["raw_shape"]), tuple(raw["roi_shape"])
+        raw["classes"] = tuple(raw.get("classes", ()))
         return cls(**raw)
 
 

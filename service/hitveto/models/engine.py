@@ -57,9 +57,26 @@ class ModelEngine:
     def threshold(self) -> float:
         return self.artifact.info.threshold
 
-    def infer(self, regions: Sequence[np.ndarray]) -> np.ndarray:
-        """P(hit) per region (float32); regions all of the model's region shape and one dtype."""
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The names of the model's verdict classes (its heads beside the hit score), in order."""
+        return tuple(self.artifact.info.classes)
+
+    def outputs(self, regions: Sequence[np.ndarray]) -> np.ndarray:
+        """The model's probabilities (float32), (B,) for a hit-only model, else (B, 1 + classes):
+        P(hit) first; regions all of the model's region shape and one dtype."""
         raise NotImplementedError
+
+    def infer(self, regions: Sequence[np.ndarray]) -> np.ndarray:
+        """P(hit) per region (float32)."""
+        return self.infer_with_classes(regions)[0]
+
+    def infer_with_classes(self, regions: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """P(hit) per region (B,) and each verdict class's probability (B, len(classes))."""
+        out = self.outputs(regions)
+        if out.ndim == 1:
+            return out, np.zeros((len(out), 0), np.float32)
+        return np.ascontiguousarray(out[:, 0]), out[:, 1:]
 
     def score(self, regions: Sequence[np.ndarray]) -> np.ndarray:
         """P(hit) for any number of regions, max_batch at a time (offline: evaluations, profiles)."""
@@ -100,7 +117,7 @@ class Engine(ModelEngine):
         self._module = load_module(artifact, self.device)
         self._pinned: dict[np.dtype, torch.Tensor] = {}  # host staging buffers, one per input dtype
 
-    def infer(self, regions: Sequence[np.ndarray]) -> np.ndarray:
+    def outputs(self, regions: Sequence[np.ndarray]) -> np.ndarray:
         with torch.inference_mode(), self._autocast():
             batch = self._stage(regions)
             return self._module(batch).float().cpu().numpy()

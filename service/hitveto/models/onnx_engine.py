@@ -38,7 +38,7 @@ class OnnxEngine(ModelEngine):
         self._threads = max(1, threads)
         self._sessions: dict[str, Any] = {}  # input dtype name -> InferenceSession
 
-    def infer(self, regions: Sequence[np.ndarray]) -> np.ndarray:
+    def outputs(self, regions: Sequence[np.ndarray]) -> np.ndarray:
         batch = np.stack(regions)
         kind = "int32" if batch.dtype.kind in "iub" else "float32"
         (scores,) = self._session(kind).run(None, {"x": batch.astype(kind, copy=False)})
