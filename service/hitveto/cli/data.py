@@ -34,12 +34,27 @@ def add_simulate(sub: Any) -> None:
         "--unit-seed", type=int, default=1, help="raw/dark: the detector unit (pedestals, bad pixels)"
     )
     s.add_argument("--detector", default="cspad", help="cspad, jungfrau4m or epix10k2m")
+    s.add_argument(
+        "--mix",
+        nargs="+",
+        type=_mix_field,
+        metavar="FIELD=VALUE",
+        help="replace fields of the preset's frame mix (sim/params.py FrameMix), e.g. blank_fraction=0.1",
+    )
     s.set_defaults(func=simulate)
+
+
+def _mix_field(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected FIELD=VALUE")
+    return name, float(value)
 
 
 def simulate(args: argparse.Namespace) -> int:
     from hitveto.sim.run import simulate_runs
 
+    args.mix = dict(args.mix or ())
     for path in call_with(simulate_runs, args):
         print(path)
     return 0

@@ -90,6 +90,14 @@ class FrameMix:
     ice_ring_per_sr: float = 3.0e6  # photons/sr at the peak of the strongest ring
     ice_ring_width_inv_a: float = 1.5e-3  # rms width in s = 1/d
     ice_texture: float = 0.6  # log-amplitude of the rings' azimuthal patchiness
+    # Sample-delivery events (sim/delivery.py); 0 draws nothing, so runs of the presets that leave
+    # them out are the same as before they existed.
+    blank_fraction: float = 0.0  # of misses: the pulse missed the jet (air scatter only)
+    streak_fraction: float = 0.0  # of frames: the jet's surface lit, its streak brighter
+    streak_boost: tuple[float, float] = (3.0, 25.0)  # how much brighter: log-uniform in this
+    ice_crystallite_fraction: float = 0.0  # of ice frames: sharp ice spots instead of rings
+    ice_crystallite_spots: tuple[float, float] = (10.0, 150.0)  # how many: log-uniform in this
+    ice_spot_photons: tuple[float, float] = (40.0, 4000.0)  # each, nominal pulse: log-uniform
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

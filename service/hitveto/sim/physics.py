@@ -27,7 +27,8 @@ Backgrounds, photons/sr times Omega P T per pixel (Omega = A_pix cos(psi) / r^2,
 transmission): water ring W [g(s; 1/d_w, w) + 0.35 g(s; 1.55/d_w, 1.5 w) + 0.1], g a unit-height
 Gaussian; air A / (1 + (s / s0)^2); jet streak J exp(-(y/r)^2 / (2 w_j^2)) / (1 + (2 theta / t_j)^2);
 ice rings sum_i I_i g(s; 1/d_i, w_ice) m_i(phi), m_i a random smooth log-normal azimuthal texture.
-Water and jet scale with pulse x a log-normal jet wobble, air and ice with pulse.
+Water and jet scale with pulse x a log-normal jet wobble, air and ice with pulse. Blank shots, bright
+streaks and ice crystallites: sim/delivery.py.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from hitveto.sim.bragg import excited_reflections, polarisation, random_rotation
+from hitveto.sim.delivery import JET_STREAK_PER_SR, NO_EVENTS, Delivery, draw_delivery, ice_crystallites
 from hitveto.sim.params import BeamParams, RunParams, SampleParams
 from hitveto.sim.spots import Segments, Spots, fit_segments, paint_spots, project
 
@@ -71,7 +73,10 @@ class FrameTruth:
     n_crystals: int
     n_strong_spots: int
     kind: FrameKind
-    ice: bool
+    ice: bool  # ice in the jet: rings, or crystallites (ice_spots)
+    ice_spots: int = 0  # strong ice crystallite spots (as n_strong_spots counts them)
+    jet_streak: bool = False  # a bright jet streak (delivery.JET_STREAK_PER_SR)
+    blank: bool = False  # a blank shot: the pulse missed the jet
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
@@ -177,17 +182,42 @@ def simulate_photons(pixels: Any, run: RunParams, rng: np.random.Generator) -> t
     """Expected photons per pixel (float32, shape of pixels.x_m) before noise, and the truth."""
     det = detector_physics(pixels, run)
     kind, n_crystals, ice = _draw_kind(run, rng)
+    events = draw_delivery(run.mix, rng, hit=n_crystals > 0, ice=ice)
     pulse = _pulse_energy(run.beam, rng)
-    image = background(det, run, rng, pulse=pulse, ice=ice)
+    wobble = _mean_one_lognormal(rng, run.sample.background_jitter)
+    rings = ice and not events.crystallites
+    image = background(det, run, rng, pulse=pulse, ice=rings, wobble=wobble, events=events)
     read_var = (run.detector.read_noise_adu / run.detector.adu_per_photon) ** 2
-    smooth = image.copy() if n_crystals else image
+    smooth = image.copy() if n_crystals or events.crystallites else image
     n_strong = 0
     for _ in range(n_crystals):
         spots = _draw_crystal(det, run, rng, pulse=pulse, weak=kind == FrameKind.WEAK_HIT)
-        signal, noise = paint_spots(image, det, spots, background=smooth, read_var=read_var)
-        n_strong += int(np.count_nonzero((signal >= STRONG_MIN_PHOTONS) & (signal >= STRONG_MIN_SNR * noise)))
-    truth = FrameTruth(n_crystals=n_crystals, n_strong_spots=n_strong, kind=kind, ice=ice)
+        n_strong += _paint_strong(image, det, spots, smooth, read_var)
+    ice_spots = 0
+    if events.crystallites:
+        refl = ice_crystallites(run, rng, events.crystallites, pulse=pulse)
+        sigma_m = float(np.sqrt(det.pixel_area_m2))
+        spots = project(det.segments, refl, sigma_m=sigma_m, margin_px=3)
+        ice_spots = _paint_strong(image, det, spots, smooth, read_var)
+    streak = pulse * wobble * run.sample.jet_streak_per_sr * events.streak_boost
+    truth = FrameTruth(
+        n_crystals=n_crystals,
+        n_strong_spots=n_strong,
+        kind=kind,
+        ice=ice,
+        ice_spots=ice_spots,
+        jet_streak=not events.blank and streak >= JET_STREAK_PER_SR,
+        blank=events.blank,
+    )
     return image.reshape(np.shape(pixels.x_m)), truth
+
+
+def _paint_strong(
+    image: np.ndarray, det: DetectorPhysics, spots: Spots, smooth: np.ndarray, read_var: float
+) -> int:
+    """Paint the spots; how many of them are strong (see FrameTruth)."""
+    signal, noise = paint_spots(image, det, spots, background=smooth, read_var=read_var)
+    return int(np.count_nonzero((signal >= STRONG_MIN_PHOTONS) & (signal >= STRONG_MIN_SNR * noise)))
 
 
 def _draw_kind(run: RunParams, rng: np.random.Generator) -> tuple[FrameKind, int, bool]:
@@ -254,19 +284,27 @@ def bragg_spots(
 
 
 def background(
-    det: DetectorPhysics, run: RunParams, rng: np.random.Generator, *, pulse: float = 1.0, ice: bool = False
+    det: DetectorPhysics,
+    run: RunParams,
+    rng: np.random.Generator,
+    *,
+    pulse: float = 1.0,
+    ice: bool = False,
+    wobble: float = 1.0,
+    events: Delivery = NO_EVENTS,
 ) -> np.ndarray:
-    """Smooth background photons per pixel (flat float32): water ring, air, jet streak, ice."""
+    """Smooth background photons per pixel (flat float32): water ring, air, jet streak, ice rings.
+    wobble: the jet's scatter this pulse, relative to nominal; a blank shot has none."""
     sample = run.sample
-    wobble = _mean_one_lognormal(rng, sample.background_jitter)
-    radial = pulse * (wobble * _water(det.s_centres, sample) + _air(det.s_centres, sample))
+    jet = 0.0 if events.blank else wobble  # the jet's scatter this pulse: none if the pulse missed it
+    radial = pulse * (jet * _water(det.s_centres, sample) + _air(det.s_centres, sample))
     table = np.repeat(radial[:, None], N_PHI_BINS, axis=1)
     if ice:
         table += pulse * _ice(det.s_centres, det.phi_centres, run, rng)
     image = np.take(table.astype(np.float32).ravel(), det.table_index)
     image *= det.per_sr
-    jet = np.multiply(det.jet_per_sr, np.float32(pulse * wobble * sample.jet_streak_per_sr))
-    image += jet
+    streak = pulse * jet * events.streak_boost * sample.jet_streak_per_sr
+    image += np.multiply(det.jet_per_sr, np.float32(streak))
     return image
 
 

@@ -43,13 +43,22 @@ def simulate_runs(
     readout: str = "calib",
     unit_seed: int = 1,
     detector: str = "cspad",
+    mix: dict[str, float] | None = None,
 ) -> list[Path]:
     """Simulate and write each run; returns the run files. Raw and dark readouts come from the
     detector unit `unit_seed` (the same pedestals and bad pixels in every such run). The preset's
-    experiment is recorded by `detector` (its geometry and response: params.on_detector)."""
+    experiment is recorded by `detector` (its geometry and response: params.on_detector); `mix`
+    replaces fields of its frame mix (e.g. {"blank_fraction": 0.1})."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
     params = PRESETS[preset] if detector == "cspad" else on_detector(PRESETS[preset], detector)
+    if mix:
+        unknown = set(mix) - {f.name for f in dataclasses.fields(params.mix)}
+        if unknown:
+            raise ValueError(
+                f"mix fields {sorted(unknown)}: not fields of the frame mix (sim/params.py FrameMix)"
+            )
+        params = dataclasses.replace(params, mix=dataclasses.replace(params.mix, **mix))
     if readout != "calib":
         params = dataclasses.replace(
             params, detector=dataclasses.replace(params.detector, unit_seed=unit_seed)
@@ -152,6 +161,9 @@ def frames(params: RunParams, layout: str, readout: str = "calib") -> Iterator[R
                 "n_strong_spots": truth.n_strong_spots,
                 "kind": int(truth.kind),
                 "ice": int(truth.ice),
+                "ice_spots": truth.ice_spots,
+                "jet_streak": int(truth.jet_streak),
+                "blank": int(truth.blank),
             },
         )
 
