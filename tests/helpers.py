@@ -81,21 +81,50 @@ def make_artifact(
     return artifact.save(path, scripted, info, index)
 
 
-def median_threshold_artifact(path: Path, images: list[np.ndarray], **kw) -> Path:
-    """An artifact whose threshold is the median score of `images`: about half hits, half misses.
+CLASSES = {"multiple": 0.5, "ice": 0.3}  # the class model's verdict classes and their thresholds
 
-    Its training profile (drift) is that of `images`, as if it had been trained on them.
+
+def class_artifact(path: Path, *, threshold: float = 0.5, profile: dict | None = None) -> Path:
+    """A model with verdict classes whose outputs the frame sets: the region's first row, in
+    percent, is P(hit), then P(multiple), P(ice) (clipped to [0, 1]; a negative pixel gives NaN)."""
+    import torch
+
+    from hitveto.models import artifact
+
+    class PixelClasses(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            row = x[:, 0, :3].float() / 100.0
+            return torch.where(row < 0, torch.full_like(row, float("nan")), row.clamp(0.0, 1.0))
+
+    info = artifact.ModelInfo(
+        version="classes-1",
+        architecture="pixel-classes",
+        detector="cspad",
+        raw_shape=RAW,
+        roi_shape=ROI,
+        adu_per_photon=10.0,
+        threshold=threshold,
+        classes=tuple(CLASSES),
+        class_thresholds=dict(CLASSES),
+        profile=profile or {},
+    )
+    return artifact.save(path, torch.jit.script(PixelClasses()), info, tiny_roi_index())
+
+
+def median_threshold_artifact(path: Path, images: list[np.ndarray], make=make_artifact, **kw) -> Path:
+    """An artifact (`make`'s) whose threshold is the median score of `images`: about half hits,
+    half misses. Its training profile (drift) is that of `images`, as if it had been trained on them.
     """
     from hitveto.models import artifact, stream_profile
     from hitveto.models.engine import Engine
     from hitveto.models.preprocess import region
 
-    probe = artifact.read(make_artifact(path, **kw))
+    probe = artifact.read(make(path, **kw))
     regions = [region(i, probe.spec) for i in images]
     scores = Engine(probe, device="cpu").infer(regions)
     threshold = float(np.median(scores))
     prof = stream_profile.profile(stream_profile.frame_statistics(regions, scores, threshold, probe.spec))
-    return make_artifact(path, threshold=threshold, profile=prof.to_dict(), **kw)
+    return make(path, threshold=threshold, profile=prof.to_dict(), **kw)
 
 
 @functools.cache

@@ -89,3 +89,21 @@ def test_the_files_carry_what_indexing_needs(tmp_path):
         assert list(f["entry_1/instrument_1/detector_1/distance"]) == [0.1, 0.12]
         joules = f["entry_1/instrument_1/source_1/energy"][()]
     assert np.allclose(joules / 1.602176634e-19, [9500.0, 9400.0])
+
+
+def test_class_probabilities_get_a_column_each_from_the_first_frame_that_has_them(tmp_path):
+    image = np.zeros((20, 30), np.int16)
+    with CxiWriter(tmp_path / "hits") as w:
+        w.write(image, run=1, pulse_id=0, keep_reason="overload")  # not judged: no classes
+        w.write(image, run=1, pulse_id=1, class_scores={"ice": 0.25, "multiple": 0.5})
+        w.write(image, run=1, pulse_id=2, keep_reason="no_verdict")
+        w.write(image, run=1, pulse_id=3, class_scores={"ice": 0.75})
+        w.write(image, run=1, pulse_id=4, class_scores={"ice": 0.5, "jet_streak": 1.0})  # a new class
+    (_, first), (_, second), (_, third) = (read_frames(f) for f in w.files)
+    assert list(first["event/pulse_id"]) == [0] and "result_1/class_ice" not in first
+    assert list(second["event/pulse_id"]) == [1, 2, 3] and second["result_1/class_ice"].dtype == np.float32
+    assert np.array_equal(second["result_1/class_ice"], [0.25, np.nan, 0.75], equal_nan=True)
+    assert np.array_equal(second["result_1/class_multiple"], [0.5, np.nan, np.nan], equal_nan=True)
+    classes = {k.removeprefix("result_1/class_"): float(v[0]) for k, v in third.items() if "class_" in k}
+    assert set(classes) == {"ice", "jet_streak", "multiple"}  # a class once seen keeps its column
+    assert classes["ice"] == 0.5 and classes["jet_streak"] == 1.0 and np.isnan(classes["multiple"])

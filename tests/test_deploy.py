@@ -17,6 +17,7 @@ from hitveto_client.protocol import EventKey
 
 from helpers import (
     DEPLOY,
+    class_artifact,
     frames,
     median_threshold_artifact,
     prometheus,
@@ -61,7 +62,8 @@ def test_launcher_entries_start_the_same_command():
 def dashboard_exprs() -> list[tuple[str, str]]:
     dash = json.loads((DEPLOY / "grafana" / "hitveto.json").read_text())
     assert {v["name"] for v in dash["templating"]["list"]} == {"datasource", "instance"}
-    return [(p["title"], t["expr"].replace("$instance", ".+")) for p in dash["panels"] for t in p["targets"]]
+    panels = dash["panels"]  # a row holds no query
+    return [(p["title"], t["expr"].replace("$instance", ".+")) for p in panels for t in p.get("targets", [])]
 
 
 def rules() -> tuple[list[str], list[str]]:
@@ -73,7 +75,8 @@ def rules() -> tuple[list[str], list[str]]:
 @pytest.mark.slow  # ~15 s
 def test_dashboard_and_rules_return_data_from_a_real_prometheus(tmp_path):
     images = [img for _, img in frames(40)]
-    model = median_threshold_artifact(tmp_path / "m.pt", images)  # hits and misses both
+    # hits and misses both; verdict classes, so that their panels and rules have series (at 0)
+    model = median_threshold_artifact(tmp_path / "m.pt", images, make=class_artifact)
     watched = {"shadow.workers": 1, "drift.sample_hz": 1000.0, "drift.min_frames": 20}
     with (
         running_daemon(model, **watched) as daemon,

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from hitveto.models import artifact
 from hitveto_client.protocol import EventKey
 
-from helpers import frames, running_daemon, stream
+from helpers import CLASSES, ROI, class_artifact, frames, running_daemon, stream
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:
@@ -51,3 +51,17 @@ def test_scraped_counters_account_for_every_frame(tiny_artifact):
     assert served.startswith("test-1@") and total(m, "hitveto_model_info", version=served) == 1
     assert total(m, "hitveto_batch_size_count") >= 1 and total(m, "hitveto_ready") == 1
     assert total(m, "hitveto_frame_latency_seconds_count") == verdicts
+
+
+def test_each_verdict_class_of_the_served_model_is_scraped_at_0_before_its_first_frame(tmp_path):
+    with running_daemon(class_artifact(tmp_path / "classes.pt")) as daemon:
+        before = scrape(daemon.endpoints.metrics_port)
+        called = np.zeros(ROI, np.int16)
+        called[0, :3] = 90, 80, 70  # a hit, called both classes
+        stream(daemon, [(EventKey(run=1, pulse_id=0), called)])
+        stream(daemon, list(frames(1, shape=ROI)))  # its count is in (one publisher, in order)
+        after = scrape(daemon.endpoints.metrics_port)
+    labels = sorted(lab for (name, lab) in before if name == "hitveto_frame_classes_total")
+    assert labels == [(("class", c),) for c in sorted(CLASSES)]
+    assert all(total(before, "hitveto_frame_classes_total", **{"class": c}) == 0 for c in CLASSES)
+    assert all(total(after, "hitveto_frame_classes_total", **{"class": c}) == 1 for c in CLASSES)

@@ -1,7 +1,9 @@
-"""Wire protocol v1: round trips, and every malformed input is a counted ProtocolError, never a crash."""
+"""Wire protocol v2 (and v1 beside it): round trips, and every malformed input is a counted
+ProtocolError, never a crash."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import msgpack
@@ -50,6 +52,32 @@ def test_verdict_round_trip():
     assert back.reason is Reason.MODEL and not back.keep
 
 
+def test_a_v2_verdict_carries_its_classes_and_a_v1_verdict_none():
+    kw = {"key": KEY, "keep": True, "hit": True, "score": 0.9, "threshold": 0.5, "model_version": "m-1"}
+    scores = {"ice": 0.7, "jet_streak": float("nan")}
+    v2 = Verdict(**kw, reason=Reason.MODEL, classes=("ice",), class_scores=scores)
+    wire = msgpack.unpackb(v2.to_wire_at(3))
+    back = decode_verdict(v2.to_wire_at(3))
+    assert wire["v"] == PROTOCOL_VERSION == 2 and wire["classes"] == ["ice"]
+    assert back.classes == ("ice",) and back.class_scores["ice"] == pytest.approx(0.7)
+    assert math.isnan(back.class_scores["jet_streak"]) and back.version == 2
+    v1_wire = msgpack.unpackb(dataclasses.replace(v2, version=1).to_wire_at(3))
+    assert v1_wire["v"] == 1 and not {"classes", "class_scores"} & set(v1_wire)
+    old = decode_verdict(msgpack.packb(v1_wire))  # as a v1 daemon sends it: decoded, no classes
+    assert (old.version, old.classes, old.class_scores, old.score) == (1, (), {}, 0.9)
+    with pytest.raises(ProtocolError):
+        decode_verdict(msgpack.packb({**v1_wire, "v": 3}))
+
+
+def test_frames_of_v1_and_v2_are_accepted_and_their_version_recorded():
+    for version in (1, 2):
+        header, _ = decode_frame(encode_frame(KEY, np.zeros((2, 2), np.int16), version=version))
+        assert header.version == version
+    with pytest.raises(ProtocolError) as err:
+        decode_frame([_header(v=1, dtype="object"), bytes(8)])
+    assert (err.value.reason, err.value.version) == ("bad_dtype", 1)  # answered in v1
+
+
 def test_keys_at_the_64_bit_edges_are_accepted():
     edge = EventKey(run=-(1 << 63), pulse_id=(1 << 63) - 1, timestamp=(1 << 64) - 1)
     header, _ = decode_frame(encode_frame(edge, np.zeros((2, 2), np.int16)))
@@ -58,7 +86,7 @@ def test_keys_at_the_64_bit_edges_are_accepted():
 
 def test_fail_open_verdict_keeps_without_score():
     v = Verdict.fail_open(KEY, Reason.OVERLOAD)
-    assert v.keep and not v.hit and math.isnan(v.score)
+    assert v.keep and not v.hit and math.isnan(v.score) and v.classes == () and v.class_scores == {}
 
 
 def _header(**changes):
@@ -84,6 +112,8 @@ def _header(**changes):
         ([b"\xc1\xc1", b""], "bad_header", False),
         ([msgpack.packb([1, 2]), b""], "bad_header", False),
         ([_header(v=99), bytes(8)], "bad_version", True),
+        ([_header(v=0), bytes(8)], "bad_version", True),
+        ([_header(v=3), bytes(8)], "bad_version", True),
         ([_header(run="one"), bytes(8)], "bad_header", False),
         ([_header(dtype="object"), bytes(8)], "bad_dtype", True),
         ([_header(shape=[2, -2]), bytes(8)], "bad_shape", True),

@@ -3,6 +3,7 @@
     /entry_1/data_1/data          (N, *frame_shape)  the frames, bit-identical to what was sent
     /entry_1/event/{run,pulse_id,timestamp}
     /entry_1/result_1/{score,keep_reason,model_version,threshold}   why each frame was kept
+    /entry_1/result_1/class_<name>  (N,) float32 P(class) of each verdict class, NaN where not given
     /entry_1/sample_1/truth/<field>                                 simulator truth, when given
     /entry_1/instrument_1/source_1/energy       (N,) photon energy, J  (CXI)
     /LCLS/photon_energy_eV                      (N,) the same in eV    (Cheetah; CrystFEL geometries)
@@ -14,12 +15,14 @@ What indexing needs besides the pixels comes from an `Experiment` (NaN where non
 `hitveto geom` geometry file points CrystFEL at these paths.
 
 Files roll over at `max_frames` frames, `max_bytes` of pixel data or `max_seconds` open, whichever
-comes first; each frame is flushed once written, so a crash loses only the frame being written.
-Each file is written in SWMR mode: tools that open it with HDF5's SWMR flag (h5py `swmr=True`, as
+comes first, or when a frame brings a verdict class the open file has no column for (the first
+verdict with classes, a model with other classes: SWMR adds no datasets, the next file has a column
+for every class seen). Each frame is flushed once written, so a crash loses only that frame. Each
+file is written in SWMR mode: tools that open it with HDF5's SWMR flag (h5py `swmr=True`, as
 OM-style monitors do) read it while it grows. Readers without the flag, CrystFEL among them, can
 open a file only once it is closed: `<prefix>.lst` lists the closed files, one path a line, as
-`indexamajig -i` takes them. Frames are stored in the order their verdicts came, which is not
-always pulse order: `event/pulse_id[N]` is the pulse of frame N (CrystFEL's event `//N`).
+`indexamajig -i` takes them. Frames are stored in the order their verdicts came, which is not always
+pulse order: `event/pulse_id[N]` is the pulse of frame N (CrystFEL's event `//N`).
 Needs h5py (the one client module that does; the DAQ client does not).
 
 A frame that cannot be written is never lost silently: `write` returns False, the frame is counted
@@ -36,6 +39,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,6 +114,7 @@ class CxiWriter:
         self._opened = 0.0  # time.monotonic() when the open file was made
         self._truth_fields: frozenset[str] = frozenset()  # the open file's truth columns
         self._truth_dropped: set[str] = set()
+        self._classes: frozenset[str] = frozenset()  # the open file's class columns
 
     @classmethod
     def single_file(cls, prefix: Path, experiment: Experiment = UNKNOWN) -> CxiWriter:
@@ -130,13 +135,15 @@ class CxiWriter:
         truth: dict[str, int] | None = None,
         photon_energy_ev: float | None = None,
         distance_m: float | None = None,
+        class_scores: dict[str, float] | None = None,
     ) -> bool:
         """Append one frame; False (counted, logged, file closed cleanly) if it could not be.
 
         `photon_energy_ev` and `distance_m` are the frame's own, where the stream has them; else the
-        experiment's are stored."""
+        experiment's are stored. `class_scores`: the verdict's class probabilities, by class."""
+        classes = class_scores or {}
         try:
-            self._make_room(image, truth or {})
+            self._make_room(image, truth or {}, classes.keys())
             self._append(
                 image,
                 (
@@ -148,6 +155,7 @@ class CxiWriter:
                     ("entry_1/result_1/model_version", model_version),
                     ("entry_1/result_1/threshold", threshold),
                     *self.experiment.per_frame(photon_energy_ev, distance_m),
+                    *((f"entry_1/result_1/class_{c}", classes.get(c, math.nan)) for c in self._classes),
                 ),
                 truth or {},
             )
@@ -156,7 +164,7 @@ class CxiWriter:
             return False
         return True
 
-    def _make_room(self, image: np.ndarray, truth: dict[str, int]) -> None:
+    def _make_room(self, image: np.ndarray, truth: dict[str, int], classes: Iterable[str]) -> None:
         """A file that can take this frame; OSError(ENOSPC) if the disk could not take it."""
         if self._file is None:  # a new file: its folder first (statvfs reads it)
             self.prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -171,7 +179,9 @@ class CxiWriter:
             )
         full = self._n >= self.max_frames or (self._n and self._bytes + image.nbytes > self.max_bytes)
         old = time.monotonic() - self._opened > self.max_seconds
-        if self._file is None or full or old:
+        new_classes = not self._classes.issuperset(classes)
+        if self._file is None or full or old or new_classes:
+            self._classes |= frozenset(classes)  # a class once seen keeps its column (NaN when absent)
             self._roll(image, truth)
 
     def _append(self, image: np.ndarray, columns: tuple, truth: dict[str, int]) -> None:
@@ -225,7 +235,7 @@ class CxiWriter:
         path = self.prefix.with_name(f"{self.prefix.name}-{len(self.files):04d}.cxi")
         f = h5py.File(path, "w", libver=LIBVER)
         try:
-            _layout(f, image, self.experiment, sorted(truth))
+            _layout(f, image, self.experiment, sorted(truth), sorted(self._classes))
             f.swmr_mode = True  # from here on no new datasets: every column exists already
         except Exception:
             f.close()
@@ -257,7 +267,9 @@ class CxiWriter:
         self.close()
 
 
-def _layout(f: h5py.File, image: np.ndarray, experiment: Experiment, truth: list[str]) -> None:
+def _layout(
+    f: h5py.File, image: np.ndarray, experiment: Experiment, truth: list[str], classes: list[str]
+) -> None:
     """Every dataset the file will hold: SWMR lets a file grow, but not gain datasets."""
     f.attrs["cxi_version"] = 150
     f.create_dataset(
@@ -276,6 +288,7 @@ def _layout(f: h5py.File, image: np.ndarray, experiment: Experiment, truth: list
         ("result_1/model_version", STR),
         ("result_1/threshold", "f4"),
         *((f"sample_1/truth/{name}", "i8") for name in truth),
+        *((f"result_1/class_{name}", "f4") for name in classes),
     ):
         f.create_dataset(f"entry_1/{name}", shape=(0,), maxshape=(None,), dtype=dtype)
     for name, _ in experiment.per_frame(None, None):

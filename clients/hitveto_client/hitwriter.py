@@ -165,5 +165,6 @@ def _settle(
                 truth=frame.truth if frame else {},
                 photon_energy_ev=frame.photon_energy_ev if frame else None,
                 distance_m=frame.distance_m if frame else None,
+                class_scores=v.class_scores if v else {},
             )
     return written

@@ -1,8 +1,9 @@
-"""hitveto wire protocol, version 1: frames in, verdicts out (see docs/PROTOCOL.md).
+"""hitveto wire protocol, version 2: frames in, verdicts out (see docs/PROTOCOL.md).
 
 A frame is a two-part ZMQ message: a msgpack header, then the raw pixel buffer (C order). A verdict is a
-one-part msgpack message on the daemon's PUB socket. This module imports only the standard library,
-numpy and msgpack, because the DAQ-side clients use it too.
+one-part msgpack message on the daemon's PUB socket. v2 verdicts add the verdict classes; a v1 frame
+is still served, its verdict sent as v1 (no class fields). This module imports only the standard
+library, numpy and msgpack, because the DAQ-side clients use it too.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any, TypeGuard
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+VERSIONS = (1, 2)  # frame versions served; a verdict answers in its frame's version
 ALLOWED_DTYPES: dict[str, np.dtype] = {
     name: np.dtype(name) for name in ("int16", "uint16", "int32", "float32")
 }
@@ -32,10 +34,13 @@ WELCOME = b"hitveto-welcome"  # sent by the verdict socket to each new subscribe
 class ProtocolError(ValueError):
     """A message that does not follow the protocol; `reason` is the counted rejection label."""
 
-    def __init__(self, reason: str, detail: str, key: EventKey | None = None) -> None:
+    def __init__(
+        self, reason: str, detail: str, key: EventKey | None = None, version: int = PROTOCOL_VERSION
+    ) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.key = key
+        self.version = version  # the frame's, to answer in: a v1 sender reads v1 verdicts only
 
 
 class Reason(enum.StrEnum):
@@ -88,11 +93,12 @@ class FrameHeader:
     shape: tuple[int, ...]
     sent_ns: int = 0  # sender's wall clock (time.time_ns) at send
     meta: dict[str, Any] = field(default_factory=dict)
+    version: int = PROTOCOL_VERSION  # one of VERSIONS (the fields are the same in each)
 
     def to_wire(self) -> bytes:
         return _packed(
             {
-                "v": PROTOCOL_VERSION,
+                "v": self.version,
                 **self.key.wire_fields(),
                 "dtype": self.dtype,
                 "shape": list(self.shape),
@@ -115,12 +121,16 @@ class Verdict:
     received_ns: int = 0  # daemon wall clock at receipt
     published_ns: int = 0  # daemon wall clock at publish
     inference_ms: float = 0.0
+    classes: tuple[str, ...] = ()  # v2: the verdict classes whose probability reached its threshold
+    class_scores: dict[str, float] = field(default_factory=dict)  # v2: each class's probability
+    version: int = PROTOCOL_VERSION  # the protocol version it is sent in: its frame's
 
     def to_wire_at(self, published_ns: int) -> bytes:
-        """Wire form, stamped with the publish time."""
+        """Wire form, stamped with the publish time; a v1 verdict without the class fields."""
+        classes = {"classes": list(self.classes), "class_scores": self.class_scores}
         return _packed(
             {
-                "v": PROTOCOL_VERSION,
+                "v": self.version,
                 **self.key.wire_fields(),
                 "keep": self.keep,
                 "hit": self.hit,
@@ -132,6 +142,7 @@ class Verdict:
                 "received_ns": self.received_ns,
                 "published_ns": published_ns,
                 "inference_ms": self.inference_ms,
+                **(classes if self.version >= 2 else {}),
             }
         )
 
@@ -145,8 +156,9 @@ class Verdict:
         threshold: float = math.nan,
         sent_ns: int = 0,
         received_ns: int = 0,
+        version: int = PROTOCOL_VERSION,
     ) -> Verdict:
-        """A keep verdict for a frame that was not judged."""
+        """A keep verdict for a frame that was not judged (no score, no classes)."""
         return cls(
             key=key,
             keep=True,
@@ -157,13 +169,20 @@ class Verdict:
             reason=reason,
             sent_ns=sent_ns,
             received_ns=received_ns,
+            version=version,
         )
 
 
 def encode_frame(
-    key: EventKey, image: np.ndarray, *, meta: dict[str, Any] | None = None, sent_ns: int | None = None
+    key: EventKey,
+    image: np.ndarray,
+    *,
+    meta: dict[str, Any] | None = None,
+    sent_ns: int | None = None,
+    version: int = PROTOCOL_VERSION,
 ) -> list[Any]:
-    """Message parts for one frame; the pixel part is the array itself (sent without copy)."""
+    """Message parts for one frame; the pixel part is the array itself (sent without copy). A
+    `version` of 1 speaks for a v1 sender: its verdicts come as v1."""
     if image.dtype.name not in ALLOWED_DTYPES:
         raise ProtocolError("bad_dtype", f"dtype {image.dtype} not in {sorted(ALLOWED_DTYPES)}", key)
     image = np.ascontiguousarray(image)
@@ -173,6 +192,7 @@ def encode_frame(
         shape=tuple(image.shape),
         sent_ns=time.time_ns() if sent_ns is None else sent_ns,
         meta=meta or {},
+        version=version,
     )
     return [header.to_wire(), image]
 
@@ -194,6 +214,7 @@ def decode_frame(parts: list[Any]) -> tuple[FrameHeader, np.ndarray]:
             "bad_size",
             f"shape {header.shape} {header.dtype} needs {expected} bytes, got {len(pixels)}",
             header.key,
+            header.version,
         )
     image = np.frombuffer(pixels, dtype=dtype).reshape(header.shape)
     return header, image
@@ -203,9 +224,9 @@ def _decode_header(raw: bytes) -> FrameHeader:
     meta = _unpack_header(raw)
     key = _read_key(meta)
     version = meta.get("v")
-    if not (_is_int(version) and version == PROTOCOL_VERSION):
+    if not (_is_int(version) and version in VERSIONS):
         raise ProtocolError(
-            "bad_version", f"protocol version {version!r}, this daemon speaks {PROTOCOL_VERSION}", key
+            "bad_version", f"protocol version {version!r}, this daemon speaks {VERSIONS}", key
         )
     if key is None:
         raise ProtocolError(
@@ -215,15 +236,15 @@ def _decode_header(raw: bytes) -> FrameHeader:
         )
     dtype, shape = meta.get("dtype"), meta.get("shape")
     if not (isinstance(dtype, str) and dtype in ALLOWED_DTYPES):
-        raise ProtocolError("bad_dtype", f"dtype {dtype!r} not in {sorted(ALLOWED_DTYPES)}", key)
+        raise ProtocolError("bad_dtype", f"dtype {dtype!r} not in {sorted(ALLOWED_DTYPES)}", key, version)
     if not (
         isinstance(shape, list)
         and 0 < len(shape) <= MAX_NDIM
         and all(_is_int(n) and 0 < n <= MAX_FRAME_BYTES for n in shape)
     ):
-        raise ProtocolError("bad_shape", f"shape {shape!r} is not 1-{MAX_NDIM} positive ints", key)
+        raise ProtocolError("bad_shape", f"shape {shape!r} is not 1-{MAX_NDIM} positive ints", key, version)
     if math.prod(shape) * ALLOWED_DTYPES[dtype].itemsize > MAX_FRAME_BYTES:
-        raise ProtocolError("bad_size", f"declared frame exceeds {MAX_FRAME_BYTES} bytes", key)
+        raise ProtocolError("bad_size", f"declared frame exceeds {MAX_FRAME_BYTES} bytes", key, version)
     sent_ns, extra = meta.get("sent_ns", 0), meta.get("meta", {})
     return FrameHeader(
         key=key,
@@ -231,6 +252,7 @@ def _decode_header(raw: bytes) -> FrameHeader:
         shape=tuple(shape),
         sent_ns=sent_ns if _in_range(sent_ns, INT64) and sent_ns >= 0 else 0,
         meta=extra if isinstance(extra, dict) else {},
+        version=version,
     )
 
 
@@ -286,11 +308,12 @@ def _read_key(meta: dict[str, Any]) -> EventKey | None:
 
 
 def decode_verdict(raw: bytes) -> Verdict:
-    """A verdict from its wire form; ProtocolError if it is not one of ours."""
+    """A verdict from its wire form, v1 or v2 (a v1 verdict has no classes); ProtocolError if it is
+    not one of ours."""
     try:
         m = msgpack.unpackb(raw)
         key = _read_key(m)
-        if m["v"] != PROTOCOL_VERSION or key is None:
+        if not (_is_int(m["v"]) and m["v"] in VERSIONS) or key is None:
             raise KeyError("v")
         return Verdict(
             key=key,
@@ -304,6 +327,9 @@ def decode_verdict(raw: bytes) -> Verdict:
             received_ns=int(m["received_ns"]),
             published_ns=int(m["published_ns"]),
             inference_ms=float(m["inference_ms"]),
+            classes=tuple(str(c) for c in m.get("classes", ())),
+            class_scores={str(c): float(p) for c, p in m.get("class_scores", {}).items()},
+            version=m["v"],
         )
     except Exception as exc:
         raise ProtocolError("bad_verdict", f"unreadable verdict ({type(exc).__name__}: {exc})") from None

@@ -1,7 +1,8 @@
 """`hitveto tail`: a live view of a daemon's verdict stream for people at the beamline.
 
-Prints one line per interval: verdicts/s, hit rate, kept-by-fallback share by reason, and the
-sender-to-publish latency (p50/p99) of the verdicts in that interval.
+Prints one line per interval: verdicts/s, hit rate, kept-by-fallback share by reason, the
+sender-to-publish latency (p50/p99) of the verdicts in that interval, and, for a model with verdict
+classes, each class's share of the judged frames (e.g. `ice 12.0%`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,11 @@ class Window:
     latency_p50_ms: float
     latency_p99_ms: float
     versions: tuple[str, ...]
+    classes: dict[str, int] = field(default_factory=dict)  # judged frames called each class (0 too)
+
+    def class_shares(self) -> dict[str, float]:
+        """Each verdict class's share of the judged frames."""
+        return {c: n / self.judged for c, n in self.classes.items()} if self.judged else {}
 
     def line(self) -> str:
         rate = self.verdicts / self.seconds if self.seconds else 0.0
@@ -40,6 +46,7 @@ class Window:
             f"kept w/o model {sum(fallback.values()):5d} {fallback or ''}  "
             f"latency p50 {self.latency_p50_ms:6.2f} ms p99 {self.latency_p99_ms:6.2f} ms  "
             f"{','.join(self.versions)}"
+            + "".join(f"  {c} {100 * share:.1f}%" for c, share in self.class_shares().items())
         )
 
 
@@ -48,6 +55,8 @@ def summarise(verdicts: list[Verdict], seconds: float) -> Window:
     judged = [v for v in verdicts if v.reason in JUDGED]
     lat = [(v.published_ns - v.sent_ns) / 1e6 for v in verdicts if v.sent_ns]
     p50, p99 = np.percentile(lat, [50, 99]) if lat else (float("nan"), float("nan"))
+    called = Counter(c for v in judged for c in v.classes)
+    served = {c for v in judged for c in v.class_scores} | called.keys()  # classes at 0 shown too
     return Window(
         seconds=seconds,
         verdicts=len(verdicts),
@@ -57,6 +66,7 @@ def summarise(verdicts: list[Verdict], seconds: float) -> Window:
         latency_p50_ms=float(p50),
         latency_p99_ms=float(p99),
         versions=tuple(sorted({v.model_version for v in verdicts})),
+        classes={c: called[c] for c in sorted(served)},
     )
 
 

@@ -27,10 +27,17 @@ CELL = "lysozyme.cell"
 
 
 def run_demo(
-    workdir: Path, *, n_frames: int = 240, rate_hz: float = 120.0, detector: str = "cspad"
+    workdir: Path,
+    *,
+    n_frames: int = 240,
+    rate_hz: float = 120.0,
+    detector: str = "cspad",
+    ice_from: int | None = None,
+    overrides: tuple[str, ...] = (),
 ) -> Summary:
     """Simulate (or reuse) run 1, start `hitveto serve` with the detector's shipped model, replay,
-    write hits."""
+    write hits. ice_from: ice forms in the jet from that frame on (the ice alert's demo); overrides:
+    the daemon's config (KEY=VALUE)."""
     workdir = Path(workdir)
     raw = detectors.get(detector).gain is not None
     (run_path,) = simulate_runs(
@@ -42,8 +49,9 @@ def run_demo(
         seed=2026,
         detector=detector,
         readout="raw" if raw else "calib",
+        ice_from=ice_from,
     )
-    settings, constants = ["model.device=auto"], None
+    settings, constants = ["model.device=auto", *overrides], None
     if raw:
         constants_path = _constants_from_dark(workdir, detector)
         settings.append(f"calib.constants={constants_path}")

@@ -179,13 +179,16 @@ def add_demo(sub: Any) -> None:
     s.add_argument(
         "--detector", default="cspad", help="cspad; jungfrau4m or epix10k2m: raw frames and their dark"
     )
+    s.add_argument("--ice-from", type=int, metavar="N", help="ice forms in the jet from frame N on")
     s.set_defaults(func=demo)
 
 
 def demo(args: argparse.Namespace) -> int:
     from hitveto.demo import index_command, run_demo
 
-    summary = run_demo(args.workdir, n_frames=args.frames, rate_hz=args.rate, detector=args.detector)
+    summary = run_demo(
+        args.workdir, n_frames=args.frames, rate_hz=args.rate, detector=args.detector, ice_from=args.ice_from
+    )
     title = f"hitveto demo: simulated {args.detector} run -> veto daemon -> hit writer"
     print("\n".join(["", title, *summary.lines()]))
     print(f"index them         {index_command(args.workdir, detector=args.detector)}")

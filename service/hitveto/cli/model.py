@@ -13,7 +13,16 @@ LABEL_PROTOCOLS = ("quartile", "min-peaks", "truth")  # offline/labels.py: PROTO
 
 
 def register(sub: Any) -> None:
-    for add in (add_train, add_evaluate, add_threshold, add_audit, add_adapt, add_profile, add_inspect):
+    for add in (
+        add_train,
+        add_train_classes,
+        add_evaluate,
+        add_threshold,
+        add_audit,
+        add_adapt,
+        add_profile,
+        add_inspect,
+    ):
         add(sub)
 
 
@@ -89,6 +98,30 @@ def train(args: argparse.Namespace) -> int:
     cfg = call_with(TrainConfig, args, recipe=recipe, architecture=architecture, **runs)
     _, report = fit_and_save(cfg)
     print(report)
+    return 0
+
+
+def add_train_classes(sub: Any) -> None:
+    s = sub.add_parser(
+        "train-classes",
+        help="add verdict classes (multiple crystals, ice, jet streak, blank) to a full-detector model",
+    )
+    s.add_argument("model", type=Path, help="the full-detector model: its hit score stays as it is")
+    s.add_argument("--train", type=Path, nargs="+", required=True, help="simulated runs (their truth)")
+    s.add_argument("--val", type=Path, nargs="+", required=True, help="runs that set each class's threshold")
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--epochs", type=int, default=150, help="the best on the validation runs is kept")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=train_classes)
+
+
+def train_classes(args: argparse.Namespace) -> int:
+    from hitveto.offline.classes import ClassConfig, train_classes
+
+    args.train, args.val = tuple(args.train), tuple(args.val)
+    path, report = train_classes(call_with(ClassConfig, args))
+    print(report)
+    print(path)
     return 0
 
 

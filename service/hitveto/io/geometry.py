@@ -204,9 +204,20 @@ def panel_radius(pool: int, detector: str = CSPAD) -> np.ndarray:
     """Each pooled pixel's distance from the beam, in raw pixels: the raw layout's geometry input
     (n_panels, rows // pool, cols // pool), as preprocess.pool_panels lays the panels out."""
     radius = radius_px(pixel_map("raw", 0.1, detector=detector))  # x and y only: the distance does not matter
-    n, rows, cols = radius.shape
+    return _pooled(radius, pool)
+
+
+def panel_azimuth(pool: int, detector: str = CSPAD) -> np.ndarray:
+    """Each pooled pixel's azimuth round the beam (radians, -pi to pi), laid out as panel_radius."""
+    pixels = pixel_map("raw", 0.1, detector=detector)
+    return np.arctan2(_pooled(pixels.y_m, pool), _pooled(pixels.x_m, pool)).astype(np.float32)
+
+
+def _pooled(values: np.ndarray, pool: int) -> np.ndarray:
+    """The mean of each pool x pool block of each panel (n_panels, rows, cols), float32."""
+    n, rows, cols = values.shape
     r, c = rows // pool * pool, cols // pool * pool
-    blocks = radius[:, :r, :c].reshape(n, r // pool, pool, c // pool, pool)
+    blocks = values[:, :r, :c].reshape(n, r // pool, pool, c // pool, pool)
     return blocks.mean(axis=(2, 4)).astype(np.float32)
 
 

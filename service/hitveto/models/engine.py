@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from hitveto.models.artifact import Artifact, load_module
+from hitveto.models.artifact import Artifact, ArtifactError, load_module
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Wire dtypes torch cannot reduce (amax is not implemented for uint16): staged as the next wider
@@ -84,6 +84,25 @@ class ModelEngine:
             [self.infer(regions[i : i + self.max_batch]) for i in range(0, len(regions), self.max_batch)]
         )
 
+    def check_outputs(self, out: np.ndarray) -> None:
+        """ArtifactError unless a batch's outputs have one column for the hit and one per class
+        the artifact names: a model that disagrees with its metadata is refused at load, not
+        kept batch after batch as model_error."""
+        columns = 1 if out.ndim == 1 else out.shape[1]
+        if columns != 1 + len(self.classes):
+            raise ArtifactError(
+                f"{self.artifact.path}: the model gives {columns} outputs a frame, its metadata "
+                f"names the hit and {len(self.classes)} classes"
+            )
+
+    def score_with_classes(self, regions: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """`infer_with_classes` for any number of regions, max_batch at a time."""
+        parts = [
+            self.infer_with_classes(regions[i : i + self.max_batch])
+            for i in range(0, len(regions), self.max_batch)
+        ]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
     def warm_up(self) -> float:
         """Run the batch sizes once or more so the first real frames do not pay; seconds taken."""
         raise NotImplementedError
@@ -138,6 +157,7 @@ class Engine(ModelEngine):
         """
         t0 = time.perf_counter()
         zeros = np.zeros(self.artifact.spec.roi_shape, dtype=np.int16)
+        self.check_outputs(self.outputs([zeros]))
         batch = self._stage([zeros] * self.max_batch)
         with torch.inference_mode(), self._autocast():
             for _ in range(2):

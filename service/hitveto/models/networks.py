@@ -162,16 +162,27 @@ class PanelCNN(nn.Module):
         self.sharpness = nn.Parameter(torch.tensor(3.0))  # of the sigmoid that counts a pixel
         self.counted = min(self.COUNTED, self.panels * self.h * self.w)  # a small test detector has fewer
         features = 16 * c + len(self.LEVELS)
+        self.n_features, self.n_per_panel = features, 8 * c  # what features() returns, per frame and panel
         self.classify = nn.Sequential(nn.Linear(features, 4 * c), nn.ReLU(), nn.Linear(4 * c, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.features(x)[0]).squeeze(1)
+
+    def features(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What the classifier reads, (b, 16c + levels); and for verdict classes (heads.ClassHeads)
+        each panel's mean (b, panels), the trunk's features per panel (b, panels, 8c), and the
+        frame's brightest pixels (b, COUNTED) above their background: values and flat indices."""
         b = x.shape[0]
         panels = x.reshape(b * self.panels, 1, self.h, self.w)
         # Each panel less its mean: a spot stands out of 0 whatever the panel's background, and
         # the padding (0) looks like background. Without it the trunk's maxima sat on the padded
         # border at first and training never found the spots.
-        panels = panels - panels.mean(dim=(2, 3), keepdim=True)
-        counts = self.spot_counts(panels, b)
+        means = panels.mean(dim=(2, 3), keepdim=True)
+        panels = panels - means
+        bright, where = self.brightest(panels, b)
+        counts = self.spot_counts(bright)
         if self.pad_h or self.pad_w:
             panels = nn.functional.pad(panels, (0, self.pad_w, 0, self.pad_h))
         f = self.first(nn.functional.pixel_unshuffle(panels, 2))
@@ -179,18 +190,23 @@ class PanelCNN(nn.Module):
         f = self.rest(f.reshape(b * self.panels, f.shape[2], f.shape[3], f.shape[4]))
         per_panel = torch.cat([f.amax(dim=(2, 3)), f.mean(dim=(2, 3))], dim=1).reshape(b, self.panels, -1)
         frame = torch.cat([per_panel.amax(dim=1), per_panel.mean(dim=1), counts], dim=1)
-        return self.classify(frame).squeeze(1)
+        return frame, means.reshape(b, self.panels), per_panel, bright, where
 
-    def spot_counts(self, panels: torch.Tensor, b: int) -> torch.Tensor:
-        """(b, levels) log(1 + soft count) of the pixels above each level: above their panel's
+    def brightest(self, panels: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frame's COUNTED brightest pixels, (b, COUNTED) values and flat indices, for the soft
+        counts ((b, levels) log(1 + soft count) of the pixels above each level): above their panel's
         mean, or (local_background) above their neighbourhood's, so that a spot on a bright ring
         counts and the ring does not (on the ePix10k2M's 400 test frames, counting pooled pixels
         3 sqrt-photons above the 5 x 5 mean kept 99.5 % of the hits and dropped 98.7 % of the
         frames without a crystal; above the panel's mean, 92.6 %)."""
         above = panels - _local_mean(panels, self.local_background) if self.local_background > 0 else panels
         # Among the frame's brightest pixels only: a sigmoid on every pixel cost 8 ms a frame.
-        brightest = torch.topk(above.reshape(b, 1, -1), self.counted, dim=2).values
-        return torch.log1p(torch.sigmoid(self.sharpness * (brightest - self.levels)).sum(dim=2))
+        top = torch.topk(above.reshape(b, -1), self.counted, dim=1)
+        return top.values, top.indices
+
+    def spot_counts(self, bright: torch.Tensor) -> torch.Tensor:
+        """(b, levels) log(1 + soft count) of the brightest pixels above each level."""
+        return torch.log1p(torch.sigmoid(self.sharpness * (bright.unsqueeze(1) - self.levels)).sum(dim=2))
 
 
 def _local_mean(panels: torch.Tensor, window: int) -> torch.Tensor:

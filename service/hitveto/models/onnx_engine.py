@@ -48,6 +48,7 @@ class OnnxEngine(ModelEngine):
         """Load (export if need be) the integer graph and run every batch size once (seconds)."""
         t0 = time.perf_counter()
         zeros = np.zeros((self.max_batch, *self.artifact.spec.roi_shape), dtype=np.int16)
+        self.check_outputs(self.outputs(list(zeros[:1])))
         for n in range(self.max_batch, 0, -1):
             self.infer(list(zeros[:n]))
         return time.perf_counter() - t0

@@ -33,8 +33,9 @@ from tqdm import tqdm
 from hitveto.io import sources
 from hitveto.io.peaks import PeakFinderParams, count_in_region, region_counter_pool
 from hitveto.models import artifact, networks, preprocess, stream_profile
-from hitveto.models.artifact import Artifact, ArtifactError
+from hitveto.models.artifact import Artifact
 from hitveto.offline import labels
+from hitveto.offline.rebuild import trainable
 from hitveto.offline.recipes import Recipe
 from hitveto.offline.train import fit, predict
 from hitveto.serving.audit import wilson
@@ -199,33 +200,6 @@ def _judge(
     return _Judged(
         scores, threshold, _figures(scores[parts["validation"]], threshold, y, truth, parts["validation"])
     )
-
-
-def trainable(art: Artifact, adu_per_photon: float) -> networks.HitClassifier:
-    """The artifact's network as a trainable module, normalising for `adu_per_photon`.
-
-    A frozen TorchScript module holds its weights as constants of its graph; each parameter of the
-    architectures here has a shape of its own, so they are matched by shape, and the rebuilt
-    network must give the frozen one's scores before it is trusted.
-    """
-    frozen = artifact.load_module(art, "cpu")
-    net = networks.build(art.info.architecture, art.spec.roi_shape[0], art.info.adu_per_photon)
-    consts = [
-        n.t("value")
-        for n in frozen.graph.nodes()
-        if n.kind() == "prim::Constant" and n.output().type().kind() == "TensorType"
-    ]
-    by_shape = {tuple(c.shape): c for c in consts}
-    params = dict(net.named_parameters())
-    if len(by_shape) != len(consts) or sorted(by_shape) != sorted(tuple(p.shape) for p in params.values()):
-        raise ArtifactError(f"{art.path}: cannot match its weights to a {art.info.architecture} network")
-    with torch.no_grad():
-        for p in params.values():
-            p.copy_(by_shape[tuple(p.shape)])
-        probe = torch.rand(4, *art.spec.roi_shape, generator=torch.Generator().manual_seed(0)) * 400
-        if not torch.allclose(net.eval()(probe), frozen(probe), atol=1e-5):
-            raise ArtifactError(f"{art.path}: the rebuilt network does not give the artifact's scores")
-    return net if adu_per_photon == art.info.adu_per_photon else networks.at_gain(net, adu_per_photon)
 
 
 def _window(

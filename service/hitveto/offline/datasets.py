@@ -28,6 +28,9 @@ class LabelledFrames:
     strong_spots: np.ndarray  # simulator truth: strong spots on the run's pixels, -1 where unknown
     kinds: np.ndarray  # simulator frame kind, -1 where unknown
     runs: tuple[str, ...]
+    truth: dict[str, np.ndarray] = dataclasses.field(
+        default_factory=dict
+    )  # every truth field, -1 where unknown
 
 
 def input_spec(
@@ -76,9 +79,7 @@ def load_runs(
     counter = peak_counter(spec, params) if count_peaks else lambda frame, roi: -1
     regions = _Regions(spill)
     peaks: list[int] = []
-    crystals: list[int] = []
-    spots: list[int] = []
-    kinds: list[int] = []
+    truths: list[dict[str, int]] = []
     for path in paths:
         calibrate_with = _calibration_for(path, spec, constants)
         stored = sources.run_file(path)
@@ -101,18 +102,19 @@ def load_runs(
             if counted is None and count_peaks and calibrate_with is not None:
                 frame = calibration.calibrate(frame, calibrate_with)  # peakfinder8 reads calibrated pixels
             peaks.append(counted[i] if counted is not None else counter(frame, roi))
-            crystals.append(ev.truth.get("n_crystals", -1))
-            spots.append(ev.truth.get("n_strong_spots", -1))
-            kinds.append(ev.truth.get("kind", -1))
+            truths.append(ev.truth)
         if counted is None and count_peaks:
             np.save(cache, np.array(peaks[start:]))
+    names = {"n_crystals", "n_strong_spots", "kind"}.union(*truths)
+    truth = {k: np.array([t.get(k, -1) for t in truths], dtype=np.int64) for k in sorted(names)}
     return LabelledFrames(
         regions=regions.array(),
         peaks=np.array(peaks),
-        n_crystals=np.array(crystals),
-        strong_spots=np.array(spots),
-        kinds=np.array(kinds),
+        n_crystals=truth["n_crystals"],
+        strong_spots=truth["n_strong_spots"],
+        kinds=truth["kind"],
         runs=tuple(str(p) for p in paths),
+        truth=truth,
     )
 
 

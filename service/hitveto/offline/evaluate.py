@@ -17,7 +17,7 @@ import numpy as np
 
 from hitveto.io.calibration import Constants
 from hitveto.models import artifact
-from hitveto.offline import labels
+from hitveto.offline import class_report, labels
 from hitveto.offline.indexing import IndexingOptions, indexed_frames
 
 KINDS = ("clean miss", "ice miss", "strong hit", "weak hit", "multiple hit")  # sim FrameKind order
@@ -45,16 +45,25 @@ def evaluate_runs(
     params = PeakFinderParams(**art.info.training.get("peakfinder8", {}))
     data = load_runs(runs, art.spec, params, constants=constants)
     engine = Engine(art, device="cpu", max_batch=64)
-    scores = engine.score(list(data.regions))  # views, no copy
+    scores, classes = engine.score_with_classes(list(data.regions))  # views, no copy
     result = summarise(scores, data, art.info.threshold, min_peaks)
     if indexing is not None:
         indexed = np.concatenate([indexed_frames(run, indexing) for run in runs])
         result["crystfel"] = indexed_summary(indexed, scores >= art.info.threshold, data, min_peaks)
     text = report(result, art.info.version, art.info.threshold, min_peaks)
+    judged_classes = art.info.classes and "blank" in data.truth  # runs simulated with the classes' truth
+    if judged_classes:
+        y = class_report.class_labels(data.truth, art.info.classes)
+        result["classes"] = class_report.figures(classes, y, art.info.classes, art.info.class_thresholds)
+        text += "\n\nVerdict classes (simulator truth)\n" + "\n".join(
+            class_report.lines(result["classes"], art.info.class_thresholds)
+        )
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "evaluation.json").write_text(json.dumps(result, indent=1))
         plot(scores, data, min_peaks, art.info.threshold, out_dir / "evaluation.png")
+        if judged_classes:
+            class_report.plot(classes, y, result["classes"], out_dir / "classes.png", art.info.version)
     return text
 
 

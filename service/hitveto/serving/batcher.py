@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from hitveto_client.protocol import EventKey, Reason, Verdict
+from hitveto_client.protocol import PROTOCOL_VERSION, EventKey, Reason, Verdict
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
@@ -26,6 +26,7 @@ class Pending:
     sent_ns: int
     received_ns: int
     arrived_s: float  # batcher clock at offer
+    version: int = PROTOCOL_VERSION  # the frame's protocol version: its verdict answers in it
 
     def kept(self, reason: Reason, *, model_version: str, threshold: float) -> Verdict:
         """The keep verdict for this frame when it is not judged (overload, shutdown, errors)."""
@@ -36,6 +37,7 @@ class Pending:
             threshold=threshold,
             sent_ns=self.sent_ns,
             received_ns=self.received_ns,
+            version=self.version,
         )
 
 

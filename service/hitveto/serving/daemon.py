@@ -196,6 +196,7 @@ class Daemon:
             devices_of(engines),
             self.artifact.sha256,
             info.threshold,
+            info.classes,
         )
         self.metrics.gpu_memory.set(sum(e.gpu_memory_bytes() for e in engines))
         self.metrics.ready.set(1)

@@ -4,8 +4,9 @@ runs one per engine (device), all fed by the same batcher.
 Frames that waited longer than the latency budget are kept (overload) instead of judged, so the
 latency of judged frames stays bounded whatever the offered load. A model that raises, or any error
 while its verdicts are made, gets the whole batch kept (model_error); a score that is not a number
-is no verdict: that frame is kept (bad_score). A new engine is swapped in between two batches, so a
-reload drops nothing.
+is no verdict: that frame is kept (bad_score). A judged verdict also carries the model's verdict
+classes (ice, jet streak...): information for people; keep or drop stays the hit score's alone. A
+new engine is swapped in between two batches, so a reload drops nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from hitveto_client.protocol import Reason, Verdict
 
 log = logging.getLogger(__name__)
 TICK_S = 0.1
+CLASS_THRESHOLD = 0.5  # for a verdict class whose threshold the artifact does not give
 
 
 class Watcher(Protocol):
@@ -100,7 +102,7 @@ class InferenceLoop:
         engine = self.engine
         t0 = time.perf_counter()
         try:
-            scores = engine.infer([p.region for p in batch])
+            scores, class_probabilities = engine.infer_with_classes([p.region for p in batch])
         except Exception:  # any model failure: keep the whole batch, keep serving
             log.exception("model %s failed on a batch of %d; kept", engine.version, len(batch))
             self._keep_all(batch, Reason.MODEL_ERROR)
@@ -108,8 +110,10 @@ class InferenceLoop:
         seconds = time.perf_counter() - t0
         try:  # all verdicts made before any is out: a failure keeps the whole batch, once
             verdicts = [
-                self._verdict(p, score, engine, seconds * 1e3)
-                for p, score in zip(batch, scores.tolist(), strict=True)
+                self._verdict(p, score, class_scores(engine, probabilities), engine, seconds * 1e3)
+                for p, score, probabilities in zip(
+                    batch, scores.tolist(), class_probabilities.tolist(), strict=True
+                )
             ]
         except Exception:
             log.exception("verdicts for a batch of %d failed; kept", len(batch))
@@ -125,9 +129,11 @@ class InferenceLoop:
             if v.reason is not Reason.BAD_SCORE:
                 self._watch(p.region, v.score, v.hit)
 
-    def _verdict(self, p: Pending, score: float, engine: ModelEngine, inference_ms: float) -> Verdict:
+    def _verdict(
+        self, p: Pending, score: float, by_class: dict[str, float], engine: ModelEngine, inference_ms: float
+    ) -> Verdict:
         if not math.isfinite(score):  # kept, and said why: a NaN must not read as a miss
-            hit, keep, reason = False, True, Reason.BAD_SCORE
+            hit, keep, reason, by_class = False, True, Reason.BAD_SCORE, {}  # not judged: no classes
         else:
             hit = score >= engine.threshold
             audited = not hit and self.audit.picks(p.key)
@@ -143,6 +149,9 @@ class InferenceLoop:
             sent_ns=p.sent_ns,
             received_ns=p.received_ns,
             inference_ms=inference_ms,
+            classes=called(by_class, engine.artifact.info.class_thresholds),
+            class_scores=by_class,
+            version=p.version,
         )
 
     def _watch(self, region: np.ndarray, score: float, hit: bool) -> None:
@@ -158,3 +167,13 @@ class InferenceLoop:
 
     def _keep(self, p: Pending, reason: Reason) -> None:
         self._publish(p.kept(reason, model_version=self.engine.version, threshold=self.engine.threshold))
+
+
+def class_scores(engine: ModelEngine, probabilities: list[float]) -> dict[str, float]:
+    """Each verdict class's probability by name (none for a model without class heads)."""
+    return dict(zip(engine.classes, probabilities, strict=True))
+
+
+def called(scores: dict[str, float], thresholds: dict[str, float]) -> tuple[str, ...]:
+    """The classes whose probability reached its threshold; a NaN reaches none."""
+    return tuple(name for name, p in scores.items() if p >= thresholds.get(name, CLASS_THRESHOLD))

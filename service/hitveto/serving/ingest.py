@@ -24,6 +24,7 @@ from hitveto.serving.guard import InputGuard
 from hitveto.serving.metrics import Metrics
 from hitveto.serving.supervise import Supervised
 from hitveto_client.protocol import (
+    PROTOCOL_VERSION,
     EventKey,
     FrameHeader,
     ProtocolError,
@@ -71,20 +72,22 @@ class IngestWorker:
         self._sock.close(linger=0)
 
     def handle(self, parts: list[zmq.Frame]) -> None:
-        """One message in, exactly one outcome: queued, or answered with a keep, or counted as bad."""
+        """One message in, exactly one outcome: queued, or answered with a keep, or counted as bad.
+        An answer is in the frame's protocol version: a v1 sender reads v1 verdicts only."""
         received_ns = time.time_ns()
         self.last_frame_s = time.monotonic()
         self._metrics.frames.inc()
         artifact = self._artifact()
-        key = None
+        key, version = None, PROTOCOL_VERSION
         try:
             header, image = decode_frame(parts)
-            key = header.key
+            key, version = header.key, header.version
             if key.detector != artifact.spec.detector:
                 raise ProtocolError(
                     "unknown_detector",
                     f"detector {key.detector!r}, model serves {artifact.spec.detector!r}",
                     key,
+                    version,
                 )
             image, unjudged = self._prepare(header, image, artifact)
             if unjudged is not None:
@@ -92,10 +95,10 @@ class IngestWorker:
                 return
             roi, nonfinite = masked_region(image, artifact.spec)
         except ProtocolError as exc:
-            self._reject(exc.reason, exc.key, str(exc), received_ns, artifact)
+            self._reject(exc.reason, exc.key, str(exc), received_ns, artifact, version=exc.version)
             return
         except InputMismatch as exc:
-            self._reject("bad_shape", key, str(exc), received_ns, artifact)
+            self._reject("bad_shape", key, str(exc), received_ns, artifact, version=version)
             return
         except Exception:  # a bug must cost one frame (kept), never the worker: count and go on
             log.exception("internal error on a frame; kept")
@@ -107,6 +110,7 @@ class IngestWorker:
                 received_ns,
                 artifact,
                 reason=Reason.MODEL_ERROR,
+                version=version,
             )
             return
         if nonfinite:
@@ -117,6 +121,7 @@ class IngestWorker:
             sent_ns=header.sent_ns,
             received_ns=received_ns,
             arrived_s=self._batcher.clock(),
+            version=version,
         )
         if self._draining.is_set():
             self._keep(pending, Reason.SHUTDOWN, artifact)
@@ -149,6 +154,7 @@ class IngestWorker:
                 threshold=artifact.info.threshold,
                 sent_ns=header.sent_ns,
                 received_ns=received_ns,
+                version=header.version,
             )
         )
 
@@ -160,6 +166,7 @@ class IngestWorker:
         received_ns: int,
         artifact: Artifact,
         reason: Reason = Reason.MALFORMED,
+        version: int = PROTOCOL_VERSION,
     ) -> None:
         self._metrics.bad_frames.labels(label).inc()
         log.debug("bad frame: %s", detail)
@@ -171,6 +178,7 @@ class IngestWorker:
                     model_version=artifact.served_version,
                     threshold=artifact.info.threshold,
                     received_ns=received_ns,
+                    version=version,
                 )
             )
 

@@ -5,7 +5,7 @@ Names are a contract: deploy/ dashboards and alert rules use them (docs/DAEMON.m
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from prometheus_client import (
@@ -51,6 +51,11 @@ class Metrics:
             "verdicts_total", "Verdicts published, by outcome and reason", "outcome", "reason"
         )
         self.bad_frames = counter("bad_frames_total", "Frames rejected as malformed, by reason", "reason")
+        self.frame_classes = counter(
+            "frame_classes_total",
+            "Judged frames by verdict class called (one frame may have several)",
+            "class",
+        )
         self.auth_failures = counter("auth_failures_total", "Connections refused by CURVE authentication")
         self.batch_size = histogram("batch_size", "Frames per inference batch", buckets=BATCH_BUCKETS)
         self.queue_depth = gauge("queue_depth", "Frames waiting for inference")
@@ -125,15 +130,26 @@ class Metrics:
     def thread_crashed(self, name: str) -> None:
         self.thread_crashes.labels(name).inc()
 
-    def count_verdict(self, keep: bool, reason: str) -> None:
+    def count_verdict(self, keep: bool, reason: str, classes: Sequence[str] = ()) -> None:
         self.verdicts.labels("keep" if keep else "drop", reason).inc()
+        for name in classes:
+            self.frame_classes.labels(name).inc()
 
     def set_model(
-        self, version: str, architecture: str, detector: str, device: str, sha256: str, threshold: float
+        self,
+        version: str,
+        architecture: str,
+        detector: str,
+        device: str,
+        sha256: str,
+        threshold: float,
+        classes: Sequence[str] = (),
     ) -> None:
         self.model_info.clear()
         self.model_info.labels(version, architecture, detector, device, sha256[:12]).set(1)
         self.threshold.set(threshold)
+        for name in classes:  # each served class at 0 from the start: rate() counts its first frames
+            self.frame_classes.labels(name)
 
     def set_shadow(self, estimates: dict[str, Any], frames: int) -> None:
         """Gauges from ShadowWindow.estimates()."""

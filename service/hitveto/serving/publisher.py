@@ -78,7 +78,7 @@ class Publisher:
                 continue
             self._admit_subscribers()  # before the send: a new subscriber gets this one
             self._sock.send(wire)
-            self._metrics.count_verdict(verdict.keep, verdict.reason.value)
+            self._metrics.count_verdict(verdict.keep, verdict.reason.value, verdict.classes)
             if verdict.received_ns:
                 self._metrics.latency.observe((now - verdict.received_ns) / 1e9)
             self.published += 1

@@ -7,6 +7,7 @@ these from the truth they leave.
 - **Bright jet streak**: the pulse lit the jet's surface (streak_fraction of frames): the run's
   streak streak_boost times brighter (log-uniform). Truth calls a frame's streak bright when it
   reaches JET_STREAK_PER_SR, whatever made it so (a preset's strong jet counts too).
+- **Ice rings** (ice_rings): hexagonal ice Ih rings with a patchy azimuthal texture.
 - **Ice crystallites**: ice_crystallite_fraction of ice frames show a few tens of sharp spots on
   the ice rings' resolutions, at random azimuths, instead of smooth rings.
 
@@ -60,7 +61,8 @@ def ice_crystallites(run: RunParams, rng: np.random.Generator, n: int, *, pulse:
     direction = np.stack(
         [np.sin(two_theta) * np.cos(phi), np.sin(two_theta) * np.sin(phi), np.cos(two_theta)], axis=1
     )
-    photons = pulse * np.exp(rng.uniform(*np.log(mix.ice_spot_photons), n))
+    low, high = np.log(mix.ice_spot_photons)
+    photons = pulse * np.exp(rng.uniform(low, high, n))
     return Reflections(
         hkl=np.zeros((n, 3), np.int64),
         q=k * (direction - np.array([0.0, 0.0, 1.0])),
@@ -72,3 +74,24 @@ def ice_crystallites(run: RunParams, rng: np.random.Generator, n: int, *, pulse:
 
 def _log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
     return float(np.exp(rng.uniform(np.log(bounds[0]), np.log(bounds[1]))))
+
+
+def ice_rings(s: np.ndarray, phi: np.ndarray, run: RunParams, rng: np.random.Generator) -> np.ndarray:
+    """Hexagonal ice rings with a patchy azimuthal texture, photons/sr as an (s, phi) table."""
+    mix = run.mix
+    d = np.asarray(mix.ice_d_spacings_a)
+    radial = np.exp(-0.5 * ((s[None, :] - 1.0 / d[:, None]) / mix.ice_ring_width_inv_a) ** 2)
+    orders = np.arange(1, 7)
+    coeff = rng.standard_normal((len(d), len(orders))) / np.sqrt(orders)
+    phase = rng.uniform(0, 2 * np.pi, (len(d), len(orders)))
+    wave = (coeff[:, :, None] * np.cos(orders[None, :, None] * phi + phase[:, :, None])).sum(axis=1)
+    texture = np.exp(mix.ice_texture * wave / max(1e-9, float(np.sqrt((coeff**2).sum(1).mean() / 2))))
+    texture /= texture.mean(axis=1, keepdims=True)
+    amount = mix.ice_ring_per_sr * mean_one_lognormal(rng, 0.6)
+    weights = amount * np.asarray(mix.ice_relative_intensity)[:, None]
+    return radial.T @ (weights * texture)
+
+
+def mean_one_lognormal(rng: np.random.Generator, sigma: float) -> float:
+    """A log-normal draw of mean 1 and log-sigma `sigma`."""
+    return float(np.exp(sigma * rng.standard_normal() - 0.5 * sigma**2))

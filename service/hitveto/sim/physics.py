@@ -40,13 +40,22 @@ from typing import Any
 import numpy as np
 
 from hitveto.sim.bragg import excited_reflections, polarisation, random_rotation
-from hitveto.sim.delivery import JET_STREAK_PER_SR, NO_EVENTS, Delivery, draw_delivery, ice_crystallites
+from hitveto.sim.delivery import (
+    JET_STREAK_PER_SR,
+    NO_EVENTS,
+    Delivery,
+    draw_delivery,
+    ice_crystallites,
+    ice_rings,
+    mean_one_lognormal,
+)
 from hitveto.sim.params import BeamParams, RunParams, SampleParams
 from hitveto.sim.spots import Segments, Spots, fit_segments, paint_spots, project
 
 N_S_BINS, N_PHI_BINS = 2048, 64  # radial x azimuthal lookup table of the smooth background
 STRONG_MIN_PHOTONS = 15.0  # a strong spot: >= this many photons within 2 sigma of its centre
 STRONG_MIN_SNR = 4.0  # ... and signal / sqrt(signal + background + read noise^2) >= this
+INDEXABLE_SPOTS = 10  # a lattice an indexer finds: at least this many strong spots
 
 
 class FrameKind(enum.IntEnum):
@@ -74,8 +83,11 @@ class FrameTruth:
     n_strong_spots: int
     kind: FrameKind
     ice: bool  # ice in the jet: rings, or crystallites (ice_spots)
+    lattices: int = 0  # crystals with >= INDEXABLE_SPOTS strong spots: lattices an indexer can find
     ice_spots: int = 0  # strong ice crystallite spots (as n_strong_spots counts them)
+    ice_ring_per_sr: float = 0.0  # the strongest ice ring's photons/sr (its azimuthal mean); 0: none
     jet_streak: bool = False  # a bright jet streak (delivery.JET_STREAK_PER_SR)
+    streak_per_sr: float = 0.0  # the jet streak's photons/sr on its axis this pulse
     blank: bool = False  # a blank shot: the pulse missed the jet
 
 
@@ -184,15 +196,15 @@ def simulate_photons(pixels: Any, run: RunParams, rng: np.random.Generator) -> t
     kind, n_crystals, ice = _draw_kind(run, rng)
     events = draw_delivery(run.mix, rng, hit=n_crystals > 0, ice=ice)
     pulse = _pulse_energy(run.beam, rng)
-    wobble = _mean_one_lognormal(rng, run.sample.background_jitter)
+    wobble = mean_one_lognormal(rng, run.sample.background_jitter)
     rings = ice and not events.crystallites
-    image = background(det, run, rng, pulse=pulse, ice=rings, wobble=wobble, events=events)
+    image, ice_per_sr = background(det, run, rng, pulse=pulse, ice=rings, wobble=wobble, events=events)
     read_var = (run.detector.read_noise_adu / run.detector.adu_per_photon) ** 2
     smooth = image.copy() if n_crystals or events.crystallites else image
-    n_strong = 0
+    per_crystal = []
     for _ in range(n_crystals):
         spots = _draw_crystal(det, run, rng, pulse=pulse, weak=kind == FrameKind.WEAK_HIT)
-        n_strong += _paint_strong(image, det, spots, smooth, read_var)
+        per_crystal.append(_paint_strong(image, det, spots, smooth, read_var))
     ice_spots = 0
     if events.crystallites:
         refl = ice_crystallites(run, rng, events.crystallites, pulse=pulse)
@@ -202,11 +214,14 @@ def simulate_photons(pixels: Any, run: RunParams, rng: np.random.Generator) -> t
     streak = pulse * wobble * run.sample.jet_streak_per_sr * events.streak_boost
     truth = FrameTruth(
         n_crystals=n_crystals,
-        n_strong_spots=n_strong,
+        n_strong_spots=sum(per_crystal),
+        lattices=sum(n >= INDEXABLE_SPOTS for n in per_crystal),
         kind=kind,
         ice=ice,
         ice_spots=ice_spots,
         jet_streak=not events.blank and streak >= JET_STREAK_PER_SR,
+        streak_per_sr=0.0 if events.blank else streak,
+        ice_ring_per_sr=ice_per_sr,
         blank=events.blank,
     )
     return image.reshape(np.shape(pixels.x_m)), truth
@@ -292,24 +307,24 @@ def background(
     ice: bool = False,
     wobble: float = 1.0,
     events: Delivery = NO_EVENTS,
-) -> np.ndarray:
-    """Smooth background photons per pixel (flat float32): water ring, air, jet streak, ice rings.
-    wobble: the jet's scatter this pulse, relative to nominal; a blank shot has none."""
+) -> tuple[np.ndarray, float]:
+    """Smooth background photons per pixel (flat float32): water ring, air, jet streak, ice rings;
+    and the strongest ice ring's photons/sr (0 without ice). wobble: the jet's scatter this pulse,
+    relative to nominal; a blank shot has none."""
     sample = run.sample
     jet = 0.0 if events.blank else wobble  # the jet's scatter this pulse: none if the pulse missed it
     radial = pulse * (jet * _water(det.s_centres, sample) + _air(det.s_centres, sample))
     table = np.repeat(radial[:, None], N_PHI_BINS, axis=1)
+    ice_per_sr = 0.0
     if ice:
-        table += pulse * _ice(det.s_centres, det.phi_centres, run, rng)
+        rings = pulse * ice_rings(det.s_centres, det.phi_centres, run, rng)
+        table += rings
+        ice_per_sr = float(rings.mean(axis=1).max())
     image = np.take(table.astype(np.float32).ravel(), det.table_index)
     image *= det.per_sr
     streak = pulse * jet * events.streak_boost * sample.jet_streak_per_sr
     image += np.multiply(det.jet_per_sr, np.float32(streak))
-    return image
-
-
-def _mean_one_lognormal(rng: np.random.Generator, sigma: float) -> float:
-    return float(np.exp(sigma * rng.standard_normal() - 0.5 * sigma**2))
+    return image, ice_per_sr
 
 
 def _water(s: np.ndarray, sample: SampleParams) -> np.ndarray:
@@ -323,19 +338,3 @@ def _water(s: np.ndarray, sample: SampleParams) -> np.ndarray:
 
 def _air(s: np.ndarray, sample: SampleParams) -> np.ndarray:
     return sample.air_scatter_per_sr / (1.0 + (s / sample.air_scatter_s0_inv_a) ** 2)
-
-
-def _ice(s: np.ndarray, phi: np.ndarray, run: RunParams, rng: np.random.Generator) -> np.ndarray:
-    """Hexagonal ice rings with a patchy azimuthal texture, photons/sr as an (s, phi) table."""
-    mix = run.mix
-    d = np.asarray(mix.ice_d_spacings_a)
-    radial = np.exp(-0.5 * ((s[None, :] - 1.0 / d[:, None]) / mix.ice_ring_width_inv_a) ** 2)
-    orders = np.arange(1, 7)
-    coeff = rng.standard_normal((len(d), len(orders))) / np.sqrt(orders)
-    phase = rng.uniform(0, 2 * np.pi, (len(d), len(orders)))
-    wave = (coeff[:, :, None] * np.cos(orders[None, :, None] * phi + phase[:, :, None])).sum(axis=1)
-    texture = np.exp(mix.ice_texture * wave / max(1e-9, float(np.sqrt((coeff**2).sum(1).mean() / 2))))
-    texture /= texture.mean(axis=1, keepdims=True)
-    amount = mix.ice_ring_per_sr * _mean_one_lognormal(rng, 0.6)
-    weights = amount * np.asarray(mix.ice_relative_intensity)[:, None]
-    return radial.T @ (weights * texture)

@@ -28,6 +28,10 @@ from hitveto_client.cxi import Experiment
 EXPERIMENT = "hitveto"
 READOUTS = ("calib", "raw", "dark")
 DARK = FrameTruth(n_crystals=0, n_strong_spots=0, kind=FrameKind.CLEAN_MISS, ice=False)
+ICING: dict[str, Any] = {
+    "ice_miss_fraction": 0.7,
+    "ice_with_hit_fraction": 0.5,
+}  # the mix once ice forms (ice_from)
 TIMESTAMP_STEP = 1 << 23  # ~120 Hz in xtc2's (seconds << 32 | ns) units; only order matters
 
 
@@ -43,12 +47,14 @@ def simulate_runs(
     readout: str = "calib",
     unit_seed: int = 1,
     detector: str = "cspad",
-    mix: dict[str, float] | None = None,
+    mix: dict[str, Any] | None = None,
+    ice_from: int | None = None,
 ) -> list[Path]:
     """Simulate and write each run; returns the run files. Raw and dark readouts come from the
     detector unit `unit_seed` (the same pedestals and bad pixels in every such run). The preset's
     experiment is recorded by `detector` (its geometry and response: params.on_detector); `mix`
-    replaces fields of its frame mix (e.g. {"blank_fraction": 0.1})."""
+    replaces fields of its frame mix (e.g. {"blank_fraction": 0.1}); from frame `ice_from` on, ice
+    forms in the jet (ICING: most frames show ice rings)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
     params = PRESETS[preset] if detector == "cspad" else on_detector(PRESETS[preset], detector)
@@ -72,13 +78,22 @@ def simulate_runs(
             layout=layout,
             fmt=fmt,
             readout=readout,
+            ice_from=ice_from,
         )
         for run in runs
     ]
 
 
 def simulate_run(
-    out_dir: Path, *, run: int, params: RunParams, preset: str, layout: str, fmt: str, readout: str = "calib"
+    out_dir: Path,
+    *,
+    run: int,
+    params: RunParams,
+    preset: str,
+    layout: str,
+    fmt: str,
+    readout: str = "calib",
+    ice_from: int | None = None,
 ) -> Path:
     suffix = {"xtc2": "xtc2", "cxi": "cxi"}[fmt]
     path = out_dir / f"{EXPERIMENT}-r{run:04d}-s000-c000.{suffix}"
@@ -89,6 +104,7 @@ def simulate_run(
         "readout": readout,
         "format": fmt,
         "n_frames": params.n_frames,
+        "ice_from": ice_from,
         "adu_per_photon": params.detector.adu_per_photon,
         "params": _jsonable(dataclasses.asdict(params)),
         "experiment": describe_experiment(params, layout),
@@ -99,7 +115,10 @@ def simulate_run(
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     events = tqdm(
-        frames(params, layout, readout), total=params.n_frames, desc=f"simulate run {run}", unit="frame"
+        frames(params, layout, readout, ice_from),
+        total=params.n_frames,
+        desc=f"simulate run {run}",
+        unit="frame",
     )
     if fmt == "xtc2":
         from hitveto.io.xtc2 import write_run
@@ -133,7 +152,9 @@ def regions(
     return [ev.image for ev in frames(params, "roi")]
 
 
-def frames(params: RunParams, layout: str, readout: str = "calib") -> Iterator[RunEvent]:
+def frames(
+    params: RunParams, layout: str, readout: str = "calib", ice_from: int | None = None
+) -> Iterator[RunEvent]:
     """The run's frames as ADU (int16), with truth; gap pixels of the region layout are 0.
 
     readout: "calib" (pedestal-subtracted, as psana's calib gives them), "raw" (the same on the
@@ -143,12 +164,14 @@ def frames(params: RunParams, layout: str, readout: str = "calib") -> Iterator[R
     if readout not in READOUTS:
         raise ValueError(f"readout {readout!r}: one of {READOUTS}")
     pixels = pixel_map(layout, distance_m=params.detector.distance_m, detector=params.detector.name)
+    icy = dataclasses.replace(params, mix=dataclasses.replace(params.mix, **ICING))
     for pulse_id in range(params.n_frames):
         rng = np.random.default_rng([params.seed, pulse_id])
         if readout == "dark":  # the beam off: read-out noise on the pedestals
             photons, truth = np.zeros(pixels.mask.shape, np.float32), DARK
         else:
-            photons, truth = simulate_photons(pixels, params, rng)
+            iced = ice_from is not None and pulse_id >= ice_from
+            photons, truth = simulate_photons(pixels, icy if iced else params, rng)
         adu = to_adu(photons, params, rng)
         adu = to_raw(adu, params, _forced_stage(params, pulse_id, readout)) if readout != "calib" else adu
         adu[~pixels.mask] = 0
@@ -161,8 +184,11 @@ def frames(params: RunParams, layout: str, readout: str = "calib") -> Iterator[R
                 "n_strong_spots": truth.n_strong_spots,
                 "kind": int(truth.kind),
                 "ice": int(truth.ice),
+                "lattices": truth.lattices,
                 "ice_spots": truth.ice_spots,
+                "ice_ring_per_sr": round(truth.ice_ring_per_sr),
                 "jet_streak": int(truth.jet_streak),
+                "streak_per_sr": round(truth.streak_per_sr),
                 "blank": int(truth.blank),
             },
         )
