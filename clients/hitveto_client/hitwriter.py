@@ -39,6 +39,7 @@ class Summary:
     latency_max_ms: float
     files: list[str]
     rejected: dict[str, int] = field(default_factory=dict)  # malformed messages, by reason
+    classes: dict[str, int] = field(default_factory=dict)  # judged frames called each verdict class
     not_written: int = 0  # kept frames the writer could not store (lost hits)
     write_error: str = ""  # why the first of them was not stored
 
@@ -64,6 +65,11 @@ class Summary:
             f"{self.hits_kept} hits kept, {self.misses_dropped} misses dropped, "
             f"{self.audited} misses kept for audit",
             f"kept by fallback   {self.kept_fallback} ({fallback})",
+            *(
+                [f"verdict classes    {', '.join(f'{k} {v}' for k, v in sorted(self.classes.items()))}"]
+                if self.classes
+                else []
+            ),
             f"frames written     {self.written} "
             f"({100 * (1 - self.written / max(1, self.sent)):.1f}% data reduction)",
             *(
@@ -126,6 +132,7 @@ def stream(
         misses_dropped=c.misses,
         audited=c.audited,
         kept_by_reason={str(k): v for k, v in c.kept_by_reason.items()},
+        classes=dict(c.classes),
         written=written,
         elapsed_s=elapsed,
         latency_p50_ms=float(p50),

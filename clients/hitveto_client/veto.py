@@ -76,6 +76,7 @@ class ClientCounts:
     late_verdicts: int = 0  # verdicts for frames already kept by the deadline
     foreign_verdicts: int = 0  # verdicts for frames this client did not send
     bad_verdicts: int = 0
+    classes: Counter = field(default_factory=Counter)  # judged frames called each verdict class
 
     @property
     def kept_fallback(self) -> int:
@@ -216,6 +217,7 @@ class VetoClient:
             self.counts.audited += 1
         else:
             self.counts.kept_by_reason[verdict.reason] += 1
+        self.counts.classes.update(verdict.classes)
         self._ready.append(
             Decision(
                 key=verdict.key,

@@ -33,11 +33,11 @@ def run_demo(
     rate_hz: float = 120.0,
     detector: str = "cspad",
     ice_from: int | None = None,
-    overrides: tuple[str, ...] = (),
+    metrics_port: int | None = None,
 ) -> Summary:
     """Simulate (or reuse) run 1, start `hitveto serve` with the detector's shipped model, replay,
-    write hits. ice_from: ice forms in the jet from that frame on (the ice alert's demo); overrides:
-    the daemon's config (KEY=VALUE)."""
+    write hits. ice_from: ice forms in the jet from that frame on (the ice alert's demo);
+    metrics_port: where the daemon's metrics are (default: any free port)."""
     workdir = Path(workdir)
     raw = detectors.get(detector).gain is not None
     (run_path,) = simulate_runs(
@@ -51,7 +51,7 @@ def run_demo(
         readout="raw" if raw else "calib",
         ice_from=ice_from,
     )
-    settings, constants = ["model.device=auto", *overrides], None
+    settings, constants = ["model.device=auto"], None
     if raw:
         constants_path = _constants_from_dark(workdir, detector)
         settings.append(f"calib.constants={constants_path}")
@@ -60,7 +60,12 @@ def run_demo(
     (workdir / "hits").mkdir(parents=True, exist_ok=True)
     (workdir / "hits" / CELL).write_text(crystfel.cell_text(crystal.cell_a, crystal.cell_angles_deg))
     log.info("starting the daemon with the shipped model")
-    daemon = start_daemon(*settings, artifact=artifact.SHIPPED[detector], log_path=workdir / "daemon.log")
+    daemon = start_daemon(
+        *settings,
+        artifact=artifact.SHIPPED[detector],
+        log_path=workdir / "daemon.log",
+        metrics_port=metrics_port,
+    )
     try:
         log.info(
             "daemon READY: frames %s, verdicts %s, metrics :%d",

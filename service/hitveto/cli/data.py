@@ -179,7 +179,12 @@ def add_demo(sub: Any) -> None:
     s.add_argument(
         "--detector", default="cspad", help="cspad; jungfrau4m or epix10k2m: raw frames and their dark"
     )
-    s.add_argument("--ice-from", type=int, metavar="N", help="ice forms in the jet from frame N on")
+    s.add_argument(
+        "--ice-from", type=int, metavar="N", help="ice forms in the jet from frame N on (none before)"
+    )
+    s.add_argument(
+        "--metrics-port", type=int, help="the daemon's Prometheus metrics here (default: a free port)"
+    )
     s.set_defaults(func=demo)
 
 
@@ -187,7 +192,12 @@ def demo(args: argparse.Namespace) -> int:
     from hitveto.demo import index_command, run_demo
 
     summary = run_demo(
-        args.workdir, n_frames=args.frames, rate_hz=args.rate, detector=args.detector, ice_from=args.ice_from
+        args.workdir,
+        n_frames=args.frames,
+        rate_hz=args.rate,
+        detector=args.detector,
+        ice_from=args.ice_from,
+        metrics_port=args.metrics_port,
     )
     title = f"hitveto demo: simulated {args.detector} run -> veto daemon -> hit writer"
     print("\n".join(["", title, *summary.lines()]))

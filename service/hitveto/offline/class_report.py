@@ -84,11 +84,16 @@ def auc(pos: np.ndarray, neg: np.ndarray) -> float:
 
 
 def lines(figs: dict[str, Any], thresholds: dict[str, float]) -> list[str]:
-    rows = [f"{'class':<11} {'with':>5} {'without':>7} {'threshold':>9} {'sens':>6} {'spec':>6} {'AUC':>6}"]
+    """A table: per class, frames with and without it, threshold, sensitivity, specificity, AUC
+    (and the AUC of peakfinder8's peak count, where evaluate gives it)."""
+    pf8 = any("peakfinder8_auc" in f for f in figs.values())
+    head = f"{'class':<11} {'with':>5} {'without':>7} {'threshold':>9} {'sens':>6} {'spec':>6} {'AUC':>6}"
+    rows = [head + ("  peakfinder8 count AUC" if pf8 else "")]
     for name, f in figs.items():
         rows.append(
             f"{name:<11} {f['with']:>5} {f['without']:>7} {thresholds[name]:>9.4f} "
             f"{f['sensitivity']:>6.3f} {f['specificity']:>6.3f} {f['auc']:>6.3f}"
+            + (f"  {f.get('peakfinder8_auc', float('nan')):>6.3f}" if pf8 else "")
         )
     return rows
 

@@ -55,6 +55,11 @@ def evaluate_runs(
     if judged_classes:
         y = class_report.class_labels(data.truth, art.info.classes)
         result["classes"] = class_report.figures(classes, y, art.info.classes, art.info.class_thresholds)
+        if (data.peaks >= 0).all():  # what peakfinder8's count alone tells of each class
+            for i, name in enumerate(art.info.classes):
+                result["classes"][name]["peakfinder8_auc"] = class_report.auc(
+                    data.peaks[y[:, i] == 1], data.peaks[y[:, i] == 0]
+                )
         text += "\n\nVerdict classes (simulator truth)\n" + "\n".join(
             class_report.lines(result["classes"], art.info.class_thresholds)
         )

@@ -31,7 +31,7 @@ def trainable(art: Artifact, adu_per_photon: float) -> networks.HitClassifier:
     net = networks.build(art.info.architecture, art.spec.roi_shape[0], art.info.adu_per_photon, radius)
     try:
         with torch.no_grad():
-            _load_constants(net, _graph_constants(frozen))
+            _load_constants(net, _graph_constants(frozen), with_classes=bool(art.info.classes))
     except (ValueError, RuntimeError) as exc:
         raise ArtifactError(
             f"{art.path}: cannot match its weights to a {art.info.architecture} network: {exc}"
@@ -60,9 +60,15 @@ def _graph_constants(frozen: Any) -> list[tuple[str, list[torch.Tensor]]]:
     return found
 
 
-def _load_constants(net: networks.HitClassifier, ops: list[tuple[str, list[torch.Tensor]]]) -> None:
+def _load_constants(
+    net: networks.HitClassifier, ops: list[tuple[str, list[torch.Tensor]]], *, with_classes: bool
+) -> None:
+    """The network's weights from the graph's ops; with classes (heads.ClassifiedHits), the hit
+    network's ops come first, the heads' after them."""
     layers = [m for m in net.net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     weighted = [consts for kind, consts in ops if kind in ("aten::conv2d", "aten::linear")]
+    if with_classes:
+        weighted = weighted[: len(layers)]
     if len(weighted) != len(layers):
         raise ValueError(f"{len(weighted)} weighted ops in the graph, {len(layers)} layers in the network")
     for layer, (weight, *bias) in zip(layers, weighted):
@@ -73,10 +79,18 @@ def _load_constants(net: networks.HitClassifier, ops: list[tuple[str, list[torch
         bn.reset_parameters()  # weight 1, bias 0, running mean 0, variance 1
         assert bn.running_var is not None
         bn.running_var.fill_(1.0 - bn.eps)  # (x - 0) / sqrt(var + eps) = x
-    extra = {kind: consts[0] for kind, consts in ops if kind in ("aten::sub", "aten::mul", "aten::add")}
     if isinstance(net.net, networks.PanelCNN):
-        panels = net.net
-        panels.levels.copy_(extra["aten::sub"])
-        panels.sharpness.copy_(extra["aten::mul"])
-        product, r = extra["aten::add"], panels.radius  # radius_weight (1, c, 1, 1) x radius (P, 1, h, w)
-        panels.radius_weight.copy_(((product * r).sum(dim=(0, 2, 3)) / (r * r).sum()).reshape(1, -1, 1, 1))
+        panels, r = net.net, net.net.radius  # radius_weight (1, c, 1, 1) x radius (P, 1, h, w)
+        product = (panels.radius.shape[0], panels.radius_weight.shape[1], *panels.radius.shape[2:])
+        panels.levels.copy_(_the(ops, "aten::sub", panels.levels.shape))
+        panels.sharpness.copy_(_the(ops, "aten::mul", panels.sharpness.shape))
+        folded = _the(ops, "aten::add", torch.Size(product))
+        panels.radius_weight.copy_(((folded * r).sum(dim=(0, 2, 3)) / (r * r).sum()).reshape(1, -1, 1, 1))
+
+
+def _the(ops: list[tuple[str, list[torch.Tensor]]], kind: str, shape: torch.Size) -> torch.Tensor:
+    """The one constant of this shape the graph's `kind` ops take (the heads' ops take others)."""
+    found = [c for k, consts in ops if k == kind for c in consts if c.shape == shape]
+    if len(found) != 1:
+        raise ValueError(f"{len(found)} {kind} constants of shape {tuple(shape)}, not one")
+    return found[0]

@@ -71,9 +71,14 @@ class DaemonExited(RuntimeError):
 
 
 def start_daemon(
-    *settings: str, artifact: Path | None = None, timeout_s: float = 60.0, log_path: Path | None = None
+    *settings: str,
+    artifact: Path | None = None,
+    timeout_s: float = 60.0,
+    log_path: Path | None = None,
+    metrics_port: int | None = None,
 ) -> DaemonProcess:
-    """Launch `hitveto serve` on free loopback ports; returns once it says READY=1.
+    """Launch `hitveto serve` on free loopback ports (metrics on `metrics_port` if given); returns
+    once it says READY=1.
 
     settings are extra `section.key=value` overrides. Raises RuntimeError if it dies or times out.
     """
@@ -84,7 +89,7 @@ def start_daemon(
         # LAUNCH_ATTEMPTS times and its error is raised.
         ingest, publish = free_tcp_endpoint(), free_tcp_endpoint()
         control = f"ipc://{tempfile.mkdtemp(prefix='hitveto-')}/control"  # owner-only Unix socket
-        port = int(free_tcp_endpoint().rsplit(":", 1)[1])
+        port = metrics_port or int(free_tcp_endpoint().rsplit(":", 1)[1])
         cmd = [
             sys.executable,
             "-m",

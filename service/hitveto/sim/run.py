@@ -28,6 +28,7 @@ from hitveto_client.cxi import Experiment
 EXPERIMENT = "hitveto"
 READOUTS = ("calib", "raw", "dark")
 DARK = FrameTruth(n_crystals=0, n_strong_spots=0, kind=FrameKind.CLEAN_MISS, ice=False)
+NO_ICE: dict[str, Any] = {"ice_miss_fraction": 0.0, "ice_with_hit_fraction": 0.0}  # before ice_from
 ICING: dict[str, Any] = {
     "ice_miss_fraction": 0.7,
     "ice_with_hit_fraction": 0.5,
@@ -53,8 +54,8 @@ def simulate_runs(
     """Simulate and write each run; returns the run files. Raw and dark readouts come from the
     detector unit `unit_seed` (the same pedestals and bad pixels in every such run). The preset's
     experiment is recorded by `detector` (its geometry and response: params.on_detector); `mix`
-    replaces fields of its frame mix (e.g. {"blank_fraction": 0.1}); from frame `ice_from` on, ice
-    forms in the jet (ICING: most frames show ice rings)."""
+    replaces fields of its frame mix (e.g. {"blank_fraction": 0.1}); with `ice_from`, the jet is
+    free of ice before that frame and ices from it on (ICING: most frames show ice rings)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
     params = PRESETS[preset] if detector == "cspad" else on_detector(PRESETS[preset], detector)
@@ -164,14 +165,15 @@ def frames(
     if readout not in READOUTS:
         raise ValueError(f"readout {readout!r}: one of {READOUTS}")
     pixels = pixel_map(layout, distance_m=params.detector.distance_m, detector=params.detector.name)
+    before = dataclasses.replace(params, mix=dataclasses.replace(params.mix, **NO_ICE))
     icy = dataclasses.replace(params, mix=dataclasses.replace(params.mix, **ICING))
     for pulse_id in range(params.n_frames):
         rng = np.random.default_rng([params.seed, pulse_id])
         if readout == "dark":  # the beam off: read-out noise on the pedestals
             photons, truth = np.zeros(pixels.mask.shape, np.float32), DARK
         else:
-            iced = ice_from is not None and pulse_id >= ice_from
-            photons, truth = simulate_photons(pixels, icy if iced else params, rng)
+            now = params if ice_from is None else icy if pulse_id >= ice_from else before
+            photons, truth = simulate_photons(pixels, now, rng)
         adu = to_adu(photons, params, rng)
         adu = to_raw(adu, params, _forced_stage(params, pulse_id, readout)) if readout != "calib" else adu
         adu[~pixels.mask] = 0
