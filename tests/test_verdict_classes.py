@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import zmq
 
+from hitveto.serving.control import request
 from hitveto_client.cxi import CxiWriter, read_frames
 from hitveto_client.hitwriter import Frame
 from hitveto_client.hitwriter import stream as write_stream
@@ -72,6 +73,8 @@ def test_verdicts_carry_the_classes_at_their_thresholds_and_the_counter_counts_t
         _, decisions = stream(daemon, cases() + unjudged)
         stream(daemon, [(EventKey(run=2, pulse_id=0), region(0, 0, 0))])  # the counts above are in
         counted = classes_counted(daemon)
+        status = request(daemon.endpoints.control, "status")
+    assert status["result"]["classes"] == dict(CLASSES)  # `hitveto ctl status`: each class, its threshold
     verdicts = {d.key.pulse_id: d.verdict for d in decisions if d.key.run == 1}
     assert {p: (v.hit, v.keep, v.classes) for p, v in verdicts.items() if p in CASES} == {
         p: (hit, hit, classes) for p, (_, hit, classes) in CASES.items()

@@ -113,7 +113,9 @@ class Profiles(nn.Module):
         """An annulus's azimuthal profile less its median, and how far its two opposite azimuths
         (a line through the beam) stand above that: the two largest, and the largest in units of
         the profile's spread."""
-        level = around - around.median(dim=1, keepdim=True)[0]
+        # the (lower) median as the k-th largest: ONNX has no median
+        median = around.topk(self.annulus_bins // 2 + 1, dim=1).values[:, -1:]
+        level = around - median
         line = (level + level.roll(self.annulus_bins // 2, dims=1)) / 2
         top = line.topk(2, dim=1).values
         return torch.cat([level, top, top[:, :1] / (around.std(dim=1, keepdim=True) + 1e-3)], dim=1)

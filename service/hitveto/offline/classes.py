@@ -79,7 +79,7 @@ def train_classes(cfg: ClassConfig) -> tuple[Path, str]:
     drift = _hit_scores_kept(served, scripted, val_frames)
     info = dataclasses.replace(
         served.info,
-        version=f"{served.info.version}+classes-{networks.weights_digest(model)}",
+        version=f"{served.info.version.split('+classes-')[0]}+classes-{networks.weights_digest(model)}",
         classes=heads.CLASSES,
         class_thresholds=thresholds,
         created="",

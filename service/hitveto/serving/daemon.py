@@ -210,6 +210,7 @@ class Daemon:
             "sha256": self.artifact.sha256,
             "detector": info.detector,
             "threshold": info.threshold,
+            "classes": dict(zip(info.classes, (info.class_thresholds.get(c) for c in info.classes))),
             "device": devices_of([loop.engine for loop in self.inference]),
             "artifact": str(self.artifact.path),
             "queue_depth": self.batcher.depth(),
