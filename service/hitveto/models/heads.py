@@ -47,16 +47,9 @@ class ClassHeads(nn.Module):
             nn.Dropout(0.1), nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, n_classes)
         )
 
-    def forward(
-        self,
-        profiles: torch.Tensor,
-        frame: torch.Tensor,
-        means: torch.Tensor,
-        per_panel: torch.Tensor,
-        bright: torch.Tensor,
-        index: torch.Tensor,
-    ) -> torch.Tensor:
-        return self.decide(self.inputs(profiles, frame, means, per_panel, bright, index))
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The trained part: logits (b, classes) of what `inputs` gives."""
+        return self.classify(self.standardise(inputs))
 
     def inputs(
         self,
@@ -71,10 +64,6 @@ class ClassHeads(nn.Module):
         profiles (self.profiles of the normalised frames), the rest as PanelCNN.features returns."""
         spread = torch.cat([per_panel.std(dim=1), per_panel.amin(dim=1)], dim=1)
         return torch.cat([frame, means, spread, self.bright(bright, index), profiles], dim=1)
-
-    def decide(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The trained part: logits (b, classes) of `inputs`."""
-        return self.classify(self.standardise(inputs))
 
 
 class ClassifiedHits(nn.Module):
@@ -95,5 +84,5 @@ class ClassifiedHits(nn.Module):
         profiles = self.heads.profiles(x.reshape(x.shape[0], -1))
         frame, means, per_panel, bright, index = self.net.features(x)
         p_hit = torch.sigmoid(self.net.classify(frame))
-        logits = self.heads(profiles, frame, means, per_panel, bright, index)
+        logits = self.heads(self.heads.inputs(profiles, frame, means, per_panel, bright, index))
         return torch.cat([p_hit, torch.sigmoid(logits)], dim=1)

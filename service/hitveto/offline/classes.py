@@ -113,25 +113,22 @@ def _inputs(
     with torch.no_grad():
         for i in tqdm(range(0, len(data.regions), 64), desc="features", unit="batch", leave=False):
             batch = np.asarray(data.regions[i : i + 64])
-            for frames, parts in ((batch, plain), (_with_hot_pixels(batch, hot_pixels, served), hot)):
-                if len(frames):
-                    x = hit.normalise(torch.from_numpy(frames))
-                    profiles = model.profiles(x.reshape(x.shape[0], -1))
-                    parts.append(model.inputs(profiles, *net.features(x)))
+            versions = [(batch, plain)]
+            if hot_pixels is not None:
+                versions.append((_with_hot_pixels(batch, hot_pixels, served), hot))
+            for frames, parts in versions:
+                x = hit.normalise(torch.from_numpy(frames))
+                profiles = model.profiles(x.reshape(x.shape[0], -1))
+                parts.append(model.inputs(profiles, *net.features(x)))
     if hot:
         labels = np.concatenate([labels, labels])
     return torch.cat(plain + hot), labels, data.regions
 
 
-def _with_hot_pixels(
-    frames: np.ndarray, rng: np.random.Generator | None, served: artifact.Artifact
-) -> np.ndarray:
+def _with_hot_pixels(frames: np.ndarray, rng: np.random.Generator, served: artifact.Artifact) -> np.ndarray:
     """The frames, each with 1-4 lone bright pooled pixels at random places (HOT_PIXELS photons):
     a detector's hot pixels, which show on every frame of a run and are none of the classes.
-    Trained without them, the heads called every frame of a run with one bright hot pixel ice.
-    No rng: none (an empty batch)."""
-    if rng is None:
-        return frames[:0]
+    Trained without them, the heads called every frame of a run with one bright hot pixel ice."""
     out = frames.copy()
     for row in out.reshape(len(out), -1):
         spots = rng.integers(0, row.size, rng.integers(1, 5))
@@ -157,14 +154,20 @@ def _fit(
         for rows in torch.randperm(len(y)).split(256):
             opt.zero_grad()
             loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                model.decide(x[rows]), target[rows], weight=weight[rows]
+                model(x[rows]), target[rows], weight=weight[rows]
             )
             loss.backward()
             opt.step()
         if epoch % 5 == 4:
-            p = _probabilities(model, val[0])
-            figures = class_report.figures(p, val[1], heads.CLASSES, dict.fromkeys(heads.CLASSES, 0.5))
-            score = float(np.nanmean([f["auc"] for f in figures.values()]))
+            p, y_val = _probabilities(model, val[0]), val[1]
+            score = float(
+                np.nanmean(
+                    [
+                        class_report.auc(p[y_val[:, i] == 1, i], p[y_val[:, i] == 0, i])
+                        for i in range(y.shape[1])
+                    ]
+                )
+            )
             if score > best:
                 best, kept = score, copy.deepcopy(model.state_dict())
     model.load_state_dict(kept)
@@ -174,7 +177,7 @@ def _fit(
 def _probabilities(model: heads.ClassHeads, x: torch.Tensor) -> np.ndarray:
     model.eval()
     with torch.no_grad():
-        return torch.sigmoid(model.decide(x)).numpy()
+        return torch.sigmoid(model(x)).numpy()
 
 
 def _hit_scores_kept(served: artifact.Artifact, scripted: Any, frames: np.ndarray) -> float:
