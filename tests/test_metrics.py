@@ -9,7 +9,7 @@ import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
 from hitveto.models import artifact
-from hitveto_client.protocol import EventKey
+from hitveto_client.protocol import EventKey, Reason
 
 from helpers import CLASSES, ROI, class_artifact, frames, running_daemon, stream
 
@@ -65,3 +65,18 @@ def test_each_verdict_class_of_the_served_model_is_scraped_at_0_before_its_first
     assert labels == [(("class", c),) for c in sorted(CLASSES)]
     assert all(total(before, "hitveto_frame_classes_total", **{"class": c}) == 0 for c in CLASSES)
     assert all(total(after, "hitveto_frame_classes_total", **{"class": c}) == 1 for c in CLASSES)
+
+
+def test_every_verdict_series_a_daemon_publishes_is_scraped_at_0_before_its_first_frame(tiny_artifact):
+    """rate() over a series that appears with its first sample misses that sample: a first burst
+    of overload or model_error keeps would not move an alert."""
+    with running_daemon(tiny_artifact) as daemon:
+        before = scrape(daemon.endpoints.metrics_port)
+    labels = {
+        dict(lab)["reason"] + "/" + dict(lab)["outcome"]
+        for (name, lab) in before
+        if name == "hitveto_verdicts_total"
+    }
+    daemon_side = {r.value for r in Reason} - {Reason.NO_VERDICT.value, Reason.DUPLICATE.value}
+    assert labels == {f"{r}/keep" for r in daemon_side} | {"model/drop"}
+    assert total(before, "hitveto_verdicts_total") == 0

@@ -171,7 +171,7 @@ def test_the_dashboard_has_a_verdict_classes_row():
 def test_the_ice_alert_fires_on_the_daemon_whose_judged_frames_show_ice(tmp_path):
     models = [class_artifact(tmp_path / "a.pt"), class_artifact(tmp_path / "b.pt")]
     with daemons_under_alerts(tmp_path, models) as ((icy, clear), prom):
-        for daemon in (icy, clear):  # verdict series exist only from a first verdict: before the rate
+        for daemon in (icy, clear):  # 20 judged frames each, scraped before the ice: the rate's baseline
             stream(daemon, [(EventKey(run=0, pulse_id=i), region(10, 0, 0)) for i in range(20)])
         wait_for(prom, 'count(hitveto_verdicts_total{reason="model"} == 20) == 2')
         wait_for(prom, 'count(hitveto_frame_classes_total{class="ice"} == 0) == 2')

@@ -17,10 +17,18 @@ from prometheus_client import (
     start_http_server,
 )
 
+from hitveto_client.protocol import Reason
+
 Make = Callable[..., Any]
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 PREFIX = "hitveto_"
+# Every (outcome, reason) a daemon publishes, at 0 from the start: rate() over a series that appears
+# with its first frame misses that frame, so a first burst of overload keeps would go unseen.
+PUBLISHED = (
+    ("drop", Reason.MODEL),
+    *(("keep", r) for r in Reason if r not in (Reason.NO_VERDICT, Reason.DUPLICATE)),
+)
 
 
 def _maker(kind: Any, registry: CollectorRegistry) -> Make:
@@ -50,6 +58,8 @@ class Metrics:
         self.verdicts = counter(
             "verdicts_total", "Verdicts published, by outcome and reason", "outcome", "reason"
         )
+        for outcome, reason in PUBLISHED:
+            self.verdicts.labels(outcome, reason.value)
         self.bad_frames = counter("bad_frames_total", "Frames rejected as malformed, by reason", "reason")
         self.frame_classes = counter(
             "frame_classes_total",
