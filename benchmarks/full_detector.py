@@ -6,7 +6,8 @@ share of frames without a crystal dropped. peakfinder8 runs on every pixel of ev
 minimum peak count N in PF8_N, and its best N (by balanced accuracy) is reported beside the models.
 Prints a table per run set; saves JSON and a PNG.
 
-    python benchmarks/full_detector.py --model panels.pt --sets lysozyme=RUN... other=RUN... --out DIR
+    python benchmarks/full_detector.py --model panels.pt [--previous-model old.pt] \
+        --sets lysozyme=RUN... other=RUN... --out DIR
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ def main() -> None:
     p = parser(__doc__)
     p.add_argument("--model", type=Path, default=artifact.DEFAULT_ARTIFACT, help="the full-detector artifact")
     p.add_argument("--region-model", type=Path, default=artifact.REGION_ARTIFACT)
+    p.add_argument("--previous-model", type=Path, help="a full-detector artifact to judge beside --model")
     p.add_argument("--sets", nargs="+", required=True, metavar="NAME=RUN[,RUN]")
     p.add_argument("--no-peakfinder8", action="store_true")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/full-detector"))
@@ -107,6 +109,8 @@ def main() -> None:
         "full-detector model": artifact.read(args.model),
         "region model": artifact.read(args.region_model),
     }
+    if args.previous_model:
+        models["previous full-detector model"] = artifact.read(args.previous_model)
     results = {}
     for item in args.sets:
         name, _, paths = item.partition("=")

@@ -40,9 +40,10 @@ def add_train(sub: Any) -> None:
     s.add_argument(
         "--arch",
         dest="architecture",
-        choices=["seed", "compact", "panels", "panels-local"],
+        choices=["seed", "compact", "panels", "panels-local", "panels-rings"],
         help="default: seed for the roi layout, panels for raw (panels-local: spots counted above "
-        "their neighbourhood, for low-noise detectors: docs/MODEL.md)",
+        "their neighbourhood, for low-noise detectors; panels-rings: also where the counted pixels "
+        "lie round the beam, for ice crystallites and bright jet streaks: docs/MODEL.md)",
     )
     s.add_argument(
         "--recipe",

@@ -37,9 +37,13 @@ class ClassHeads(nn.Module):
         hidden: int = 32,
     ) -> None:
         super().__init__()
-        self.bright = BrightPixels(radius, azimuth, float(net.sharpness.detach()), net.counted)
+        # A panels-rings network's frame features hold where its bright pixels lie already.
+        self.bright: BrightPixels | None = None
+        if net.where is None:
+            self.bright = BrightPixels(radius, azimuth, float(net.sharpness.detach()), net.counted)
         self.profiles = Profiles(radius, azimuth)
-        width = net.n_features + net.panels + 2 * net.n_per_panel + self.bright.width + self.profiles.width
+        width = net.n_features + net.panels + 2 * net.n_per_panel + self.profiles.width
+        width += 0 if self.bright is None else self.bright.width
         # The features' scales differ by orders of magnitude (counts, maxima, levels): each is
         # standardised (learnt on the training frames).
         self.standardise = nn.BatchNorm1d(width)
@@ -63,6 +67,8 @@ class ClassHeads(nn.Module):
         """(b, width) what the layers read, fixed by the hit network and the geometry: the
         profiles (self.profiles of the normalised frames), the rest as PanelCNN.features returns."""
         spread = torch.cat([per_panel.std(dim=1), per_panel.amin(dim=1)], dim=1)
+        if self.bright is None:
+            return torch.cat([frame, means, spread, profiles], dim=1)
         return torch.cat([frame, means, spread, self.bright(bright, index), profiles], dim=1)
 
 

@@ -7,7 +7,9 @@
 - `PanelCNN`: the full-detector model (the raw layout): every panel, pooled before it comes in
   (preprocess.pool_panels), as sqrt(photons); soft counts of the bright pixels over the whole
   detector beside one small convolution trunk shared by all panels (with each pixel's distance
-  from the beam as a learned input), pooled over pixels, then over panels.
+  from the beam as a learned input), pooled over pixels, then over panels. `panels-local` counts
+  spots above their neighbourhood (low-noise detectors); `panels-rings` also reads where the
+  counted pixels lie round the beam (ice crystallites on a few radii, a jet streak on one line).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from functools import partial
 
 import torch
 from torch import nn
+
+from hitveto.models.class_features import BrightPixels
 
 
 class Normalise(nn.Module):
@@ -107,6 +111,12 @@ class CompactCNN(nn.Module):
         return self.classify(pooled).squeeze(1)
 
 
+COUNTED = 128  # the brightest pixels of a frame that are counted: a count saturates there
+# panels-rings: a hit among a hundred ice crystallites (two or three bright pooled pixels each)
+# must still have its own spots among those counted
+COUNTED_WITH_WHERE = 512
+
+
 class PanelCNN(nn.Module):
     """The whole detector: (B, n_panels * h, w) pooled panels in, one logit per frame out.
 
@@ -132,9 +142,16 @@ class PanelCNN(nn.Module):
 
     input_transform = "sqrt"
     LEVELS = (3.0, 4.0, 5.0, 6.0)  # sqrt-photons above the panel's mean, where the counts start
-    COUNTED = 128  # the brightest pixels of a frame that are counted: a count saturates there
 
-    def __init__(self, radius: torch.Tensor, channels: int = 8, local_background: int = 0) -> None:
+    def __init__(
+        self,
+        radius: torch.Tensor,
+        azimuth: torch.Tensor | None = None,
+        channels: int = 8,
+        local_background: int = 0,
+        where: bool = False,
+        counted: int = COUNTED,
+    ) -> None:
         super().__init__()
         self.panels, self.h, self.w = (int(s) for s in radius.shape)
         self.local_background = local_background
@@ -160,8 +177,17 @@ class PanelCNN(nn.Module):
         self.radius_weight = nn.Parameter(torch.zeros(1, c, 1, 1))
         self.levels = nn.Parameter(torch.tensor(self.LEVELS).reshape(1, -1, 1))
         self.sharpness = nn.Parameter(torch.tensor(3.0))  # of the sigmoid that counts a pixel
-        self.counted = min(self.COUNTED, self.panels * self.h * self.w)  # a small test detector has fewer
+        self.counted = min(counted, self.panels * self.h * self.w)  # a small test detector has fewer
         features = 16 * c + len(self.LEVELS)
+        # Where the counted pixels lie (panels-rings): ice crystallites put them on a few radii, a
+        # jet streak on one line through the beam, a lattice's spots anywhere. A fixed sharpness:
+        # the learned one's constant must stay the graph's only one of its kind (offline/rebuild).
+        self.where: BrightPixels | None = None
+        if where:
+            if azimuth is None:
+                raise ValueError("panels-rings needs the panels' azimuth map beside their radius")
+            self.where = BrightPixels(radius, azimuth, float(self.sharpness.detach()), self.counted)
+            features += self.where.width
         self.n_features, self.n_per_panel = features, 8 * c  # what features() returns, per frame and panel
         self.classify = nn.Sequential(nn.Linear(features, 4 * c), nn.ReLU(), nn.Linear(4 * c, 1))
 
@@ -190,6 +216,8 @@ class PanelCNN(nn.Module):
         f = self.rest(f.reshape(b * self.panels, f.shape[2], f.shape[3], f.shape[4]))
         per_panel = torch.cat([f.amax(dim=(2, 3)), f.mean(dim=(2, 3))], dim=1).reshape(b, self.panels, -1)
         frame = torch.cat([per_panel.amax(dim=1), per_panel.mean(dim=1), counts], dim=1)
+        if self.where is not None:
+            frame = torch.cat([frame, self.where(bright, where)], dim=1)
         return frame, means.reshape(b, self.panels), per_panel, bright, where
 
     def brightest(self, panels: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -261,22 +289,27 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "compact": CompactCNN,
     "panels": PanelCNN,
     "panels-local": partial(PanelCNN, local_background=LOCAL_BACKGROUND),
+    "panels-rings": partial(PanelCNN, where=True, counted=COUNTED_WITH_WHERE),
 }
 # the input each architecture takes
-LAYOUT_OF = {"seed": "roi", "compact": "roi", "panels": "raw", "panels-local": "raw"}
+LAYOUT_OF = {"seed": "roi", "compact": "roi", "panels": "raw", "panels-local": "raw", "panels-rings": "raw"}
 
 
 def build(
-    architecture: str, roi: int, adu_per_photon: float, radius: torch.Tensor | None = None
+    architecture: str,
+    roi: int,
+    adu_per_photon: float,
+    radius: torch.Tensor | None = None,
+    azimuth: torch.Tensor | None = None,
 ) -> HitClassifier:
     """A new network: a region model for a roi x roi region, or the full-detector model for
-    pooled panels whose pixels lie at `radius` (geometry.panel_radius)."""
+    pooled panels whose pixels lie at `radius` and `azimuth` (geometry.panel_radius, panel_azimuth)."""
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; known: {sorted(ARCHITECTURES)}")
     if LAYOUT_OF[architecture] == "raw":
         if radius is None:
             raise ValueError(f"{architecture!r} takes the whole detector: it needs the panels' radius map")
-        return HitClassifier(ARCHITECTURES[architecture](radius), adu_per_photon)
+        return HitClassifier(ARCHITECTURES[architecture](radius, azimuth), adu_per_photon)
     return HitClassifier(ARCHITECTURES[architecture](roi), adu_per_photon)
 
 

@@ -25,10 +25,13 @@ from hitveto.models.artifact import Artifact, ArtifactError
 def trainable(art: Artifact, adu_per_photon: float) -> networks.HitClassifier:
     """The artifact's network as a trainable module, normalising for `adu_per_photon`."""
     frozen = artifact.load_module(art, "cpu")
-    radius = None
+    radius = azimuth = None
     if art.spec.layout == "raw":
         radius = torch.from_numpy(geometry.panel_radius(art.spec.pool, art.spec.detector))
-    net = networks.build(art.info.architecture, art.spec.roi_shape[0], art.info.adu_per_photon, radius)
+        azimuth = torch.from_numpy(geometry.panel_azimuth(art.spec.pool, art.spec.detector))
+    net = networks.build(
+        art.info.architecture, art.spec.roi_shape[0], art.info.adu_per_photon, radius, azimuth
+    )
     try:
         with torch.no_grad():
             _load_constants(net, _graph_constants(frozen), with_classes=bool(art.info.classes))

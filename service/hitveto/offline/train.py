@@ -210,13 +210,15 @@ def _train(cfg: TrainConfig, spill: Path) -> tuple[Path | None, str]:
 
 
 def _network(cfg: TrainConfig, spec: InputSpec) -> networks.HitClassifier:
-    """A new network for this input: the region, or the whole detector with its panels' radii."""
-    radius = None
+    """A new network for this input: the region, or the whole detector with its panels' radii and
+    azimuths."""
+    radius = azimuth = None
     if spec.layout == "raw":
         from hitveto.io import geometry
 
         radius = torch.from_numpy(geometry.panel_radius(spec.pool, spec.detector))
-    return networks.build(cfg.architecture, cfg.roi_size, spec.adu_per_photon, radius)
+        azimuth = torch.from_numpy(geometry.panel_azimuth(spec.pool, spec.detector))
+    return networks.build(cfg.architecture, cfg.roi_size, spec.adu_per_photon, radius, azimuth)
 
 
 def _labels(data: LabelledFrames, cfg: TrainConfig) -> np.ndarray:
